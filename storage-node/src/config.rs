@@ -1,0 +1,258 @@
+//! The storage node's configuration: one typed struct, from a TOML file, then environment
+//! variables (`PAIRDB_*`), then flags (later wins), validated at start with a clear message.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::disk::DiskThresholds;
+
+/// Every setting of a storage node. Each field has a default; see `pairdb-storage-node --help`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Stable node id (`[a-z0-9][a-z0-9._-]*`, ≤ 63 chars). Default: `$POD_NAME`, else the hostname.
+    pub node_id: String,
+    /// Data directory: holds `identity.json`, `db/` (RocksDB) and `snapshots/`.
+    pub data_dir: PathBuf,
+    /// gRPC listen address (`pairdb.StorageNodeService`, health, reflection).
+    pub grpc_addr: SocketAddr,
+    /// Admin HTTP listen address (`/health`, `/metrics`, `/api/v1/...`).
+    pub admin_addr: SocketAddr,
+    /// fsync the WAL before acknowledging each write batch (concurrent writers share one fsync).
+    pub sync_writes: bool,
+    /// RocksDB block cache size in MiB.
+    pub block_cache_mb: u64,
+    /// Size of one memtable in MiB.
+    pub memtable_mb: u64,
+    /// Memtables that may exist at once (memtable budget = memtable_mb × max_memtables).
+    pub max_memtables: u32,
+    /// RocksDB background flush and compaction threads.
+    pub background_jobs: u32,
+    /// Disk usage sampling interval in milliseconds.
+    pub disk_sample_interval_ms: u64,
+    /// Disk thresholds (percent of the filesystem) and the throttle's write size limit.
+    pub disk: DiskThresholds,
+    /// Largest gRPC message accepted or sent, in MiB.
+    pub max_message_mb: u64,
+    /// Most concurrent gRPC requests per connection.
+    pub max_concurrent_requests: usize,
+    /// Log as JSON lines instead of text.
+    pub log_json: bool,
+}
+
+fn default_node_id() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "node-1".to_string())
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: default_node_id(),
+            data_dir: PathBuf::from("./data"),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 9101)),
+            sync_writes: false,
+            block_cache_mb: 256,
+            memtable_mb: 64,
+            max_memtables: 3,
+            background_jobs: 2,
+            disk_sample_interval_ms: 1000,
+            disk: DiskThresholds::default(),
+            max_message_mb: 64,
+            max_concurrent_requests: 1024,
+            log_json: false,
+        }
+    }
+}
+
+/// Command-line flags; each also reads a `PAIRDB_*` environment variable. Unset flags keep the
+/// file's (or default) value.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "pairdb-storage-node",
+    version,
+    about = "pairdb storage node (RocksDB replica)"
+)]
+pub struct Args {
+    /// TOML file with any `Config` fields.
+    #[arg(long, env = "PAIRDB_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "PAIRDB_NODE_ID")]
+    pub node_id: Option<String>,
+    #[arg(long, env = "PAIRDB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "PAIRDB_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    #[arg(long, env = "PAIRDB_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    #[arg(long, env = "PAIRDB_SYNC_WRITES")]
+    pub sync_writes: Option<bool>,
+    #[arg(long, env = "PAIRDB_BLOCK_CACHE_MB")]
+    pub block_cache_mb: Option<u64>,
+    #[arg(long, env = "PAIRDB_MEMTABLE_MB")]
+    pub memtable_mb: Option<u64>,
+    #[arg(long, env = "PAIRDB_DISK_WARNING_PERCENT")]
+    pub disk_warning_percent: Option<f64>,
+    #[arg(long, env = "PAIRDB_DISK_THROTTLE_PERCENT")]
+    pub disk_throttle_percent: Option<f64>,
+    #[arg(long, env = "PAIRDB_DISK_BREAKER_PERCENT")]
+    pub disk_breaker_percent: Option<f64>,
+    #[arg(long, env = "PAIRDB_THROTTLE_MAX_WRITE_BYTES")]
+    pub throttle_max_write_bytes: Option<u64>,
+    #[arg(long, env = "PAIRDB_DISK_SAMPLE_INTERVAL_MS")]
+    pub disk_sample_interval_ms: Option<u64>,
+    #[arg(long, env = "PAIRDB_LOG_JSON")]
+    pub log_json: Option<bool>,
+}
+
+/// A configuration that cannot be used, with what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// File, then environment and flags (already merged by clap), then validation.
+    pub fn load(args: Args) -> Result<Config, ConfigError> {
+        let mut c = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("read {}: {e}", path.display())))?;
+                toml::from_str::<Config>(&text)
+                    .map_err(|e| ConfigError(format!("parse {}: {e}", path.display())))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! overlay {
+            ($($field:ident => $($target:ident).+),* $(,)?) => {
+                $(if let Some(v) = args.$field { c.$($target).+ = v; })*
+            };
+        }
+        overlay!(
+            node_id => node_id,
+            data_dir => data_dir,
+            grpc_addr => grpc_addr,
+            admin_addr => admin_addr,
+            sync_writes => sync_writes,
+            block_cache_mb => block_cache_mb,
+            memtable_mb => memtable_mb,
+            disk_warning_percent => disk.warning_percent,
+            disk_throttle_percent => disk.throttle_percent,
+            disk_breaker_percent => disk.breaker_percent,
+            throttle_max_write_bytes => disk.throttle_max_write_bytes,
+            disk_sample_interval_ms => disk_sample_interval_ms,
+            log_json => log_json,
+        );
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every field; the message names the field and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let id = self.node_id.as_bytes();
+        let id_ok = !id.is_empty()
+            && id.len() <= 63
+            && (id[0].is_ascii_lowercase() || id[0].is_ascii_digit())
+            && id
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b));
+        if !id_ok {
+            return Err(ConfigError(format!(
+                "node_id {:?} must be 1-63 chars of [a-z0-9._-] starting with [a-z0-9]",
+                self.node_id
+            )));
+        }
+        let d = &self.disk;
+        if !(0.0 < d.warning_percent
+            && d.warning_percent < d.throttle_percent
+            && d.throttle_percent < d.breaker_percent
+            && d.breaker_percent <= 100.0)
+        {
+            return Err(ConfigError(format!(
+                "disk thresholds must satisfy 0 < warning ({}) < throttle ({}) < breaker ({}) <= 100",
+                d.warning_percent, d.throttle_percent, d.breaker_percent
+            )));
+        }
+        if !(0.0..5.0).contains(&d.hysteresis_percent) {
+            return Err(ConfigError(
+                "disk.hysteresis_percent must be in [0, 5)".into(),
+            ));
+        }
+        if self.block_cache_mb < 8 {
+            return Err(ConfigError("block_cache_mb must be at least 8".into()));
+        }
+        if !(1..=4096).contains(&self.memtable_mb) || !(2..=16).contains(&self.max_memtables) {
+            return Err(ConfigError(
+                "memtable_mb must be 1-4096 and max_memtables 2-16".into(),
+            ));
+        }
+        if self.disk_sample_interval_ms == 0 || self.disk_sample_interval_ms > 60_000 {
+            return Err(ConfigError(
+                "disk_sample_interval_ms must be 1-60000".into(),
+            ));
+        }
+        if !(1..=256).contains(&self.max_message_mb) {
+            return Err(ConfigError("max_message_mb must be 1-256".into()));
+        }
+        if self.background_jobs == 0 {
+            return Err(ConfigError("background_jobs must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        Config::default().validate().unwrap();
+        let mut c = Config::default();
+        c.disk.throttle_percent = 99.0;
+        assert!(c.validate().unwrap_err().to_string().contains("throttle"));
+        let c = Config {
+            node_id: "Bad Id".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("node_id"));
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(
+            &path,
+            "node_id = \"n7\"\nblock_cache_mb = 64\n[disk]\nbreaker_percent = 97.0\n",
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(path.clone()),
+            block_cache_mb: Some(32),
+            ..Args::default()
+        };
+        let c = Config::load(args).unwrap();
+        assert_eq!(
+            (c.node_id.as_str(), c.block_cache_mb, c.disk.breaker_percent),
+            ("n7", 32, 97.0)
+        );
+        std::fs::write(&path, "nodeid = 1\n").unwrap();
+        let err = Config::load(Args {
+            config: Some(path),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

@@ -1,0 +1,109 @@
+//! The storage engine boundary: a small, synchronous key-value trait the rest of the node is
+//! written against. [`rocks`] is the only module in the workspace that imports `rocksdb`.
+//!
+//! Contract: writes in one [`Engine::write`] call are atomic; a successful `write` with
+//! `sync = true` is on stable storage; reads see every completed write. Errors are
+//! [`EngineError`]; a detected on-disk corruption is `EngineError::Corruption`, never a panic.
+
+pub mod rocks;
+
+use std::path::Path;
+
+/// The two key spaces of a node: replicated data, and node-local metadata (identity, counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    Data,
+    Meta,
+}
+
+/// One operation of an atomic write batch.
+#[derive(Debug, Clone)]
+pub enum BatchOp {
+    Put(Space, Vec<u8>, Vec<u8>),
+    Delete(Space, Vec<u8>),
+    /// Deletes every key in `[from, to)`.
+    DeleteRange(Space, Vec<u8>, Vec<u8>),
+}
+
+/// Engine failures, by what the caller must tell apart.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The engine's own checksums or structure are damaged.
+    #[error("storage corruption: {0}")]
+    Corruption(String),
+    /// The filesystem has no room.
+    #[error("no space left: {0}")]
+    NoSpace(String),
+    #[error("storage I/O error: {0}")]
+    Io(String),
+}
+
+/// What `visit` returns to keep scanning or stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    Continue,
+    Stop,
+}
+
+/// Numbers the admin API and metrics report.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EngineStats {
+    pub memtable_bytes: u64,
+    pub memtable_budget_bytes: u64,
+    pub sst_files_by_level: Vec<u64>,
+    pub sst_total_bytes: u64,
+    pub pending_compaction_bytes: u64,
+    pub running_compactions: u64,
+    pub running_flushes: u64,
+    pub block_cache_usage_bytes: u64,
+    pub block_cache_capacity_bytes: u64,
+    pub block_cache_hits: u64,
+    pub block_cache_misses: u64,
+    pub estimated_keys: u64,
+    pub live_wal_files: u64,
+    pub live_wal_bytes: u64,
+}
+
+/// A write-ahead-log file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WalFile {
+    pub name: String,
+    pub size_bytes: u64,
+    /// Whether every write in it is already in an SST (it only waits for purge).
+    pub obsolete: bool,
+}
+
+/// The storage engine interface (see module docs for the contract).
+pub trait Engine: Send + Sync + 'static {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError>;
+
+    /// Applies `ops` atomically; `sync` forces the WAL to stable storage first.
+    fn write(&self, ops: Vec<BatchOp>, sync: bool) -> Result<(), EngineError>;
+
+    /// Visits keys in `[from, to)` in order (`to = None`: to the end of the space). A corruption
+    /// met while iterating is returned after the keys visited so far.
+    fn scan(
+        &self,
+        space: Space,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Scan,
+    ) -> Result<(), EngineError>;
+
+    /// Flushes memtables to SST files and syncs the WAL.
+    fn flush(&self) -> Result<(), EngineError>;
+
+    /// Compacts the whole data space (`all_levels`: also rewrite the bottommost level).
+    fn compact(&self, all_levels: bool) -> Result<(), EngineError>;
+
+    /// Writes a consistent checkpoint (hard-linked SSTs) into the new directory `dir`.
+    fn checkpoint(&self, dir: &Path) -> Result<(), EngineError>;
+
+    fn stats(&self) -> EngineStats;
+
+    /// Resizes the block cache.
+    fn set_block_cache_capacity(&self, bytes: u64);
+
+    /// Write-ahead-log files and whether each is obsolete.
+    fn wal_files(&self) -> Result<Vec<WalFile>, EngineError>;
+}

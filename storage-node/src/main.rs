@@ -1,0 +1,25 @@
+//! `pairdb-storage-node`: parse config, start, run until SIGTERM or SIGINT, stop cleanly.
+
+use clap::Parser;
+use pairdb_storage_node::config::{Args, Config};
+use pairdb_storage_node::server::{self, StartOptions};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = match Config::load(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pairdb-storage-node: {e}");
+            std::process::exit(2);
+        }
+    };
+    pairdb_common::telemetry::init_logging(cfg.log_json);
+    let node = server::start(cfg, StartOptions::default()).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+    }
+    node.shutdown().await;
+    Ok(())
+}

