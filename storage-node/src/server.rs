@@ -8,7 +8,7 @@ use std::time::Duration;
 use pairdb_common::api::pb::storage_node_service_server::StorageNodeServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::StorageApi;
@@ -187,7 +187,12 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         "grpc",
         tokio::spawn(async move {
             if let Err(e) = grpc
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), c.cancelled())
+                .serve_with_incoming_shutdown(
+                    // Nagle off on accepted sockets (the builder's tcp_nodelay only applies
+                    // when tonic binds the listener itself).
+                    TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                    c.cancelled(),
+                )
                 .await
             {
                 tracing::error!(error = %e, "gRPC server stopped with an error");

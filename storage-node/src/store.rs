@@ -210,6 +210,11 @@ impl Store {
         }
     }
 
+    /// Whether writes fsync before they are acknowledged.
+    pub fn sync_writes(&self) -> bool {
+        self.cfg.sync_writes
+    }
+
     pub fn identity(&self) -> &Identity {
         &self.identity
     }
