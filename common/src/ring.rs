@@ -164,7 +164,10 @@ impl Ring {
                 picked.push(idx);
             }
         }
-        picked.into_iter().map(|i| &self.members[i as usize]).collect()
+        picked
+            .into_iter()
+            .map(|i| &self.members[i as usize])
+            .collect()
     }
 
     /// Every ring range `(previous token, token]` with its replica set for `n` replicas.
@@ -227,11 +230,21 @@ mod tests {
     #[test]
     fn zones_spread_replicas() {
         let ring = Ring::build(
-            vec![member("a1", "a"), member("a2", "a"), member("b1", "b"), member("b2", "b"), member("c1", "c")],
+            vec![
+                member("a1", "a"),
+                member("a2", "a"),
+                member("b1", "b"),
+                member("b2", "b"),
+                member("c1", "c"),
+            ],
             1,
         );
         for t in [0u64, 1 << 20, u64::MAX / 3, u64::MAX - 5] {
-            let zones: Vec<&str> = ring.preference_list(t, 3).iter().map(|m| m.zone.as_str()).collect();
+            let zones: Vec<&str> = ring
+                .preference_list(t, 3)
+                .iter()
+                .map(|m| m.zone.as_str())
+                .collect();
             let mut z = zones.clone();
             z.sort();
             z.dedup();

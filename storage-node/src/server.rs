@@ -8,8 +8,8 @@ use std::time::Duration;
 use pairdb_common::api::pb::storage_node_service_server::StorageNodeServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::StorageApi;
 use crate::config::Config;
