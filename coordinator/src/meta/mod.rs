@@ -1,0 +1,269 @@
+//! The metadata store: durable intent (membership and node lifecycle, tenants, hints, pending
+//! changes, repairs, `ring_version`) behind one trait, with PostgreSQL (production) and SQLite
+//! (embedded, `pairdbctl dev`) implementations that pass the same behaviour tests.
+//!
+//! Contract for every method: it is one transaction; it either fully happens or returns an
+//! error; `ring_version` changes in the same transaction as the topology change it announces.
+//! Timestamps cross the trait as Unix milliseconds.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use pairdb_common::ring::NodeState;
+
+/// Observed health of a node, as last recorded by a coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeStatus {
+    Up,
+    Down,
+    Unknown,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Up => "UP",
+            NodeStatus::Down => "DOWN",
+            NodeStatus::Unknown => "UNKNOWN",
+        }
+    }
+
+    pub fn parse(s: &str) -> NodeStatus {
+        match s {
+            "UP" => NodeStatus::Up,
+            "DOWN" => NodeStatus::Down,
+            _ => NodeStatus::Unknown,
+        }
+    }
+}
+
+/// A `storage_nodes` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRecord {
+    pub node_id: String,
+    pub host: String,
+    pub port: u16,
+    pub admin_port: u16,
+    pub zone: String,
+    pub virtual_nodes: u32,
+    pub state: NodeState,
+    pub status: NodeStatus,
+    pub last_seen_ms: Option<u64>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+/// Consistency level names as stored in `tenants`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    One,
+    Quorum,
+    All,
+    Any,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::One => "ONE",
+            Level::Quorum => "QUORUM",
+            Level::All => "ALL",
+            Level::Any => "ANY",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Level> {
+        match s {
+            "ONE" => Some(Level::One),
+            "QUORUM" => Some(Level::Quorum),
+            "ALL" => Some(Level::All),
+            "ANY" => Some(Level::Any),
+            _ => None,
+        }
+    }
+
+    /// Acknowledgements needed out of `n` replicas (ANY: one, which a hint may provide).
+    pub fn required(self, n: usize) -> usize {
+        match self {
+            Level::One | Level::Any => 1,
+            Level::Quorum => n / 2 + 1,
+            Level::All => n,
+        }
+    }
+}
+
+/// A `tenants` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRecord {
+    pub tenant_id: String,
+    pub replication_factor: u32,
+    pub read_consistency: Level,
+    pub write_consistency: Level,
+    pub conflict_policy: pairdb_common::version::ConflictPolicy,
+    pub max_value_bytes: u32,
+    pub sibling_warn: u32,
+    pub sibling_max: u32,
+    pub rate_limit_rps: u32,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+impl TenantRecord {
+    /// A tenant with every default of SPEC §2.
+    pub fn with_defaults(tenant_id: &str) -> TenantRecord {
+        TenantRecord {
+            tenant_id: tenant_id.to_string(),
+            replication_factor: 3,
+            read_consistency: Level::Quorum,
+            write_consistency: Level::Quorum,
+            conflict_policy: pairdb_common::version::ConflictPolicy::Siblings,
+            max_value_bytes: pairdb_common::validate::DEFAULT_MAX_VALUE_BYTES as u32,
+            sibling_warn: 25,
+            sibling_max: 100,
+            rate_limit_rps: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+}
+
+pub fn policy_str(p: pairdb_common::version::ConflictPolicy) -> &'static str {
+    match p {
+        pairdb_common::version::ConflictPolicy::Siblings => "siblings",
+        pairdb_common::version::ConflictPolicy::Lww => "lww",
+    }
+}
+
+pub fn parse_policy(s: &str) -> pairdb_common::version::ConflictPolicy {
+    if s == "lww" {
+        pairdb_common::version::ConflictPolicy::Lww
+    } else {
+        pairdb_common::version::ConflictPolicy::Siblings
+    }
+}
+
+/// A hint to record: a key state a replica missed.
+#[derive(Debug, Clone)]
+pub struct NewHint {
+    pub target_node_id: String,
+    pub tenant_id: String,
+    pub key: Vec<u8>,
+    /// `framing::encode_state` of the key state (format byte + CRC32 + payload).
+    pub payload: Vec<u8>,
+    pub created_at_ms: u64,
+}
+
+/// A `hints` row.
+#[derive(Debug, Clone)]
+pub struct HintRecord {
+    pub hint_id: i64,
+    pub target_node_id: String,
+    pub tenant_id: String,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub created_at_ms: u64,
+    pub replay_count: u32,
+    pub last_error: Option<String>,
+}
+
+/// Pending hints for one target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HintTarget {
+    pub node_id: String,
+    pub pending: u64,
+    pub oldest_created_at_ms: u64,
+}
+
+/// Metadata-store failures, by what the caller must tell apart.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MetaError {
+    /// A row with that identity already exists.
+    #[error("already exists: {0}")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The database failed or is unreachable.
+    #[error("metadata store: {0}")]
+    Db(String),
+    #[error("bad row in metadata store: {0}")]
+    BadRow(String),
+}
+
+impl From<sqlx::Error> for MetaError {
+    fn from(e: sqlx::Error) -> Self {
+        if let Some(db) = e.as_database_error()
+            && db.is_unique_violation()
+        {
+            return MetaError::Conflict(db.message().to_string());
+        }
+        MetaError::Db(e.to_string())
+    }
+}
+
+pub type MetaResult<T> = Result<T, MetaError>;
+
+/// The metadata store interface (see module docs for the contract).
+#[tonic::async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// Applies embedded migrations (idempotent).
+    async fn migrate(&self) -> MetaResult<()>;
+
+    /// The current ring version (changes with every topology change).
+    async fn ring_version(&self) -> MetaResult<u64>;
+
+    async fn list_nodes(&self) -> MetaResult<Vec<NodeRecord>>;
+    async fn get_node(&self, node_id: &str) -> MetaResult<Option<NodeRecord>>;
+    /// Inserts a node and increments `ring_version` atomically; returns the new ring version.
+    /// `Conflict` if the node id exists.
+    async fn add_node(&self, node: &NodeRecord) -> MetaResult<u64>;
+    /// Records observed health (does not change the ring).
+    async fn record_status(
+        &self,
+        node_id: &str,
+        status: NodeStatus,
+        last_seen_ms: Option<u64>,
+    ) -> MetaResult<()>;
+
+    async fn create_tenant(&self, t: &TenantRecord) -> MetaResult<()>;
+    async fn get_tenant(&self, tenant_id: &str) -> MetaResult<Option<TenantRecord>>;
+    /// Replaces every setting of an existing tenant; `NotFound` otherwise.
+    async fn update_tenant(&self, t: &TenantRecord) -> MetaResult<()>;
+    async fn list_tenants(&self) -> MetaResult<Vec<TenantRecord>>;
+
+    async fn insert_hint(&self, h: &NewHint) -> MetaResult<()>;
+    /// Claims up to `limit` unclaimed (or lease-expired) hints for `target` for `lease_ms`, so
+    /// concurrent coordinators never deliver the same hint at once.
+    async fn claim_hints(
+        &self,
+        target: &str,
+        owner: &str,
+        lease_ms: u64,
+        limit: u32,
+    ) -> MetaResult<Vec<HintRecord>>;
+    async fn delete_hint(&self, hint_id: i64) -> MetaResult<()>;
+    /// Counts a failed delivery and releases the claim.
+    async fn fail_hint(&self, hint_id: i64, error: &str) -> MetaResult<()>;
+    /// Deletes hints created before `cutoff_ms` or tried `max_attempts` times; returns how many.
+    async fn delete_dead_hints(&self, cutoff_ms: u64, max_attempts: u32) -> MetaResult<u64>;
+    async fn hint_targets(&self) -> MetaResult<Vec<HintTarget>>;
+    async fn count_hints_for(&self, target: &str) -> MetaResult<u64>;
+}
+
+/// Opens the store a URL names: `postgres://…` or `sqlite://…` (created if missing).
+pub async fn connect(url: &str) -> MetaResult<Arc<dyn MetaStore>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgMeta::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteMeta::connect(url).await?))
+    } else {
+        Err(MetaError::Db(format!(
+            "unsupported database URL {url:?}: use postgres://… or sqlite://…"
+        )))
+    }
+}
+
+pub(crate) fn to_u64(v: i64) -> u64 {
+    v.max(0) as u64
+}

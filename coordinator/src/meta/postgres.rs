@@ -1,0 +1,328 @@
+//! PostgreSQL metadata store (sqlx, runtime queries; no database needed at compile time).
+//! Timestamps are TIMESTAMPTZ for psql readers, converted to Unix ms at the edge.
+
+use pairdb_common::ring::NodeState;
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+
+use super::*;
+
+pub struct PgMeta {
+    pool: PgPool,
+}
+
+const NODE_COLS: &str = "node_id, host, port, admin_port, zone, virtual_nodes, state, status, \
+    (extract(epoch from last_seen) * 1000)::bigint AS last_seen_ms, \
+    (extract(epoch from created_at) * 1000)::bigint AS created_at_ms, \
+    (extract(epoch from updated_at) * 1000)::bigint AS updated_at_ms";
+
+const TENANT_COLS: &str = "tenant_id, replication_factor, read_consistency, write_consistency, \
+    conflict_policy, max_value_bytes, sibling_warn, sibling_max, rate_limit_rps, \
+    (extract(epoch from created_at) * 1000)::bigint AS created_at_ms, \
+    (extract(epoch from updated_at) * 1000)::bigint AS updated_at_ms";
+
+const HINT_COLS: &str = "hint_id, target_node_id, tenant_id, key, payload, \
+    (extract(epoch from created_at) * 1000)::bigint AS created_at_ms, replay_count, last_error";
+
+fn node_row(r: &PgRow) -> MetaResult<NodeRecord> {
+    let state: String = r.try_get("state")?;
+    Ok(NodeRecord {
+        node_id: r.try_get("node_id")?,
+        host: r.try_get("host")?,
+        port: r.try_get::<i32, _>("port")? as u16,
+        admin_port: r.try_get::<i32, _>("admin_port")? as u16,
+        zone: r.try_get("zone")?,
+        virtual_nodes: r.try_get::<i32, _>("virtual_nodes")? as u32,
+        state: NodeState::parse(&state)
+            .ok_or_else(|| MetaError::BadRow(format!("node state {state}")))?,
+        status: NodeStatus::parse(&r.try_get::<String, _>("status")?),
+        last_seen_ms: r.try_get::<Option<i64>, _>("last_seen_ms")?.map(to_u64),
+        created_at_ms: to_u64(r.try_get("created_at_ms")?),
+        updated_at_ms: to_u64(r.try_get("updated_at_ms")?),
+    })
+}
+
+fn level(r: &PgRow, col: &str) -> MetaResult<Level> {
+    let s: String = r.try_get(col)?;
+    Level::parse(&s).ok_or_else(|| MetaError::BadRow(format!("{col} = {s}")))
+}
+
+fn tenant_row(r: &PgRow) -> MetaResult<TenantRecord> {
+    Ok(TenantRecord {
+        tenant_id: r.try_get("tenant_id")?,
+        replication_factor: r.try_get::<i32, _>("replication_factor")? as u32,
+        read_consistency: level(r, "read_consistency")?,
+        write_consistency: level(r, "write_consistency")?,
+        conflict_policy: parse_policy(&r.try_get::<String, _>("conflict_policy")?),
+        max_value_bytes: r.try_get::<i32, _>("max_value_bytes")? as u32,
+        sibling_warn: r.try_get::<i32, _>("sibling_warn")? as u32,
+        sibling_max: r.try_get::<i32, _>("sibling_max")? as u32,
+        rate_limit_rps: r.try_get::<i32, _>("rate_limit_rps")? as u32,
+        created_at_ms: to_u64(r.try_get("created_at_ms")?),
+        updated_at_ms: to_u64(r.try_get("updated_at_ms")?),
+    })
+}
+
+fn hint_row(r: &PgRow) -> MetaResult<HintRecord> {
+    Ok(HintRecord {
+        hint_id: r.try_get("hint_id")?,
+        target_node_id: r.try_get("target_node_id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        key: r.try_get("key")?,
+        payload: r.try_get("payload")?,
+        created_at_ms: to_u64(r.try_get("created_at_ms")?),
+        replay_count: r.try_get::<i32, _>("replay_count")? as u32,
+        last_error: r.try_get("last_error")?,
+    })
+}
+
+impl PgMeta {
+    pub async fn connect(url: &str) -> MetaResult<PgMeta> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        Ok(PgMeta { pool })
+    }
+}
+
+#[tonic::async_trait]
+impl MetaStore for PgMeta {
+    async fn migrate(&self) -> MetaResult<()> {
+        sqlx::migrate!("../migrations/postgres")
+            .run(&self.pool)
+            .await
+            .map_err(|e| MetaError::Db(format!("migrate: {e}")))
+    }
+
+    async fn ring_version(&self) -> MetaResult<u64> {
+        let v: i64 =
+            sqlx::query_scalar("SELECT value FROM cluster_meta WHERE key = 'ring_version'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(to_u64(v))
+    }
+
+    async fn list_nodes(&self) -> MetaResult<Vec<NodeRecord>> {
+        let sql = format!("SELECT {NODE_COLS} FROM storage_nodes ORDER BY node_id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(node_row).collect()
+    }
+
+    async fn get_node(&self, node_id: &str) -> MetaResult<Option<NodeRecord>> {
+        let sql = format!("SELECT {NODE_COLS} FROM storage_nodes WHERE node_id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(node_row).transpose()
+    }
+
+    async fn add_node(&self, n: &NodeRecord) -> MetaResult<u64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO storage_nodes (node_id, host, port, admin_port, zone, virtual_nodes, state, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&n.node_id)
+        .bind(&n.host)
+        .bind(i32::from(n.port))
+        .bind(i32::from(n.admin_port))
+        .bind(&n.zone)
+        .bind(n.virtual_nodes as i32)
+        .bind(n.state.as_str())
+        .bind(n.status.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let v: i64 = sqlx::query_scalar(
+            "UPDATE cluster_meta SET value = value + 1, updated_at = now() WHERE key = 'ring_version' RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(to_u64(v))
+    }
+
+    async fn record_status(
+        &self,
+        node_id: &str,
+        status: NodeStatus,
+        last_seen_ms: Option<u64>,
+    ) -> MetaResult<()> {
+        sqlx::query(
+            "UPDATE storage_nodes SET status = $2, \
+             last_seen = COALESCE(to_timestamp($3::bigint / 1000.0), last_seen), updated_at = now() \
+             WHERE node_id = $1",
+        )
+        .bind(node_id)
+        .bind(status.as_str())
+        .bind(last_seen_ms.map(|v| v as i64))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, t: &TenantRecord) -> MetaResult<()> {
+        sqlx::query(
+            "INSERT INTO tenants (tenant_id, replication_factor, read_consistency, write_consistency, \
+             conflict_policy, max_value_bytes, sibling_warn, sibling_max, rate_limit_rps) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&t.tenant_id)
+        .bind(t.replication_factor as i32)
+        .bind(t.read_consistency.as_str())
+        .bind(t.write_consistency.as_str())
+        .bind(policy_str(t.conflict_policy))
+        .bind(t.max_value_bytes as i32)
+        .bind(t.sibling_warn as i32)
+        .bind(t.sibling_max as i32)
+        .bind(t.rate_limit_rps as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_tenant(&self, tenant_id: &str) -> MetaResult<Option<TenantRecord>> {
+        let sql = format!("SELECT {TENANT_COLS} FROM tenants WHERE tenant_id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(tenant_row).transpose()
+    }
+
+    async fn update_tenant(&self, t: &TenantRecord) -> MetaResult<()> {
+        let r = sqlx::query(
+            "UPDATE tenants SET replication_factor = $2, read_consistency = $3, write_consistency = $4, \
+             conflict_policy = $5, max_value_bytes = $6, sibling_warn = $7, sibling_max = $8, \
+             rate_limit_rps = $9, updated_at = now() WHERE tenant_id = $1",
+        )
+        .bind(&t.tenant_id)
+        .bind(t.replication_factor as i32)
+        .bind(t.read_consistency.as_str())
+        .bind(t.write_consistency.as_str())
+        .bind(policy_str(t.conflict_policy))
+        .bind(t.max_value_bytes as i32)
+        .bind(t.sibling_warn as i32)
+        .bind(t.sibling_max as i32)
+        .bind(t.rate_limit_rps as i32)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(MetaError::NotFound(format!("tenant {}", t.tenant_id)));
+        }
+        Ok(())
+    }
+
+    async fn list_tenants(&self) -> MetaResult<Vec<TenantRecord>> {
+        let sql = format!("SELECT {TENANT_COLS} FROM tenants ORDER BY tenant_id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(tenant_row).collect()
+    }
+
+    async fn insert_hint(&self, h: &NewHint) -> MetaResult<()> {
+        sqlx::query(
+            "INSERT INTO hints (target_node_id, tenant_id, key, payload, created_at) \
+             VALUES ($1, $2, $3, $4, to_timestamp($5::bigint / 1000.0))",
+        )
+        .bind(&h.target_node_id)
+        .bind(&h.tenant_id)
+        .bind(&h.key)
+        .bind(&h.payload)
+        .bind(h.created_at_ms as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_hints(
+        &self,
+        target: &str,
+        owner: &str,
+        lease_ms: u64,
+        limit: u32,
+    ) -> MetaResult<Vec<HintRecord>> {
+        // Row locks with SKIP LOCKED: concurrent coordinators claim disjoint hints.
+        let sql = format!(
+            "UPDATE hints SET claimed_by = $2, claim_expires_at = now() + ($3::bigint * interval '1 millisecond') \
+             WHERE hint_id IN ( \
+               SELECT hint_id FROM hints WHERE target_node_id = $1 \
+                 AND (claim_expires_at IS NULL OR claim_expires_at < now()) \
+               ORDER BY hint_id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING {HINT_COLS}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(target)
+            .bind(owner)
+            .bind(lease_ms as i64)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out: Vec<HintRecord> = rows.iter().map(hint_row).collect::<MetaResult<_>>()?;
+        out.sort_by_key(|h| h.hint_id);
+        Ok(out)
+    }
+
+    async fn delete_hint(&self, hint_id: i64) -> MetaResult<()> {
+        sqlx::query("DELETE FROM hints WHERE hint_id = $1")
+            .bind(hint_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn fail_hint(&self, hint_id: i64, error: &str) -> MetaResult<()> {
+        sqlx::query(
+            "UPDATE hints SET replay_count = replay_count + 1, last_error = $2, claimed_by = NULL, \
+             claim_expires_at = NULL WHERE hint_id = $1",
+        )
+        .bind(hint_id)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_dead_hints(&self, cutoff_ms: u64, max_attempts: u32) -> MetaResult<u64> {
+        let r = sqlx::query(
+            "DELETE FROM hints WHERE created_at < to_timestamp($1::bigint / 1000.0) OR replay_count >= $2",
+        )
+        .bind(cutoff_ms as i64)
+        .bind(max_attempts as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn hint_targets(&self) -> MetaResult<Vec<HintTarget>> {
+        let rows = sqlx::query(
+            "SELECT target_node_id, count(*) AS pending, \
+             (extract(epoch from min(created_at)) * 1000)::bigint AS oldest \
+             FROM hints GROUP BY target_node_id ORDER BY target_node_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HintTarget {
+                    node_id: r.try_get("target_node_id")?,
+                    pending: to_u64(r.try_get("pending")?),
+                    oldest_created_at_ms: to_u64(r.try_get("oldest")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn count_hints_for(&self, target: &str) -> MetaResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM hints WHERE target_node_id = $1")
+            .bind(target)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(n))
+    }
+}

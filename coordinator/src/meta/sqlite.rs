@@ -1,0 +1,335 @@
+//! SQLite metadata store for the embedded single-process mode (`pairdbctl dev`, tests).
+//! Same tables and behaviour as PostgreSQL; timestamps are integer Unix ms. SQLite has one
+//! writer at a time, so claiming hints needs no row locks: the claiming UPDATE is atomic.
+
+use pairdb_common::now_ms;
+use pairdb_common::ring::NodeState;
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
+
+use super::*;
+
+pub struct SqliteMeta {
+    pool: SqlitePool,
+}
+
+const NODE_COLS: &str = "node_id, host, port, admin_port, zone, virtual_nodes, state, status, \
+    last_seen AS last_seen_ms, created_at AS created_at_ms, updated_at AS updated_at_ms";
+
+const TENANT_COLS: &str = "tenant_id, replication_factor, read_consistency, write_consistency, \
+    conflict_policy, max_value_bytes, sibling_warn, sibling_max, rate_limit_rps, \
+    created_at AS created_at_ms, updated_at AS updated_at_ms";
+
+const HINT_COLS: &str = "hint_id, target_node_id, tenant_id, key, payload, \
+    created_at AS created_at_ms, replay_count, last_error";
+
+fn node_row(r: &SqliteRow) -> MetaResult<NodeRecord> {
+    let state: String = r.try_get("state")?;
+    Ok(NodeRecord {
+        node_id: r.try_get("node_id")?,
+        host: r.try_get("host")?,
+        port: r.try_get::<i64, _>("port")? as u16,
+        admin_port: r.try_get::<i64, _>("admin_port")? as u16,
+        zone: r.try_get("zone")?,
+        virtual_nodes: r.try_get::<i64, _>("virtual_nodes")? as u32,
+        state: NodeState::parse(&state)
+            .ok_or_else(|| MetaError::BadRow(format!("node state {state}")))?,
+        status: NodeStatus::parse(&r.try_get::<String, _>("status")?),
+        last_seen_ms: r.try_get::<Option<i64>, _>("last_seen_ms")?.map(to_u64),
+        created_at_ms: to_u64(r.try_get("created_at_ms")?),
+        updated_at_ms: to_u64(r.try_get("updated_at_ms")?),
+    })
+}
+
+fn level(r: &SqliteRow, col: &str) -> MetaResult<Level> {
+    let s: String = r.try_get(col)?;
+    Level::parse(&s).ok_or_else(|| MetaError::BadRow(format!("{col} = {s}")))
+}
+
+fn tenant_row(r: &SqliteRow) -> MetaResult<TenantRecord> {
+    Ok(TenantRecord {
+        tenant_id: r.try_get("tenant_id")?,
+        replication_factor: r.try_get::<i64, _>("replication_factor")? as u32,
+        read_consistency: level(r, "read_consistency")?,
+        write_consistency: level(r, "write_consistency")?,
+        conflict_policy: parse_policy(&r.try_get::<String, _>("conflict_policy")?),
+        max_value_bytes: r.try_get::<i64, _>("max_value_bytes")? as u32,
+        sibling_warn: r.try_get::<i64, _>("sibling_warn")? as u32,
+        sibling_max: r.try_get::<i64, _>("sibling_max")? as u32,
+        rate_limit_rps: r.try_get::<i64, _>("rate_limit_rps")? as u32,
+        created_at_ms: to_u64(r.try_get("created_at_ms")?),
+        updated_at_ms: to_u64(r.try_get("updated_at_ms")?),
+    })
+}
+
+fn hint_row(r: &SqliteRow) -> MetaResult<HintRecord> {
+    Ok(HintRecord {
+        hint_id: r.try_get("hint_id")?,
+        target_node_id: r.try_get("target_node_id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        key: r.try_get("key")?,
+        payload: r.try_get("payload")?,
+        created_at_ms: to_u64(r.try_get("created_at_ms")?),
+        replay_count: r.try_get::<i64, _>("replay_count")? as u32,
+        last_error: r.try_get("last_error")?,
+    })
+}
+
+impl SqliteMeta {
+    pub async fn connect(url: &str) -> MetaResult<SqliteMeta> {
+        use std::str::FromStr;
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        Ok(SqliteMeta { pool })
+    }
+}
+
+#[tonic::async_trait]
+impl MetaStore for SqliteMeta {
+    async fn migrate(&self) -> MetaResult<()> {
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&self.pool)
+            .await
+            .map_err(|e| MetaError::Db(format!("migrate: {e}")))
+    }
+
+    async fn ring_version(&self) -> MetaResult<u64> {
+        let v: i64 =
+            sqlx::query_scalar("SELECT value FROM cluster_meta WHERE key = 'ring_version'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(to_u64(v))
+    }
+
+    async fn list_nodes(&self) -> MetaResult<Vec<NodeRecord>> {
+        let sql = format!("SELECT {NODE_COLS} FROM storage_nodes ORDER BY node_id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(node_row).collect()
+    }
+
+    async fn get_node(&self, node_id: &str) -> MetaResult<Option<NodeRecord>> {
+        let sql = format!("SELECT {NODE_COLS} FROM storage_nodes WHERE node_id = ?1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(node_row).transpose()
+    }
+
+    async fn add_node(&self, n: &NodeRecord) -> MetaResult<u64> {
+        let now = now_ms() as i64;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO storage_nodes (node_id, host, port, admin_port, zone, virtual_nodes, state, status, \
+             created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+        )
+        .bind(&n.node_id)
+        .bind(&n.host)
+        .bind(i64::from(n.port))
+        .bind(i64::from(n.admin_port))
+        .bind(&n.zone)
+        .bind(i64::from(n.virtual_nodes))
+        .bind(n.state.as_str())
+        .bind(n.status.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let v: i64 = sqlx::query_scalar(
+            "UPDATE cluster_meta SET value = value + 1, updated_at = ?1 WHERE key = 'ring_version' RETURNING value",
+        )
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(to_u64(v))
+    }
+
+    async fn record_status(
+        &self,
+        node_id: &str,
+        status: NodeStatus,
+        last_seen_ms: Option<u64>,
+    ) -> MetaResult<()> {
+        sqlx::query(
+            "UPDATE storage_nodes SET status = ?2, last_seen = COALESCE(?3, last_seen), updated_at = ?4 \
+             WHERE node_id = ?1",
+        )
+        .bind(node_id)
+        .bind(status.as_str())
+        .bind(last_seen_ms.map(|v| v as i64))
+        .bind(now_ms() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, t: &TenantRecord) -> MetaResult<()> {
+        let now = now_ms() as i64;
+        sqlx::query(
+            "INSERT INTO tenants (tenant_id, replication_factor, read_consistency, write_consistency, \
+             conflict_policy, max_value_bytes, sibling_warn, sibling_max, rate_limit_rps, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+        )
+        .bind(&t.tenant_id)
+        .bind(i64::from(t.replication_factor))
+        .bind(t.read_consistency.as_str())
+        .bind(t.write_consistency.as_str())
+        .bind(policy_str(t.conflict_policy))
+        .bind(i64::from(t.max_value_bytes))
+        .bind(i64::from(t.sibling_warn))
+        .bind(i64::from(t.sibling_max))
+        .bind(i64::from(t.rate_limit_rps))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_tenant(&self, tenant_id: &str) -> MetaResult<Option<TenantRecord>> {
+        let sql = format!("SELECT {TENANT_COLS} FROM tenants WHERE tenant_id = ?1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(tenant_row).transpose()
+    }
+
+    async fn update_tenant(&self, t: &TenantRecord) -> MetaResult<()> {
+        let r = sqlx::query(
+            "UPDATE tenants SET replication_factor = ?2, read_consistency = ?3, write_consistency = ?4, \
+             conflict_policy = ?5, max_value_bytes = ?6, sibling_warn = ?7, sibling_max = ?8, \
+             rate_limit_rps = ?9, updated_at = ?10 WHERE tenant_id = ?1",
+        )
+        .bind(&t.tenant_id)
+        .bind(i64::from(t.replication_factor))
+        .bind(t.read_consistency.as_str())
+        .bind(t.write_consistency.as_str())
+        .bind(policy_str(t.conflict_policy))
+        .bind(i64::from(t.max_value_bytes))
+        .bind(i64::from(t.sibling_warn))
+        .bind(i64::from(t.sibling_max))
+        .bind(i64::from(t.rate_limit_rps))
+        .bind(now_ms() as i64)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(MetaError::NotFound(format!("tenant {}", t.tenant_id)));
+        }
+        Ok(())
+    }
+
+    async fn list_tenants(&self) -> MetaResult<Vec<TenantRecord>> {
+        let sql = format!("SELECT {TENANT_COLS} FROM tenants ORDER BY tenant_id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(tenant_row).collect()
+    }
+
+    async fn insert_hint(&self, h: &NewHint) -> MetaResult<()> {
+        sqlx::query(
+            "INSERT INTO hints (target_node_id, tenant_id, key, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(&h.target_node_id)
+        .bind(&h.tenant_id)
+        .bind(&h.key)
+        .bind(&h.payload)
+        .bind(h.created_at_ms as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_hints(
+        &self,
+        target: &str,
+        owner: &str,
+        lease_ms: u64,
+        limit: u32,
+    ) -> MetaResult<Vec<HintRecord>> {
+        let now = now_ms() as i64;
+        let sql = format!(
+            "UPDATE hints SET claimed_by = ?2, claim_expires_at = ?3 + ?4 \
+             WHERE hint_id IN ( \
+               SELECT hint_id FROM hints WHERE target_node_id = ?1 \
+                 AND (claim_expires_at IS NULL OR claim_expires_at < ?3) \
+               ORDER BY hint_id LIMIT ?5) \
+             RETURNING {HINT_COLS}"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(target)
+            .bind(owner)
+            .bind(now)
+            .bind(lease_ms as i64)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out: Vec<HintRecord> = rows.iter().map(hint_row).collect::<MetaResult<_>>()?;
+        out.sort_by_key(|h| h.hint_id);
+        Ok(out)
+    }
+
+    async fn delete_hint(&self, hint_id: i64) -> MetaResult<()> {
+        sqlx::query("DELETE FROM hints WHERE hint_id = ?1")
+            .bind(hint_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn fail_hint(&self, hint_id: i64, error: &str) -> MetaResult<()> {
+        sqlx::query(
+            "UPDATE hints SET replay_count = replay_count + 1, last_error = ?2, claimed_by = NULL, \
+             claim_expires_at = NULL WHERE hint_id = ?1",
+        )
+        .bind(hint_id)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_dead_hints(&self, cutoff_ms: u64, max_attempts: u32) -> MetaResult<u64> {
+        let r = sqlx::query("DELETE FROM hints WHERE created_at < ?1 OR replay_count >= ?2")
+            .bind(cutoff_ms as i64)
+            .bind(i64::from(max_attempts))
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn hint_targets(&self) -> MetaResult<Vec<HintTarget>> {
+        let rows = sqlx::query(
+            "SELECT target_node_id, count(*) AS pending, min(created_at) AS oldest \
+             FROM hints GROUP BY target_node_id ORDER BY target_node_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HintTarget {
+                    node_id: r.try_get("target_node_id")?,
+                    pending: to_u64(r.try_get("pending")?),
+                    oldest_created_at_ms: to_u64(r.try_get("oldest")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn count_hints_for(&self, target: &str) -> MetaResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM hints WHERE target_node_id = ?1")
+            .bind(target)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_u64(n))
+    }
+}
