@@ -14,6 +14,7 @@ pub mod context;
 pub mod convert;
 pub mod error;
 pub mod framing;
+pub mod grpc;
 pub mod ring;
 pub mod telemetry;
 pub mod token;

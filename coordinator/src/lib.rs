@@ -1,6 +1,20 @@
 //! pairdb-coordinator: the stateless quorum router serving `pairdb.CoordinatorService`.
 //!
-//! Code map: [`meta`] is the metadata store (PostgreSQL / SQLite behind one trait).
-//! *Invariant: the coordinator holds no durable state outside the metadata store.*
+//! Code map: [`server`] wires everything; [`api`] is the gRPC edge; [`data`] is the quorum
+//! write/read path with read repair; [`hints`] is hinted handoff; [`cluster`] holds the ring and
+//! node health (topology and failure-detector workers); [`tenants`] caches tenant settings;
+//! [`meta`] is the metadata store (PostgreSQL / SQLite behind one trait); [`config`],
+//! [`metrics`], [`error`].
+//! *Invariant: the coordinator holds no durable state outside the metadata store, and the
+//! read/write path touches the metadata store only to record hints.*
 
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod hints;
 pub mod meta;
+pub mod metrics;
+pub mod server;
+pub mod tenants;

@@ -158,18 +158,9 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
     health_reporter
         .set_serving::<StorageNodeServiceServer<StorageApi>>()
         .await;
-    // Both reflection versions: grpcurl before 1.9 and many other tools speak only v1alpha.
-    let reflection_builder = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pairdb_common::api::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection = reflection_builder()
-        .build_v1()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
-    let reflection_alpha = reflection_builder()
-        .build_v1alpha()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let (reflection, reflection_alpha) =
+        pairdb_common::grpc::reflection(&["pairdb.StorageNodeService"])
+            .map_err(|e| StartError::Reflection(e.to_string()))?;
     let max_msg = (cfg.max_message_mb << 20) as usize;
     let svc = StorageNodeServiceServer::new(StorageApi::new(node.clone()))
         .max_decoding_message_size(max_msg)

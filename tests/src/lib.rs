@@ -2,6 +2,8 @@
 //! processes, real third-party clients such as grpcurl). Every child is killed by PID when its
 //! guard drops, so a failing test never leaks servers.
 
+pub mod cluster;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -14,6 +16,13 @@ use anyhow::{Context, Result, bail};
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`serial`] for async tests (a guard that may be held across awaits; each `#[tokio::test]`
+/// has its own runtime, and tokio's mutex works across them).
+pub async fn serial_async() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// Directory holding the workspace binaries (`target/debug`), found from the test executable

@@ -1,0 +1,687 @@
+//! `pairdb.CoordinatorService`: the public gRPC edge. Converts wire types, counts and times
+//! every request, maps errors through [`crate::error`]. Only this module touches the
+//! coordinator's prost types.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pairdb_common::api::pb;
+use pairdb_common::api::pb::coordinator_service_server::CoordinatorService;
+use pairdb_common::ring::{DEFAULT_VIRTUAL_NODES, MAX_VIRTUAL_NODES, NodeState};
+use pairdb_common::{Error as E, context, convert, token};
+use tonic::{Request, Response, Status};
+
+use crate::data::{DataPlane, ReadReq, WriteReq};
+use crate::error::{Error, Result};
+use crate::meta::{Level, MetaStore, NodeRecord, NodeStatus, TenantRecord};
+use crate::metrics::OpLabels;
+
+/// Most items in one batch request.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+pub struct CoordinatorApi {
+    pub data: Arc<DataPlane>,
+    pub meta: Arc<dyn MetaStore>,
+}
+
+fn level(c: i32) -> Option<Level> {
+    match pb::Consistency::try_from(c) {
+        Ok(pb::Consistency::One) => Some(Level::One),
+        Ok(pb::Consistency::Quorum) => Some(Level::Quorum),
+        Ok(pb::Consistency::All) => Some(Level::All),
+        Ok(pb::Consistency::Any) => Some(Level::Any),
+        _ => None,
+    }
+}
+
+fn level_pb(l: Level) -> pb::Consistency {
+    match l {
+        Level::One => pb::Consistency::One,
+        Level::Quorum => pb::Consistency::Quorum,
+        Level::All => pb::Consistency::All,
+        Level::Any => pb::Consistency::Any,
+    }
+}
+
+fn tenant_pb(t: &TenantRecord) -> pb::Tenant {
+    pb::Tenant {
+        tenant_id: t.tenant_id.clone(),
+        replication_factor: t.replication_factor,
+        read_consistency: level_pb(t.read_consistency) as i32,
+        write_consistency: level_pb(t.write_consistency) as i32,
+        conflict_policy: convert::policy_to_pb(t.conflict_policy) as i32,
+        max_value_bytes: t.max_value_bytes,
+        sibling_warn: t.sibling_warn,
+        sibling_max: t.sibling_max,
+        rate_limit_rps: t.rate_limit_rps,
+        created_at_ms: t.created_at_ms,
+        updated_at_ms: t.updated_at_ms,
+    }
+}
+
+/// Applies the non-default fields of `p` onto `t`, validating each.
+fn apply_tenant_fields(t: &mut TenantRecord, p: &pb::Tenant) -> Result<()> {
+    if p.replication_factor != 0 {
+        if !(1..=7).contains(&p.replication_factor) {
+            return Err(E::InvalidArgument(format!(
+                "replication_factor {} must be 1-7",
+                p.replication_factor
+            ))
+            .into());
+        }
+        t.replication_factor = p.replication_factor;
+    }
+    if let Some(l) = level(p.read_consistency) {
+        if l == Level::Any {
+            return Err(E::InvalidArgument("ANY is not a read consistency".into()).into());
+        }
+        t.read_consistency = l;
+    }
+    if let Some(l) = level(p.write_consistency) {
+        t.write_consistency = l;
+    }
+    if p.conflict_policy != 0 {
+        t.conflict_policy = convert::policy_from_pb(p.conflict_policy);
+    }
+    if p.max_value_bytes != 0 {
+        if p.max_value_bytes as usize > pairdb_common::validate::HARD_MAX_VALUE_BYTES {
+            return Err(E::InvalidArgument(format!(
+                "max_value_bytes {} is above the 16 MiB cap",
+                p.max_value_bytes
+            ))
+            .into());
+        }
+        t.max_value_bytes = p.max_value_bytes;
+    }
+    if p.sibling_max != 0 {
+        if p.sibling_max > 1000 {
+            return Err(E::InvalidArgument("sibling_max must be at most 1000".into()).into());
+        }
+        t.sibling_max = p.sibling_max;
+    }
+    if p.sibling_warn != 0 {
+        t.sibling_warn = p.sibling_warn;
+    }
+    if p.rate_limit_rps != 0 {
+        t.rate_limit_rps = p.rate_limit_rps;
+    }
+    Ok(())
+}
+
+fn node_pb(n: &NodeRecord, live: Option<NodeStatus>) -> pb::StorageNode {
+    let status = live.unwrap_or(n.status);
+    pb::StorageNode {
+        node_id: n.node_id.clone(),
+        host: n.host.clone(),
+        port: u32::from(n.port),
+        admin_port: u32::from(n.admin_port),
+        zone: n.zone.clone(),
+        virtual_nodes: n.virtual_nodes,
+        state: match n.state {
+            NodeState::Bootstrapping => pb::NodeState::Bootstrapping,
+            NodeState::Normal => pb::NodeState::Normal,
+            NodeState::Leaving => pb::NodeState::Leaving,
+            NodeState::Removed => pb::NodeState::Removed,
+        } as i32,
+        status: match status {
+            NodeStatus::Up => pb::NodeStatus::Up,
+            NodeStatus::Down => pb::NodeStatus::Down,
+            NodeStatus::Unknown => pb::NodeStatus::Unknown,
+        } as i32,
+        last_seen_ms: n.last_seen_ms.unwrap_or(0),
+        created_at_ms: n.created_at_ms,
+        updated_at_ms: n.updated_at_ms,
+    }
+}
+
+fn sibling(v: &pairdb_common::version::Version) -> pb::Sibling {
+    pb::Sibling {
+        value: v.value.clone(),
+        written_at_ms: v.written_at_ms,
+        dot: Some(convert::dot_to_pb(&v.dot)),
+        expires_at_ms: v.expires_at_ms,
+    }
+}
+
+impl CoordinatorApi {
+    fn observe<T>(&self, op: &'static str, started: Instant, r: &Result<T>) {
+        let m = &self.data.metrics;
+        let l = OpLabels { op };
+        m.requests.get_or_create(&l).inc();
+        m.latency
+            .get_or_create(&l)
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = r {
+            m.error(op, e.to_common().code());
+        }
+    }
+
+    fn live_status(&self, node_id: &str) -> Option<NodeStatus> {
+        self.data
+            .cluster
+            .snapshot()
+            .nodes
+            .get(node_id)
+            .map(|e| e.health.status())
+    }
+
+    async fn do_write(&self, w: pb::WriteRequest, tombstone: bool) -> Result<pb::WriteResponse> {
+        let ok = self
+            .data
+            .write(WriteReq {
+                context: context::decode(&w.context)?,
+                consistency: level(w.consistency),
+                tenant: w.tenant_id,
+                key: w.key,
+                value: if tombstone { Vec::new() } else { w.value },
+                tombstone,
+                ttl_seconds: w.ttl_seconds,
+                idempotency_key: w.idempotency_key,
+                timeout_ms: w.timeout_ms,
+            })
+            .await?;
+        Ok(pb::WriteResponse {
+            context: context::encode(&ok.context),
+            dot: Some(convert::dot_to_pb(&ok.dot)),
+            replicas_acked: ok.acked,
+            deduplicated: ok.deduplicated,
+        })
+    }
+
+    /// A read; NOT_FOUND travels as a status whose ErrorInfo metadata carries the context
+    /// (base64) so a client can still write with it.
+    async fn do_read(&self, r: pb::ReadRequest) -> std::result::Result<pb::ReadResponse, Status> {
+        let res = self
+            .data
+            .read(ReadReq {
+                tenant: r.tenant_id,
+                key: r.key,
+                consistency: level(r.consistency),
+                timeout_ms: r.timeout_ms,
+            })
+            .await
+            .map_err(Status::from)?;
+        match res {
+            Ok(ok) => Ok(pb::ReadResponse {
+                value: ok.value.unwrap_or_default(),
+                siblings: ok.siblings.iter().map(sibling).collect(),
+                context: context::encode(&ok.context),
+                replicas_responded: ok.responded,
+            }),
+            Err(nf) => {
+                use base64::Engine;
+                let mut meta = HashMap::new();
+                meta.insert(
+                    "context".to_string(),
+                    base64::engine::general_purpose::STANDARD.encode(context::encode(&nf.context)),
+                );
+                Err(E::KeyNotFound.to_status_with(meta))
+            }
+        }
+    }
+}
+
+fn check_batch(n: usize) -> Result<()> {
+    if n == 0 || n > MAX_BATCH_ITEMS {
+        return Err(E::InvalidArgument(format!(
+            "a batch needs 1 to {MAX_BATCH_ITEMS} items, got {n}"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn item_error_from_status(s: &Status) -> pb::ItemError {
+    E::from_status(s).to_item()
+}
+
+#[tonic::async_trait]
+impl CoordinatorService for CoordinatorApi {
+    async fn write(
+        &self,
+        req: Request<pb::WriteRequest>,
+    ) -> std::result::Result<Response<pb::WriteResponse>, Status> {
+        let started = Instant::now();
+        let r = self.do_write(req.into_inner(), false).await;
+        self.observe("write", started, &r);
+        Ok(Response::new(r?))
+    }
+
+    async fn read(
+        &self,
+        req: Request<pb::ReadRequest>,
+    ) -> std::result::Result<Response<pb::ReadResponse>, Status> {
+        let started = Instant::now();
+        let r = self.do_read(req.into_inner()).await;
+        let m = &self.data.metrics;
+        let l = OpLabels { op: "read" };
+        m.requests.get_or_create(&l).inc();
+        m.latency
+            .get_or_create(&l)
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(s) = &r {
+            m.error("read", E::from_status(s).code());
+        }
+        Ok(Response::new(r?))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> std::result::Result<Response<pb::DeleteResponse>, Status> {
+        let started = Instant::now();
+        let d = req.into_inner();
+        let r = self
+            .do_write(
+                pb::WriteRequest {
+                    tenant_id: d.tenant_id,
+                    key: d.key,
+                    context: d.context,
+                    consistency: d.consistency,
+                    timeout_ms: d.timeout_ms,
+                    ..Default::default()
+                },
+                true,
+            )
+            .await;
+        self.observe("delete", started, &r);
+        let w = r?;
+        Ok(Response::new(pb::DeleteResponse {
+            context: w.context,
+            replicas_acked: w.replicas_acked,
+        }))
+    }
+
+    async fn batch_write(
+        &self,
+        req: Request<pb::BatchWriteItemsRequest>,
+    ) -> std::result::Result<Response<pb::BatchWriteItemsResponse>, Status> {
+        let started = Instant::now();
+        let items = req.into_inner().items;
+        let r = check_batch(items.len());
+        self.observe("batch_write", started, &r);
+        r?;
+        let futs = items.into_iter().map(|w| self.do_write(w, false));
+        let results = futures::future::join_all(futs)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(resp) => pb::BatchWriteItemResult {
+                    response: Some(resp),
+                    error: None,
+                },
+                Err(e) => pb::BatchWriteItemResult {
+                    response: None,
+                    error: Some(e.to_common().to_item()),
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::BatchWriteItemsResponse { results }))
+    }
+
+    async fn batch_read(
+        &self,
+        req: Request<pb::BatchReadItemsRequest>,
+    ) -> std::result::Result<Response<pb::BatchReadItemsResponse>, Status> {
+        let started = Instant::now();
+        let items = req.into_inner().items;
+        let r = check_batch(items.len());
+        self.observe("batch_read", started, &r);
+        r?;
+        let futs = items.into_iter().map(|r| self.do_read(r));
+        let results = futures::future::join_all(futs)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(resp) => pb::BatchReadItemResult {
+                    response: Some(resp),
+                    error: None,
+                },
+                Err(s) => pb::BatchReadItemResult {
+                    response: None,
+                    error: Some(item_error_from_status(&s)),
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::BatchReadItemsResponse { results }))
+    }
+
+    async fn create_tenant(
+        &self,
+        req: Request<pb::CreateTenantRequest>,
+    ) -> std::result::Result<Response<pb::Tenant>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let p = req.into_inner().tenant.unwrap_or_default();
+            pairdb_common::validate::tenant_id(&p.tenant_id)?;
+            let mut t = TenantRecord::with_defaults(&p.tenant_id);
+            apply_tenant_fields(&mut t, &p)?;
+            self.meta.create_tenant(&t).await.map_err(|e| match e {
+                crate::meta::MetaError::Conflict(_) => Error::from(E::InvalidArgument(format!(
+                    "tenant {} already exists",
+                    t.tenant_id
+                ))),
+                other => other.into(),
+            })?;
+            let t = self.meta.get_tenant(&t.tenant_id).await?.unwrap_or(t);
+            self.data.tenants.remember(t.clone());
+            Ok(tenant_pb(&t))
+        }
+        .await;
+        self.observe("create_tenant", started, &r);
+        Ok(Response::new(r?))
+    }
+
+    async fn get_tenant(
+        &self,
+        req: Request<pb::GetTenantRequest>,
+    ) -> std::result::Result<Response<pb::Tenant>, Status> {
+        let id = req.into_inner().tenant_id;
+        pairdb_common::validate::tenant_id(&id).map_err(Error::from)?;
+        match self.meta.get_tenant(&id).await.map_err(Error::from)? {
+            Some(t) => Ok(Response::new(tenant_pb(&t))),
+            None => Err(Error::from(E::TenantNotFound(id)).into()),
+        }
+    }
+
+    async fn update_tenant(
+        &self,
+        req: Request<pb::UpdateTenantRequest>,
+    ) -> std::result::Result<Response<pb::Tenant>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let p = req.into_inner().tenant.unwrap_or_default();
+            pairdb_common::validate::tenant_id(&p.tenant_id)?;
+            let mut t = self
+                .meta
+                .get_tenant(&p.tenant_id)
+                .await?
+                .ok_or_else(|| E::TenantNotFound(p.tenant_id.clone()))?;
+            apply_tenant_fields(&mut t, &p)?;
+            self.meta.update_tenant(&t).await?;
+            let t = self.meta.get_tenant(&t.tenant_id).await?.unwrap_or(t);
+            self.data.tenants.remember(t.clone());
+            Ok(tenant_pb(&t))
+        }
+        .await;
+        self.observe("update_tenant", started, &r);
+        Ok(Response::new(r?))
+    }
+
+    async fn list_tenants(
+        &self,
+        _req: Request<pb::ListTenantsRequest>,
+    ) -> std::result::Result<Response<pb::ListTenantsResponse>, Status> {
+        let all = self.meta.list_tenants().await.map_err(Error::from)?;
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: all.iter().map(tenant_pb).collect(),
+        }))
+    }
+
+    async fn add_storage_node(
+        &self,
+        req: Request<pb::AddStorageNodeRequest>,
+    ) -> std::result::Result<Response<pb::TopologyChangeResponse>, Status> {
+        let started = Instant::now();
+        let r = async {
+            let a = req.into_inner();
+            validate_node(&a)?;
+            let nodes = self.meta.list_nodes().await?;
+            let has_normal = nodes.iter().any(|n| n.state == NodeState::Normal);
+            if has_normal && !a.initial_member {
+                // Joining a cluster that holds data needs bootstrap streaming; refuse rather
+                // than add a node that owns ranges it does not have.
+                return Err(E::TopologyConflict(format!(
+                    "node {} cannot join a cluster that already has NORMAL nodes until bootstrap streaming exists; \
+                     pass initial_member only when forming a new, empty cluster",
+                    a.node_id
+                ))
+                .into());
+            }
+            let rec = NodeRecord {
+                node_id: a.node_id.clone(),
+                host: a.host.clone(),
+                port: a.port as u16,
+                admin_port: a.admin_port as u16,
+                zone: a.zone.clone(),
+                virtual_nodes: if a.virtual_nodes == 0 { DEFAULT_VIRTUAL_NODES } else { a.virtual_nodes },
+                state: NodeState::Normal,
+                status: NodeStatus::Unknown,
+                last_seen_ms: None,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            };
+            self.meta.add_node(&rec).await.map_err(|e| match e {
+                crate::meta::MetaError::Conflict(_) => Error::from(E::TopologyConflict(format!("node {} already exists", a.node_id))),
+                other => other.into(),
+            })?;
+            self.data.cluster.refresh().await?;
+            let stored = self.meta.get_node(&a.node_id).await?.unwrap_or(rec);
+            tracing::info!(node_id = %a.node_id, host = %a.host, port = a.port, "storage node added as NORMAL");
+            Ok(pb::TopologyChangeResponse { node: Some(node_pb(&stored, None)), change: None })
+        }
+        .await;
+        self.observe("add_storage_node", started, &r);
+        Ok(Response::new(r?))
+    }
+
+    async fn remove_storage_node(
+        &self,
+        _req: Request<pb::RemoveStorageNodeRequest>,
+    ) -> std::result::Result<Response<pb::TopologyChangeResponse>, Status> {
+        Err(Status::unimplemented(
+            "RemoveStorageNode needs decommission streaming, which is not built yet",
+        ))
+    }
+
+    async fn replace_storage_node(
+        &self,
+        _req: Request<pb::ReplaceStorageNodeRequest>,
+    ) -> std::result::Result<Response<pb::TopologyChangeResponse>, Status> {
+        Err(Status::unimplemented(
+            "ReplaceStorageNode needs range streaming, which is not built yet",
+        ))
+    }
+
+    async fn get_storage_node_status(
+        &self,
+        req: Request<pb::GetStorageNodeStatusRequest>,
+    ) -> std::result::Result<Response<pb::StorageNode>, Status> {
+        let id = req.into_inner().node_id;
+        match self.meta.get_node(&id).await.map_err(Error::from)? {
+            Some(n) => Ok(Response::new(node_pb(&n, self.live_status(&id)))),
+            None => Err(Status::not_found(format!("storage node {id} not found"))),
+        }
+    }
+
+    async fn list_storage_nodes(
+        &self,
+        _req: Request<pb::ListStorageNodesRequest>,
+    ) -> std::result::Result<Response<pb::ListStorageNodesResponse>, Status> {
+        let nodes = self.meta.list_nodes().await.map_err(Error::from)?;
+        Ok(Response::new(pb::ListStorageNodesResponse {
+            nodes: nodes
+                .iter()
+                .map(|n| node_pb(n, self.live_status(&n.node_id)))
+                .collect(),
+        }))
+    }
+
+    async fn list_pending_changes(
+        &self,
+        _req: Request<pb::ListPendingChangesRequest>,
+    ) -> std::result::Result<Response<pb::ListPendingChangesResponse>, Status> {
+        Ok(Response::new(pb::ListPendingChangesResponse {
+            changes: vec![],
+        }))
+    }
+
+    async fn abort_change(
+        &self,
+        req: Request<pb::AbortChangeRequest>,
+    ) -> std::result::Result<Response<pb::PendingChange>, Status> {
+        Err(Status::not_found(format!(
+            "no pending change {}",
+            req.into_inner().change_id
+        )))
+    }
+
+    async fn get_cluster_health(
+        &self,
+        _req: Request<pb::GetClusterHealthRequest>,
+    ) -> std::result::Result<Response<pb::ClusterHealth>, Status> {
+        let snap = self.data.cluster.snapshot();
+        let nodes = self.meta.list_nodes().await.map_err(Error::from)?;
+        let hints: u64 = self
+            .meta
+            .hint_targets()
+            .await
+            .map_err(Error::from)?
+            .iter()
+            .map(|t| t.pending)
+            .sum();
+        let view: Vec<pb::StorageNode> = nodes
+            .iter()
+            .map(|n| node_pb(n, self.live_status(&n.node_id)))
+            .collect();
+        let up = view
+            .iter()
+            .filter(|n| n.status == pb::NodeStatus::Up as i32)
+            .count() as u32;
+        let down = view
+            .iter()
+            .filter(|n| n.status == pb::NodeStatus::Down as i32)
+            .count() as u32;
+        let status = if view.is_empty() || up == 0 {
+            "unavailable"
+        } else if down > 0 {
+            "degraded"
+        } else {
+            "healthy"
+        };
+        Ok(Response::new(pb::ClusterHealth {
+            status: status.into(),
+            nodes_total: view.len() as u32,
+            nodes_up: up,
+            nodes_down: down,
+            ring_version: snap.version,
+            pending_changes: 0,
+            hints_pending: hints,
+            nodes: view,
+        }))
+    }
+
+    async fn get_ring(
+        &self,
+        req: Request<pb::GetRingRequest>,
+    ) -> std::result::Result<Response<pb::RingView>, Status> {
+        let q = req.into_inner();
+        let snap = self.data.cluster.snapshot();
+        let ring = &snap.ring;
+        let members: Vec<pb::StorageNode> = ring
+            .members()
+            .iter()
+            .filter_map(|m| {
+                snap.nodes
+                    .get(&m.node_id)
+                    .map(|e| node_pb(&e.record, Some(e.health.status())))
+            })
+            .collect();
+        let (key_replicas, key_token) = if q.tenant_id.is_empty() {
+            (vec![], 0)
+        } else {
+            pairdb_common::validate::key_ref(&q.tenant_id, &q.key).map_err(Error::from)?;
+            let rf = self
+                .data
+                .tenants
+                .get(&q.tenant_id)
+                .await
+                .map(|t| t.replication_factor)
+                .unwrap_or(3);
+            let t = token::token(&q.tenant_id, &q.key);
+            (
+                ring.preference_list(t, rf as usize)
+                    .iter()
+                    .map(|m| m.node_id.clone())
+                    .collect(),
+                t,
+            )
+        };
+        Ok(Response::new(pb::RingView {
+            ring_version: snap.version,
+            nodes: members,
+            tokens: ring.token_count() as u32,
+            ownership: ring.ownership(),
+            key_replicas,
+            key_token,
+        }))
+    }
+
+    async fn start_repair(
+        &self,
+        _req: Request<pb::StartRepairRequest>,
+    ) -> std::result::Result<Response<pb::RepairStatus>, Status> {
+        Err(Status::unimplemented(
+            "anti-entropy repair is not built yet; read repair and hinted handoff are active",
+        ))
+    }
+
+    async fn get_repair_status(
+        &self,
+        _req: Request<pb::GetRepairStatusRequest>,
+    ) -> std::result::Result<Response<pb::RepairStatus>, Status> {
+        Err(Status::unimplemented(
+            "anti-entropy repair is not built yet",
+        ))
+    }
+
+    async fn get_hint_stats(
+        &self,
+        _req: Request<pb::GetHintStatsRequest>,
+    ) -> std::result::Result<Response<pb::HintStats>, Status> {
+        let targets = self.meta.hint_targets().await.map_err(Error::from)?;
+        let m = &self.data.metrics;
+        Ok(Response::new(pb::HintStats {
+            pending: targets.iter().map(|t| t.pending).sum(),
+            stored_total: m.hints_stored.get(),
+            replayed_total: m.hints_replayed.get(),
+            failed_total: m.hints_failed.get(),
+            targets: targets
+                .iter()
+                .map(|t| pb::HintTargetStats {
+                    node_id: t.node_id.clone(),
+                    pending: t.pending,
+                    oldest_created_at_ms: t.oldest_created_at_ms,
+                })
+                .collect(),
+        }))
+    }
+}
+
+fn validate_node(a: &pb::AddStorageNodeRequest) -> Result<()> {
+    let id = a.node_id.as_bytes();
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && (id[0].is_ascii_lowercase() || id[0].is_ascii_digit())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b));
+    if !ok {
+        return Err(E::InvalidArgument(format!(
+            "node_id {:?} must be 1-63 chars of [a-z0-9._-]",
+            a.node_id
+        ))
+        .into());
+    }
+    if a.host.is_empty() || a.port == 0 || a.port > 65535 || a.admin_port > 65535 {
+        return Err(E::InvalidArgument("host and a port in 1-65535 are required".into()).into());
+    }
+    if a.virtual_nodes > MAX_VIRTUAL_NODES {
+        return Err(E::InvalidArgument(format!(
+            "virtual_nodes must be at most {MAX_VIRTUAL_NODES}"
+        ))
+        .into());
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! The coordinator's view of the cluster: the ring (from durable intent in the metadata store)
+//! and each node's observed health (from heartbeats, in memory), plus one long-lived gRPC
+//! channel per storage node.
+//!
+//! Two named workers keep it current: `topology` polls `ring_version` and rebuilds the ring
+//! within `ring_poll_ms` of a change; `failure-detector` pings every node every
+//! `heartbeat_ms`, marks it DOWN after `down_after_misses` consecutive misses (UP again on the
+//! first answer), and records status and `last_seen` in `storage_nodes` for operators.
+//! *Invariant: health never changes ring membership; state does.*
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pairdb_common::api::pb;
+use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
+use pairdb_common::ring::{Ring, RingMember};
+use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::meta::{MetaStore, NodeRecord, NodeStatus};
+
+pub type StorageClient = StorageNodeServiceClient<Channel>;
+
+/// Observed health of one node (lock-free counters).
+#[derive(Debug, Default)]
+pub struct Health {
+    misses: AtomicU32,
+    /// 0 = unknown, 1 = up, 2 = down.
+    status: AtomicU32,
+    last_seen_ms: AtomicU64,
+    down_since_ms: AtomicU64,
+}
+
+impl Health {
+    pub fn status(&self) -> NodeStatus {
+        match self.status.load(Ordering::Relaxed) {
+            1 => NodeStatus::Up,
+            2 => NodeStatus::Down,
+            _ => NodeStatus::Unknown,
+        }
+    }
+
+    /// Whether requests should be sent (unknown counts as up: a fresh coordinator tries).
+    pub fn is_available(&self) -> bool {
+        self.status() != NodeStatus::Down
+    }
+
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds since the node went down (0 when not down).
+    pub fn down_for_ms(&self, now_ms: u64) -> u64 {
+        match self.down_since_ms.load(Ordering::Relaxed) {
+            0 => 0,
+            t => now_ms.saturating_sub(t),
+        }
+    }
+
+    /// A request to the node failed at the transport level: counts as a miss (the circuit
+    /// opens at the same threshold as the heartbeat's).
+    pub fn record_failure(&self, down_after: u32) {
+        let m = self.misses.fetch_add(1, Ordering::Relaxed) + 1;
+        if m >= down_after && self.status.swap(2, Ordering::Relaxed) != 2 {
+            self.down_since_ms
+                .store(pairdb_common::now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    pub fn record_success(&self) {
+        self.misses.store(0, Ordering::Relaxed);
+        self.status.store(1, Ordering::Relaxed);
+        self.down_since_ms.store(0, Ordering::Relaxed);
+        self.last_seen_ms
+            .store(pairdb_common::now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// One storage node as the coordinator knows it.
+pub struct NodeEntry {
+    pub record: NodeRecord,
+    pub client: StorageClient,
+    pub health: Arc<Health>,
+}
+
+/// An immutable snapshot: ring + nodes. Replaced wholesale on topology change.
+pub struct Snapshot {
+    pub ring: Ring,
+    pub nodes: HashMap<String, Arc<NodeEntry>>,
+    pub version: u64,
+}
+
+/// Cluster settings, from the coordinator config.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub heartbeat_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    pub down_after_misses: u32,
+    pub ring_poll_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+pub struct Cluster {
+    meta: Arc<dyn MetaStore>,
+    cfg: ClusterConfig,
+    snap: RwLock<Arc<Snapshot>>,
+    /// Health survives snapshot rebuilds.
+    health: RwLock<HashMap<String, Arc<Health>>>,
+}
+
+fn channel(rec: &NodeRecord, connect_timeout_ms: u64) -> Result<Channel, String> {
+    let ep = Endpoint::from_shared(format!("http://{}:{}", rec.host, rec.port))
+        .map_err(|e| format!("bad address for {}: {e}", rec.node_id))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_millis(connect_timeout_ms))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    // Lazy: connects on first use and reconnects after failures, one HTTP/2 channel per node.
+    Ok(ep.connect_lazy())
+}
+
+impl Cluster {
+    pub fn new(meta: Arc<dyn MetaStore>, cfg: ClusterConfig) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            meta,
+            cfg,
+            snap: RwLock::new(Arc::new(Snapshot {
+                ring: Ring::default(),
+                nodes: HashMap::new(),
+                version: 0,
+            })),
+            health: RwLock::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.cfg
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snap.read().clone()
+    }
+
+    /// Reloads membership from the metadata store and rebuilds the ring.
+    pub async fn refresh(&self) -> crate::meta::MetaResult<()> {
+        let version = self.meta.ring_version().await?;
+        let records = self.meta.list_nodes().await?;
+        let old = self.snapshot();
+        let mut nodes = HashMap::new();
+        for rec in records {
+            let health = self
+                .health
+                .write()
+                .entry(rec.node_id.clone())
+                .or_default()
+                .clone();
+            // Reuse the channel when the address did not change.
+            let client = match old.nodes.get(&rec.node_id) {
+                Some(e) if e.record.host == rec.host && e.record.port == rec.port => {
+                    e.client.clone()
+                }
+                _ => match channel(&rec, self.cfg.connect_timeout_ms) {
+                    Ok(ch) => StorageNodeServiceClient::new(ch)
+                        .max_decoding_message_size(64 << 20)
+                        .max_encoding_message_size(64 << 20),
+                    Err(e) => {
+                        tracing::error!(node_id = %rec.node_id, error = %e, "skip node with a bad address");
+                        continue;
+                    }
+                },
+            };
+            nodes.insert(
+                rec.node_id.clone(),
+                Arc::new(NodeEntry {
+                    record: rec,
+                    client,
+                    health,
+                }),
+            );
+        }
+        let ring = Ring::build(
+            nodes.values().map(|e| RingMember {
+                node_id: e.record.node_id.clone(),
+                zone: e.record.zone.clone(),
+                virtual_nodes: e.record.virtual_nodes,
+                state: e.record.state,
+            }),
+            version,
+        );
+        if version != old.version {
+            tracing::info!(
+                ring_version = version,
+                nodes = nodes.len(),
+                owners = ring.members().len(),
+                "ring rebuilt"
+            );
+        }
+        *self.snap.write() = Arc::new(Snapshot {
+            ring,
+            nodes,
+            version,
+        });
+        Ok(())
+    }
+
+    /// The topology worker: rebuilds the ring whenever `ring_version` moves.
+    pub async fn run_topology(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.ring_poll_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let current = self.snapshot().version;
+            let r = match self.meta.ring_version().await {
+                Ok(v) if v == current => Ok(()),
+                Ok(_) => self.refresh().await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("metadata store reachable again");
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!(error = %e, "poll ring version failed; serving with the last ring");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The failure detector: heartbeats every node, keeps health and `storage_nodes` current.
+    pub async fn run_failure_detector(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.heartbeat_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut recorded: HashMap<String, (NodeStatus, Instant)> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let snap = self.snapshot();
+            let timeout = Duration::from_millis(self.cfg.heartbeat_timeout_ms);
+            let pings = snap.nodes.values().map(|e| {
+                let e = e.clone();
+                async move {
+                    let mut c = e.client.clone();
+                    let ok = matches!(
+                        tokio::time::timeout(timeout, c.node_info(pb::NodeInfoRequest {})).await,
+                        Ok(Ok(_))
+                    );
+                    (e, ok)
+                }
+            });
+            for (e, ok) in futures::future::join_all(pings).await {
+                let before = e.health.status();
+                if ok {
+                    e.health.record_success();
+                } else {
+                    e.health.record_failure(self.cfg.down_after_misses);
+                }
+                let after = e.health.status();
+                if before != after {
+                    match after {
+                        NodeStatus::Down => {
+                            tracing::warn!(node_id = %e.record.node_id, "storage node DOWN")
+                        }
+                        _ => {
+                            tracing::info!(node_id = %e.record.node_id, status = after.as_str(), "storage node status")
+                        }
+                    }
+                }
+                // Persist on change, and last_seen at most every 10 s.
+                let due = match recorded.get(&e.record.node_id) {
+                    Some((s, at)) => *s != after || at.elapsed() > Duration::from_secs(10),
+                    None => true,
+                };
+                if due && after != NodeStatus::Unknown {
+                    let seen = (e.health.last_seen_ms() > 0).then(|| e.health.last_seen_ms());
+                    if let Err(err) = self
+                        .meta
+                        .record_status(&e.record.node_id, after, seen)
+                        .await
+                    {
+                        tracing::warn!(node_id = %e.record.node_id, error = %err, "record node status failed");
+                    } else {
+                        recorded.insert(e.record.node_id.clone(), (after, Instant::now()));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The coordinator's configuration: one typed struct from a TOML file, then `PAIRDB_*`
+//! environment variables, then flags; validated at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Every setting of a coordinator (see `pairdb-coordinator --help`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Identity used for hint claims and logs. Default: `$POD_NAME`, else hostname + pid.
+    pub coordinator_id: String,
+    /// `postgres://…` (production) or `sqlite://…` (embedded).
+    pub database_url: String,
+    /// Apply migrations at start.
+    pub migrate_on_start: bool,
+    /// gRPC listen address (`pairdb.CoordinatorService`, health, reflection).
+    pub grpc_addr: SocketAddr,
+    /// Admin HTTP listen address (`/health`, `/metrics`).
+    pub admin_addr: SocketAddr,
+    /// Default client request deadline in ms.
+    pub request_timeout_ms: u64,
+    /// Deadline of one coordinator → storage node RPC in ms.
+    pub replica_timeout_ms: u64,
+    /// Heartbeat interval in ms.
+    pub heartbeat_ms: u64,
+    /// Heartbeat deadline in ms.
+    pub heartbeat_timeout_ms: u64,
+    /// Consecutive misses after which a node is DOWN for routing.
+    pub down_after_misses: u32,
+    /// How often `ring_version` is polled, in ms (ring changes are seen within this).
+    pub ring_poll_ms: u64,
+    /// How often tenant settings are reloaded, in ms.
+    pub tenant_refresh_ms: u64,
+    /// Record hints for replicas that miss writes.
+    pub hints_enabled: bool,
+    /// Hint replay interval in ms.
+    pub hint_replay_interval_ms: u64,
+    /// Delivery attempts before a hint is dropped.
+    pub max_replay_attempts: u32,
+    /// Hints older than this are dropped (must stay below the tombstone grace), in seconds.
+    pub hint_ttl_secs: u64,
+    /// No hints are recorded for a node down longer than this, in seconds.
+    pub max_hint_window_secs: u64,
+    /// Most pending hints per target node.
+    pub max_hints_per_target: u64,
+    /// Largest gRPC message, in MiB.
+    pub max_message_mb: u64,
+    /// Log as JSON lines.
+    pub log_json: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let id = std::env::var("POD_NAME")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/etc/hostname")
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default();
+                format!("{host}-{}", std::process::id())
+            });
+        Config {
+            coordinator_id: id,
+            database_url: "sqlite://./pairdb-meta.db".into(),
+            migrate_on_start: true,
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            request_timeout_ms: 5_000,
+            replica_timeout_ms: 2_000,
+            heartbeat_ms: 1_000,
+            heartbeat_timeout_ms: 800,
+            down_after_misses: 3,
+            ring_poll_ms: 500,
+            tenant_refresh_ms: 1_000,
+            hints_enabled: true,
+            hint_replay_interval_ms: 1_000,
+            max_replay_attempts: 3,
+            hint_ttl_secs: 7 * 24 * 3600,
+            max_hint_window_secs: 3 * 3600,
+            max_hints_per_target: 1_000_000,
+            max_message_mb: 64,
+            log_json: false,
+        }
+    }
+}
+
+/// Flags and environment; unset ones keep the file's (or default) value.
+#[derive(Debug, clap::Args, Default)]
+pub struct Args {
+    /// TOML file with any `Config` fields.
+    #[arg(long, env = "PAIRDB_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    #[arg(long, env = "PAIRDB_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    #[arg(long, env = "PAIRDB_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    #[arg(long, env = "PAIRDB_COORDINATOR_ID")]
+    pub coordinator_id: Option<String>,
+    #[arg(long, env = "PAIRDB_MIGRATE_ON_START")]
+    pub migrate_on_start: Option<bool>,
+    #[arg(long, env = "PAIRDB_HINTS_ENABLED")]
+    pub hints_enabled: Option<bool>,
+    #[arg(long, env = "PAIRDB_LOG_JSON")]
+    pub log_json: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    pub fn load(args: Args) -> Result<Config, ConfigError> {
+        let mut c = match &args.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError(format!("read {}: {e}", p.display())))?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError(format!("parse {}: {e}", p.display())))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = args.database_url {
+            c.database_url = v;
+        }
+        if let Some(v) = args.grpc_addr {
+            c.grpc_addr = v;
+        }
+        if let Some(v) = args.admin_addr {
+            c.admin_addr = v;
+        }
+        if let Some(v) = args.coordinator_id {
+            c.coordinator_id = v;
+        }
+        if let Some(v) = args.migrate_on_start {
+            c.migrate_on_start = v;
+        }
+        if let Some(v) = args.hints_enabled {
+            c.hints_enabled = v;
+        }
+        if let Some(v) = args.log_json {
+            c.log_json = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.database_url.starts_with("postgres") || self.database_url.starts_with("sqlite:"))
+        {
+            return Err(ConfigError(format!(
+                "database_url {:?} must start with postgres:// or sqlite://",
+                self.database_url
+            )));
+        }
+        if self.coordinator_id.is_empty() {
+            return Err(ConfigError("coordinator_id must not be empty".into()));
+        }
+        for (name, v) in [
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("replica_timeout_ms", self.replica_timeout_ms),
+            ("heartbeat_ms", self.heartbeat_ms),
+            ("heartbeat_timeout_ms", self.heartbeat_timeout_ms),
+            ("ring_poll_ms", self.ring_poll_ms),
+            ("tenant_refresh_ms", self.tenant_refresh_ms),
+            ("hint_replay_interval_ms", self.hint_replay_interval_ms),
+        ] {
+            if v == 0 || v > 3_600_000 {
+                return Err(ConfigError(format!("{name} must be 1-3600000")));
+            }
+        }
+        if self.ring_poll_ms > 1000 {
+            return Err(ConfigError(
+                "ring_poll_ms must be at most 1000 (ring changes must be seen within a second)"
+                    .into(),
+            ));
+        }
+        if self.down_after_misses == 0 || self.max_replay_attempts == 0 {
+            return Err(ConfigError(
+                "down_after_misses and max_replay_attempts must be at least 1".into(),
+            ));
+        }
+        if self.max_hint_window_secs > self.hint_ttl_secs {
+            return Err(ConfigError(
+                "max_hint_window_secs must not exceed hint_ttl_secs".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! The coordinator's Prometheus metrics (SPEC §7): requests, errors by code, latency, replica
+//! RPC latency, hints, read repairs. One registry per coordinator.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub op: &'static str,
+    pub code: &'static str,
+}
+
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<OpLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub latency: Family<OpLabels, Histogram, fn() -> Histogram>,
+    pub replica_latency: Family<OpLabels, Histogram, fn() -> Histogram>,
+    pub hints_stored: Counter,
+    pub hints_replayed: Counter,
+    pub hints_failed: Counter,
+    pub hints_cleanup_deleted: Counter,
+    pub hints_dropped: Counter,
+    pub hints_pending: Gauge,
+    pub read_repairs: Counter,
+    pub quorum_failures: Counter,
+    pub nodes_up: Gauge,
+    pub nodes_down: Gauge,
+    pub ring_version: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            requests: Family::default(),
+            errors: Family::default(),
+            latency: Family::new_with_constructor(latency as fn() -> Histogram),
+            replica_latency: Family::new_with_constructor(latency as fn() -> Histogram),
+            hints_stored: Counter::default(),
+            hints_replayed: Counter::default(),
+            hints_failed: Counter::default(),
+            hints_cleanup_deleted: Counter::default(),
+            hints_dropped: Counter::default(),
+            hints_pending: Gauge::default(),
+            read_repairs: Counter::default(),
+            quorum_failures: Counter::default(),
+            nodes_up: Gauge::default(),
+            nodes_down: Gauge::default(),
+            ring_version: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "coordinator_requests",
+            "Client requests, by operation",
+            m.requests.clone(),
+        );
+        r.register(
+            "coordinator_errors",
+            "Client request errors, by operation and pairdb code",
+            m.errors.clone(),
+        );
+        r.register(
+            "coordinator_request_duration_seconds",
+            "Client request latency",
+            m.latency.clone(),
+        );
+        r.register(
+            "replica_rpc_duration_seconds",
+            "Coordinator to storage node RPC latency",
+            m.replica_latency.clone(),
+        );
+        r.register(
+            "hints_stored",
+            "Hints recorded for replicas that missed a write",
+            m.hints_stored.clone(),
+        );
+        r.register(
+            "hints_replayed",
+            "Hints delivered",
+            m.hints_replayed.clone(),
+        );
+        r.register(
+            "hints_failed",
+            "Hint deliveries that failed",
+            m.hints_failed.clone(),
+        );
+        r.register(
+            "hints_cleanup_deleted",
+            "Hints deleted after their TTL or attempts ran out",
+            m.hints_cleanup_deleted.clone(),
+        );
+        r.register(
+            "hints_dropped",
+            "Hints not recorded (target down past the hint window, or over the per-target cap)",
+            m.hints_dropped.clone(),
+        );
+        r.register(
+            "hints_pending",
+            "Hints waiting for delivery",
+            m.hints_pending.clone(),
+        );
+        r.register(
+            "read_repairs",
+            "Replicas repaired by reads",
+            m.read_repairs.clone(),
+        );
+        r.register(
+            "quorum_failures",
+            "Requests that could not reach their consistency level",
+            m.quorum_failures.clone(),
+        );
+        r.register(
+            "storage_nodes_up",
+            "Storage nodes this coordinator sees up",
+            m.nodes_up.clone(),
+        );
+        r.register(
+            "storage_nodes_down",
+            "Storage nodes this coordinator sees down",
+            m.nodes_down.clone(),
+        );
+        r.register(
+            "ring_version",
+            "Ring version this coordinator routes with",
+            m.ring_version.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn error(&self, op: &'static str, code: pairdb_common::ErrorCode) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                op,
+                code: code.name(),
+            })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encode metrics failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,265 @@
+//! Starting and stopping a coordinator: metadata store, cluster view, tenants, hints, gRPC and
+//! admin HTTP, each background worker named and stopped by one cancellation token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use pairdb_common::api::pb::coordinator_service_server::CoordinatorServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::CoordinatorApi;
+use crate::cluster::{Cluster, ClusterConfig};
+use crate::config::Config;
+use crate::data::{DataConfig, DataPlane};
+use crate::hints::{HintConfig, Hints};
+use crate::meta::{self, MetaStore};
+use crate::metrics::Metrics;
+use crate::tenants::Tenants;
+
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("metadata store: {0}")]
+    Meta(#[from] meta::MetaError),
+    #[error("bind {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("build reflection service: {0}")]
+    Reflection(String),
+}
+
+pub struct RunningCoordinator {
+    pub data: Arc<DataPlane>,
+    pub meta: Arc<dyn MetaStore>,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+/// Starts a coordinator on an already-open metadata store.
+pub async fn start_with(
+    cfg: Config,
+    meta: Arc<dyn MetaStore>,
+) -> Result<RunningCoordinator, StartError> {
+    if cfg.migrate_on_start {
+        meta.migrate().await?;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let cluster = Cluster::new(
+        meta.clone(),
+        ClusterConfig {
+            heartbeat_ms: cfg.heartbeat_ms,
+            heartbeat_timeout_ms: cfg.heartbeat_timeout_ms,
+            down_after_misses: cfg.down_after_misses,
+            ring_poll_ms: cfg.ring_poll_ms,
+            connect_timeout_ms: cfg.replica_timeout_ms.min(1000),
+        },
+    );
+    cluster.refresh().await?;
+    let tenants = Tenants::new(meta.clone(), cfg.tenant_refresh_ms);
+    tenants.reload().await.map_err(|e| match e {
+        crate::error::Error::Meta(m) => StartError::Meta(m),
+        other => StartError::Meta(meta::MetaError::Db(other.to_string())),
+    })?;
+    let hints = Hints::new(
+        meta.clone(),
+        cluster.clone(),
+        metrics.clone(),
+        HintConfig {
+            enabled: cfg.hints_enabled,
+            replay_interval_ms: cfg.hint_replay_interval_ms,
+            max_replay_attempts: cfg.max_replay_attempts,
+            hint_ttl_secs: cfg.hint_ttl_secs,
+            max_hint_window_secs: cfg.max_hint_window_secs,
+            max_hints_per_target: cfg.max_hints_per_target,
+            replay_batch: 100,
+            rpc_timeout_ms: cfg.replica_timeout_ms,
+        },
+        cfg.coordinator_id.clone(),
+    );
+    let data = Arc::new(DataPlane {
+        cluster: cluster.clone(),
+        tenants: tenants.clone(),
+        hints: hints.clone(),
+        metrics: metrics.clone(),
+        cfg: DataConfig {
+            request_timeout_ms: cfg.request_timeout_ms,
+            replica_timeout_ms: cfg.replica_timeout_ms,
+        },
+    });
+
+    let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
+    let grpc_listener = TcpListener::bind(cfg.grpc_addr)
+        .await
+        .map_err(bind_err("gRPC", cfg.grpc_addr))?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(bind_err("gRPC", cfg.grpc_addr))?;
+    let admin_listener = TcpListener::bind(cfg.admin_addr)
+        .await
+        .map_err(bind_err("admin", cfg.admin_addr))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(bind_err("admin", cfg.admin_addr))?;
+
+    let cancel = CancellationToken::new();
+    let mut tasks: Vec<(&'static str, JoinHandle<()>)> = vec![
+        (
+            "topology",
+            tokio::spawn(cluster.clone().run_topology(cancel.clone())),
+        ),
+        (
+            "failure-detector",
+            tokio::spawn(cluster.clone().run_failure_detector(cancel.clone())),
+        ),
+        (
+            "tenant-refresh",
+            tokio::spawn(tenants.clone().run(cancel.clone())),
+        ),
+        (
+            "hint-replay",
+            tokio::spawn(hints.clone().run(cancel.clone())),
+        ),
+    ];
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<CoordinatorServiceServer<CoordinatorApi>>()
+        .await;
+    let (reflection, reflection_alpha) =
+        pairdb_common::grpc::reflection(&["pairdb.CoordinatorService"])
+            .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let max_msg = (cfg.max_message_mb << 20) as usize;
+    let svc = CoordinatorServiceServer::new(CoordinatorApi {
+        data: data.clone(),
+        meta: meta.clone(),
+    })
+    .max_decoding_message_size(max_msg)
+    .max_encoding_message_size(max_msg);
+    let grpc = tonic::transport::Server::builder()
+        .timeout(Duration::from_millis(cfg.request_timeout_ms * 4))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(svc);
+    let c = cancel.clone();
+    tasks.push((
+        "grpc",
+        tokio::spawn(async move {
+            let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            if let Err(e) = grpc
+                .serve_with_incoming_shutdown(incoming, c.cancelled())
+                .await
+            {
+                tracing::error!(error = %e, "gRPC server stopped with an error");
+            }
+        }),
+    ));
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(render_metrics))
+        .with_state(data.clone());
+    let c = cancel.clone();
+    tasks.push((
+        "admin-http",
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, app)
+                .with_graceful_shutdown(async move { c.cancelled().await })
+                .await
+            {
+                tracing::error!(error = %e, "admin HTTP server stopped with an error");
+            }
+        }),
+    ));
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, coordinator_id = %cfg.coordinator_id, "coordinator serving");
+    Ok(RunningCoordinator {
+        data,
+        meta,
+        grpc_addr,
+        admin_addr,
+        cancel,
+        tasks,
+    })
+}
+
+/// Opens the metadata store named by the config and starts.
+pub async fn start(cfg: Config) -> Result<RunningCoordinator, StartError> {
+    let meta = meta::connect(&cfg.database_url).await?;
+    start_with(cfg, meta).await
+}
+
+async fn health(State(d): State<Arc<DataPlane>>) -> axum::Json<serde_json::Value> {
+    let snap = d.cluster.snapshot();
+    let nodes: Vec<serde_json::Value> = snap
+        .nodes
+        .values()
+        .map(|e| {
+            serde_json::json!({
+                "node_id": e.record.node_id,
+                "state": e.record.state.as_str(),
+                "status": e.health.status().as_str(),
+                "last_seen_ms": e.health.last_seen_ms(),
+            })
+        })
+        .collect();
+    let up = snap
+        .nodes
+        .values()
+        .filter(|e| e.health.status() == crate::meta::NodeStatus::Up)
+        .count();
+    axum::Json(serde_json::json!({
+        "status": if up > 0 || snap.nodes.is_empty() { "ok" } else { "degraded" },
+        "ring_version": snap.version,
+        "storage_nodes": nodes,
+    }))
+}
+
+async fn render_metrics(State(d): State<Arc<DataPlane>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let snap = d.cluster.snapshot();
+    let up = snap
+        .nodes
+        .values()
+        .filter(|e| e.health.status() == crate::meta::NodeStatus::Up)
+        .count();
+    let down = snap
+        .nodes
+        .values()
+        .filter(|e| e.health.status() == crate::meta::NodeStatus::Down)
+        .count();
+    d.metrics.nodes_up.set(up as i64);
+    d.metrics.nodes_down.set(down as i64);
+    d.metrics.ring_version.set(snap.version as i64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        d.metrics.render(),
+    )
+        .into_response()
+}
+
+impl RunningCoordinator {
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for (name, t) in self.tasks {
+            if tokio::time::timeout(SHUTDOWN_DEADLINE, t).await.is_err() {
+                tracing::warn!(task = name, "did not stop within the deadline");
+            }
+        }
+        tracing::info!("coordinator stopped");
+    }
+}

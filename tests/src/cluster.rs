@@ -1,0 +1,346 @@
+//! An in-process cluster for tests: real storage nodes (RocksDB, gRPC) and real coordinators
+//! on ephemeral ports, with SQLite or a freshly created PostgreSQL database as metadata store.
+//! Nodes can be stopped and restarted on the same ports and directories.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use pairdb_common::api::pb;
+use pairdb_common::api::pb::coordinator_service_client::CoordinatorServiceClient;
+use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
+use pairdb_common::ring::{DEFAULT_VIRTUAL_NODES, NodeState};
+use pairdb_coordinator::meta::{self, MetaStore, NodeRecord, NodeStatus, TenantRecord};
+use pairdb_coordinator::server::RunningCoordinator;
+use pairdb_storage_node::server::RunningNode;
+use tonic::transport::Channel;
+
+/// Which metadata store a test cluster uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Admin URL of the local PostgreSQL (scripts/setup.sh makes sure one runs).
+pub fn pg_admin_url() -> String {
+    std::env::var("PAIRDB_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A uniquely named PostgreSQL database, dropped when this guard drops.
+pub struct PgDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDb {
+    pub async fn create() -> Result<PgDb> {
+        use sqlx::Connection;
+        let name = format!(
+            "pairdb_test_{}_{}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let mut c = sqlx::PgConnection::connect(&pg_admin_url())
+            .await
+            .context("connect to local PostgreSQL (scripts/setup.sh starts it)")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await?;
+        let base = pg_admin_url();
+        let url = format!(
+            "{}/{name}",
+            base.rsplit_once('/').map(|(b, _)| b).unwrap_or(&base)
+        );
+        Ok(PgDb { name, url })
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Options of a test cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub backend: Backend,
+    pub nodes: usize,
+    pub coordinators: usize,
+    pub hints: bool,
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub db_url: String,
+    pub meta: Arc<dyn MetaStore>,
+    pub node_cfgs: Vec<pairdb_storage_node::Config>,
+    pub nodes: Vec<Option<RunningNode>>,
+    pub coordinators: Vec<RunningCoordinator>,
+    pub hints: bool,
+    _pg: Option<PgDb>,
+}
+
+fn free_addr() -> Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+pub fn coordinator_config(
+    db_url: &str,
+    id: &str,
+    hints: bool,
+) -> Result<pairdb_coordinator::config::Config> {
+    Ok(pairdb_coordinator::config::Config {
+        coordinator_id: id.into(),
+        database_url: db_url.into(),
+        grpc_addr: "127.0.0.1:0".parse()?,
+        admin_addr: "127.0.0.1:0".parse()?,
+        request_timeout_ms: 5_000,
+        replica_timeout_ms: 1_000,
+        heartbeat_ms: 200,
+        heartbeat_timeout_ms: 300,
+        down_after_misses: 2,
+        ring_poll_ms: 200,
+        tenant_refresh_ms: 500,
+        hints_enabled: hints,
+        hint_replay_interval_ms: 200,
+        ..Default::default()
+    })
+}
+
+impl TestCluster {
+    pub async fn start(o: ClusterOptions) -> Result<TestCluster> {
+        pairdb_common::telemetry::init_logging(false);
+        let dir = tempfile::tempdir()?;
+        let (pg, db_url) = match o.backend {
+            Backend::Sqlite => (
+                None,
+                format!("sqlite://{}", dir.path().join("meta.db").display()),
+            ),
+            Backend::Postgres => {
+                let db = PgDb::create().await?;
+                let url = db.url.clone();
+                (Some(db), url)
+            }
+        };
+        let meta = meta::connect(&db_url).await?;
+        meta.migrate().await?;
+        let mut node_cfgs = Vec::new();
+        let mut nodes = Vec::new();
+        for i in 0..o.nodes {
+            let id = format!("n{}", i + 1);
+            let cfg = pairdb_storage_node::Config {
+                node_id: id.clone(),
+                data_dir: dir.path().join(&id),
+                grpc_addr: free_addr()?,
+                admin_addr: free_addr()?,
+                block_cache_mb: 16,
+                memtable_mb: 8,
+                ..Default::default()
+            };
+            let node = start_node(&cfg).await?;
+            meta.add_node(&NodeRecord {
+                node_id: id,
+                host: "127.0.0.1".into(),
+                port: cfg.grpc_addr.port(),
+                admin_port: cfg.admin_addr.port(),
+                zone: String::new(),
+                virtual_nodes: DEFAULT_VIRTUAL_NODES,
+                state: NodeState::Normal,
+                status: NodeStatus::Unknown,
+                last_seen_ms: None,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            })
+            .await?;
+            node_cfgs.push(cfg);
+            nodes.push(Some(node));
+        }
+        meta.create_tenant(&TenantRecord::with_defaults("t1"))
+            .await?;
+        let mut coordinators = Vec::new();
+        for i in 0..o.coordinators {
+            let cfg = coordinator_config(&db_url, &format!("coord-{i}"), o.hints)?;
+            coordinators.push(pairdb_coordinator::server::start(cfg).await?);
+        }
+        Ok(TestCluster {
+            dir,
+            db_url,
+            meta,
+            node_cfgs,
+            nodes,
+            coordinators,
+            hints: o.hints,
+            _pg: pg,
+        })
+    }
+
+    pub async fn client(&self, i: usize) -> Result<CoordinatorServiceClient<Channel>> {
+        Ok(
+            CoordinatorServiceClient::connect(format!("http://{}", self.coordinators[i].grpc_addr))
+                .await?,
+        )
+    }
+
+    pub async fn storage(&self, i: usize) -> Result<StorageNodeServiceClient<Channel>> {
+        Ok(
+            StorageNodeServiceClient::connect(format!("http://{}", self.node_cfgs[i].grpc_addr))
+                .await?,
+        )
+    }
+
+    pub async fn stop_node(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].take() {
+            n.shutdown().await;
+        }
+    }
+
+    pub async fn restart_node(&mut self, i: usize) -> Result<()> {
+        if self.nodes[i].is_some() {
+            bail!("node {i} is running");
+        }
+        self.nodes[i] = Some(start_node(&self.node_cfgs[i]).await?);
+        Ok(())
+    }
+
+    /// Waits until every coordinator sees node `i` with `status`.
+    pub async fn wait_status(&self, i: usize, status: NodeStatus) -> Result<()> {
+        let id = &self.node_cfgs[i].node_id;
+        wait_async(
+            &format!("{id} {status:?}"),
+            Duration::from_secs(15),
+            || async {
+                self.coordinators.iter().all(|c| {
+                    c.data
+                        .cluster
+                        .snapshot()
+                        .nodes
+                        .get(id)
+                        .is_some_and(|e| e.health.status() == status)
+                })
+            },
+        )
+        .await
+    }
+
+    /// The state node `i` holds for `(t1, key)`, read through its own storage API.
+    pub async fn node_values(&self, i: usize, key: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut c = self.storage(i).await?;
+        let r = c
+            .read(pb::KeyRef {
+                tenant_id: "t1".into(),
+                key: key.to_vec(),
+            })
+            .await?
+            .into_inner();
+        let mut v: Vec<Vec<u8>> = r
+            .state
+            .map(|s| {
+                s.versions
+                    .into_iter()
+                    .filter(|v| !v.tombstone)
+                    .map(|v| v.value)
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        Ok(v)
+    }
+
+    pub async fn shutdown(self) {
+        for c in self.coordinators {
+            c.shutdown().await;
+        }
+        for n in self.nodes.into_iter().flatten() {
+            n.shutdown().await;
+        }
+    }
+}
+
+async fn start_node(cfg: &pairdb_storage_node::Config) -> Result<RunningNode> {
+    let usage = pairdb_storage_node::disk::FixedUsage::new(10.0);
+    Ok(pairdb_storage_node::server::start(
+        cfg.clone(),
+        pairdb_storage_node::server::StartOptions {
+            usage_source: Some(Box::new(usage)),
+        },
+    )
+    .await?)
+}
+
+/// Polls an async condition until it holds or `deadline` passes.
+pub async fn wait_async<F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `ErrorInfo.reason` and numeric code of a status.
+pub fn reason(s: &tonic::Status) -> (String, String) {
+    use tonic_types::StatusExt;
+    s.get_details_error_info()
+        .map(|i| {
+            (
+                i.reason,
+                i.metadata.get("code").cloned().unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+pub fn write_req(
+    key: &[u8],
+    value: &[u8],
+    context: Vec<u8>,
+    consistency: pb::Consistency,
+) -> pb::WriteRequest {
+    pb::WriteRequest {
+        tenant_id: "t1".into(),
+        key: key.to_vec(),
+        value: value.to_vec(),
+        context,
+        consistency: consistency as i32,
+        ..Default::default()
+    }
+}
+
+pub fn read_req(key: &[u8], consistency: pb::Consistency) -> pb::ReadRequest {
+    pb::ReadRequest {
+        tenant_id: "t1".into(),
+        key: key.to_vec(),
+        consistency: consistency as i32,
+        timeout_ms: 0,
+    }
+}

@@ -1,0 +1,347 @@
+//! Cluster behaviour through `pairdb.CoordinatorService`, against both metadata stores:
+//! consistency levels, siblings across coordinators, deletes, hinted handoff, quorum failure
+//! and convergence, read repair, bad input.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use pairdb_common::api::pb;
+use pairdb_common::api::pb::Consistency::{All, One, Quorum};
+use pairdb_coordinator::meta::NodeStatus;
+use pairdb_tests::cluster::*;
+use pairdb_tests::serial_async;
+
+fn opts(backend: Backend, hints: bool) -> ClusterOptions {
+    ClusterOptions {
+        backend,
+        nodes: 3,
+        coordinators: 2,
+        hints,
+    }
+}
+
+async fn semantics(backend: Backend) {
+    let c = TestCluster::start(opts(backend, true)).await.unwrap();
+    let mut a = c.client(0).await.unwrap();
+    let mut b = c.client(1).await.unwrap();
+
+    for (i, level) in [One, Quorum, All].into_iter().enumerate() {
+        let key = format!("level-{i}");
+        a.write(write_req(key.as_bytes(), b"v", vec![], level))
+            .await
+            .unwrap();
+        let r = a
+            .read(read_req(key.as_bytes(), level))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.value, b"v");
+    }
+    // ANY is accepted for writes, refused for reads.
+    a.write(write_req(b"any", b"v", vec![], pb::Consistency::Any))
+        .await
+        .unwrap();
+    let err = a
+        .read(read_req(b"any", pb::Consistency::Any))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err).0, "INVALID_ARGUMENT");
+
+    // An empty value is found; a missing key is NOT_FOUND with code 1001.
+    a.write(write_req(b"empty", b"", vec![], Quorum))
+        .await
+        .unwrap();
+    let r = a
+        .read(read_req(b"empty", Quorum))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.value.len(), r.siblings.len()), (0, 1));
+    let err = a.read(read_req(b"missing", Quorum)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert_eq!(reason(&err), ("KEY_NOT_FOUND".into(), "1001".into()));
+
+    // Two writes with the same context through two coordinators: two siblings.
+    a.write(write_req(b"k", b"v0", vec![], Quorum))
+        .await
+        .unwrap();
+    let ctx = a
+        .read(read_req(b"k", Quorum))
+        .await
+        .unwrap()
+        .into_inner()
+        .context;
+    a.write(write_req(b"k", b"via-a", ctx.clone(), Quorum))
+        .await
+        .unwrap();
+    b.write(write_req(b"k", b"via-b", ctx, Quorum))
+        .await
+        .unwrap();
+    let r = b.read(read_req(b"k", Quorum)).await.unwrap().into_inner();
+    let mut vals: Vec<Vec<u8>> = r.siblings.iter().map(|s| s.value.clone()).collect();
+    vals.sort();
+    assert_eq!(vals, vec![b"via-a".to_vec(), b"via-b".to_vec()]);
+    // Writing back with the read context leaves one.
+    a.write(write_req(b"k", b"resolved", r.context, Quorum))
+        .await
+        .unwrap();
+    let r = b.read(read_req(b"k", Quorum)).await.unwrap().into_inner();
+    assert_eq!(r.siblings.len(), 1);
+    assert_eq!(r.value, b"resolved");
+
+    // Delete, then NOT_FOUND carrying a context; a write after delete works.
+    a.delete(pb::DeleteRequest {
+        tenant_id: "t1".into(),
+        key: b"k".to_vec(),
+        context: r.context,
+        consistency: Quorum as i32,
+        timeout_ms: 0,
+    })
+    .await
+    .unwrap();
+    let err = b.read(read_req(b"k", Quorum)).await.unwrap_err();
+    assert_eq!(reason(&err).0, "KEY_NOT_FOUND");
+    use tonic_types::StatusExt;
+    let ctx_b64 = err.get_details_error_info().unwrap().metadata["context"].clone();
+    use base64::Engine;
+    let ctx = base64::engine::general_purpose::STANDARD
+        .decode(ctx_b64)
+        .unwrap();
+    assert!(!pairdb_common::context::decode(&ctx).unwrap().is_empty());
+    a.write(write_req(b"k", b"reborn", ctx, Quorum))
+        .await
+        .unwrap();
+    let r = b.read(read_req(b"k", Quorum)).await.unwrap().into_inner();
+    assert_eq!((r.value.as_slice(), r.siblings.len()), (&b"reborn"[..], 1));
+
+    // Unknown tenant, bad input.
+    let mut w = write_req(b"x", b"v", vec![], Quorum);
+    w.tenant_id = "nosuch".into();
+    assert_eq!(
+        reason(&a.write(w).await.unwrap_err()),
+        ("TENANT_NOT_FOUND".into(), "1007".into())
+    );
+    for (w, want) in [
+        (write_req(b"", b"v", vec![], Quorum), "INVALID_KEY"),
+        (
+            write_req(&[b'k'; 1025], b"v", vec![], Quorum),
+            "KEY_TOO_LARGE",
+        ),
+        (write_req(b"a\0b", b"v", vec![], Quorum), "INVALID_KEY"),
+        (
+            write_req(b"k", &vec![0u8; 1024 * 1024 + 1], vec![], Quorum),
+            "VALUE_TOO_LARGE",
+        ),
+        (
+            write_req(b"k", b"v", b"junk".to_vec(), Quorum),
+            "INVALID_CONTEXT",
+        ),
+    ] {
+        assert_eq!(reason(&a.write(w).await.unwrap_err()).0, want);
+    }
+    let mut w = write_req(b"k", b"v", vec![], Quorum);
+    w.tenant_id = "Bad!".into();
+    assert_eq!(reason(&a.write(w).await.unwrap_err()).0, "INVALID_TENANT");
+
+    // Both coordinators route with the same ring.
+    let ra = a
+        .get_ring(pb::GetRingRequest {
+            tenant_id: "t1".into(),
+            key: b"k".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rb = b
+        .get_ring(pb::GetRingRequest {
+            tenant_id: "t1".into(),
+            key: b"k".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            ra.ring_version,
+            ra.key_replicas.clone(),
+            ra.ownership.clone()
+        ),
+        (rb.ring_version, rb.key_replicas, rb.ownership)
+    );
+    assert_eq!(ra.key_replicas.len(), 3);
+    c.shutdown().await;
+}
+
+async fn hinted_handoff(backend: Backend) {
+    let mut c = TestCluster::start(opts(backend, true)).await.unwrap();
+    let mut a = c.client(0).await.unwrap();
+    c.wait_status(2, NodeStatus::Up).await.unwrap();
+    c.stop_node(2).await;
+    let keys: Vec<String> = (0..40).map(|i| format!("hh-{i}")).collect();
+    for k in &keys {
+        let r = a
+            .write(write_req(k.as_bytes(), k.as_bytes(), vec![], Quorum))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.replicas_acked >= 2);
+    }
+    let stats = a
+        .get_hint_stats(pb::GetHintStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        stats.pending >= keys.len() as u64,
+        "hints recorded: {stats:?}"
+    );
+    assert!(stats.targets.iter().all(|t| t.node_id == "n3"));
+
+    c.restart_node(2).await.unwrap();
+    wait_async("hints table empties", Duration::from_secs(30), || async {
+        c.meta.count_hints_for("n3").await.unwrap() == 0
+    })
+    .await
+    .unwrap();
+    for k in &keys {
+        assert_eq!(
+            c.node_values(2, k.as_bytes()).await.unwrap(),
+            vec![k.as_bytes().to_vec()],
+            "n3 holds {k}"
+        );
+    }
+    let replayed: u64 = c
+        .coordinators
+        .iter()
+        .map(|x| x.data.metrics.hints_replayed.get())
+        .sum();
+    let stored: u64 = c
+        .coordinators
+        .iter()
+        .map(|x| x.data.metrics.hints_stored.get())
+        .sum();
+    assert!(
+        stored >= keys.len() as u64 && replayed >= keys.len() as u64,
+        "stored {stored}, replayed {replayed}"
+    );
+    c.shutdown().await;
+}
+
+async fn quorum_not_met_then_converge(backend: Backend) {
+    let mut c = TestCluster::start(opts(backend, true)).await.unwrap();
+    let mut a = c.client(0).await.unwrap();
+    c.wait_status(0, NodeStatus::Up).await.unwrap();
+    c.stop_node(1).await;
+    c.stop_node(2).await;
+    let err = a
+        .write(write_req(b"lonely", b"v", vec![], Quorum))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert_eq!(reason(&err), ("QUORUM_NOT_MET".into(), "2001".into()));
+    assert!(
+        err.message().contains("partially applied"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        c.node_values(0, b"lonely").await.unwrap(),
+        vec![b"v".to_vec()],
+        "the survivor kept it"
+    );
+    c.restart_node(1).await.unwrap();
+    c.restart_node(2).await.unwrap();
+    for i in [1, 2] {
+        wait_async("replica converges", Duration::from_secs(30), || async {
+            c.node_values(i, b"lonely")
+                .await
+                .map(|v| v == vec![b"v".to_vec()])
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap();
+    }
+    c.shutdown().await;
+}
+
+async fn read_repair(backend: Backend) {
+    let mut c = TestCluster::start(opts(backend, false)).await.unwrap();
+    let mut a = c.client(0).await.unwrap();
+    c.wait_status(2, NodeStatus::Up).await.unwrap();
+    c.stop_node(2).await;
+    for i in 0..20 {
+        a.write(write_req(
+            format!("rr-{i}").as_bytes(),
+            b"v",
+            vec![],
+            Quorum,
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        c.meta.count_hints_for("n3").await.unwrap(),
+        0,
+        "hints are off"
+    );
+    c.restart_node(2).await.unwrap();
+    c.wait_status(2, NodeStatus::Up).await.unwrap();
+    assert!(
+        c.node_values(2, b"rr-0").await.unwrap().is_empty(),
+        "n3 is stale"
+    );
+    for i in 0..20 {
+        let k = format!("rr-{i}");
+        a.read(read_req(k.as_bytes(), All)).await.unwrap();
+        wait_async("read repair", Duration::from_secs(10), || async {
+            c.node_values(2, k.as_bytes())
+                .await
+                .map(|v| v == vec![b"v".to_vec()])
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap();
+    }
+    // The counter moves when the repair RPC returns, just after the replica has the key.
+    wait_async(
+        "read_repairs counts every repair",
+        Duration::from_secs(10),
+        || async {
+            c.coordinators
+                .iter()
+                .map(|x| x.data.metrics.read_repairs.get())
+                .sum::<u64>()
+                >= 20
+        },
+    )
+    .await
+    .unwrap();
+    c.shutdown().await;
+}
+
+macro_rules! both_backends {
+    ($($name:ident => $f:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use super::*;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let _s = serial_async().await;
+                    $f(Backend::Sqlite).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let _s = serial_async().await;
+                    $f(Backend::Postgres).await;
+                }
+            }
+        )*
+    };
+}
+
+both_backends!(
+    semantics_and_bad_input => semantics,
+    hinted_handoff_replays_to_a_restarted_replica => hinted_handoff,
+    quorum_not_met_keeps_the_version_and_replicas_converge => quorum_not_met_then_converge,
+    read_repair_fixes_a_stale_replica => read_repair,
+);
