@@ -6,6 +6,7 @@
 //! Human output by default, `--json` for machines.
 
 mod bench;
+mod client;
 mod dev;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,14 @@ struct Cli {
     /// Print machine-readable JSON instead of human tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Coordinator gRPC address.
+    #[arg(
+        long,
+        global = true,
+        env = "PAIRDB_COORDINATOR",
+        default_value = "127.0.0.1:50051"
+    )]
+    coordinator: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -27,13 +36,53 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Write a value.
+    Put(client::PutArgs),
+    /// Read a key: the value, every sibling and the context.
+    Get(client::GetArgs),
+    /// Delete a key (a tombstone; pass the context from a get).
+    Delete(client::DeleteArgs),
+    /// Tenants.
+    #[command(subcommand)]
+    Tenant(client::TenantCmd),
+    /// Cluster views.
+    #[command(subcommand)]
+    Cluster(client::ClusterCmd),
+    /// Storage nodes.
+    #[command(subcommand)]
+    Node(client::NodeCmd),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Dev(a) => dev::run(a, cli.json).await,
         Cmd::Bench(b) => bench::run(b, cli.json).await,
+        Cmd::Put(a) => {
+            client::put(&mut client::connect(&cli.coordinator).await?, a, cli.json).await
+        }
+        Cmd::Get(a) => {
+            client::get(&mut client::connect(&cli.coordinator).await?, a, cli.json).await
+        }
+        Cmd::Delete(a) => {
+            client::delete(&mut client::connect(&cli.coordinator).await?, a, cli.json).await
+        }
+        Cmd::Tenant(t) => {
+            client::tenant(&mut client::connect(&cli.coordinator).await?, t, cli.json).await
+        }
+        Cmd::Cluster(c) => {
+            client::cluster(&mut client::connect(&cli.coordinator).await?, c, cli.json).await
+        }
+        Cmd::Node(n) => {
+            client::node(&mut client::connect(&cli.coordinator).await?, n, cli.json).await
+        }
     }
 }

@@ -120,6 +120,50 @@ fn dev_cluster_serves_grpcurl_and_keeps_data_across_ctrl_c() -> Result<()> {
         "{err}"
     );
 
+    // pairdbctl against the same cluster: siblings shown, resolved with the printed context.
+    let ctl = |args: &[&str]| -> Result<serde_json::Value> {
+        let out = Command::new(binary("pairdbctl")?)
+            .args(["--coordinator", &addr, "--json"])
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "pairdbctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_str(&String::from_utf8_lossy(&out.stdout))?)
+    };
+    ctl(&["put", "default", "user:1", "alice"])?;
+    ctl(&["put", "default", "user:1", "bob"])?;
+    let got = ctl(&["get", "default", "user:1"])?;
+    assert_eq!(got["siblings"].as_array().unwrap().len(), 2, "{got}");
+    ctl(&[
+        "put",
+        "default",
+        "user:1",
+        "carol",
+        "--context",
+        got["context"].as_str().unwrap(),
+    ])?;
+    let got = ctl(&["get", "default", "user:1"])?;
+    assert_eq!(
+        (
+            got["value"].as_str(),
+            got["siblings"].as_array().unwrap().len()
+        ),
+        (Some("carol"), 1)
+    );
+    let health = ctl(&["cluster", "health"])?;
+    assert_eq!(health["nodes_total"], 3);
+    let tenants = ctl(&["tenant", "list"])?;
+    assert!(
+        tenants
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["tenant_id"] == "default")
+    );
+
     let status = dev.signal_and_wait(rustix::process::Signal::INT, Duration::from_secs(20))?;
     assert!(status.success(), "clean exit on Ctrl-C: {status}");
 
