@@ -210,6 +210,16 @@ impl TestCluster {
         )
     }
 
+    /// Stops coordinator `i` and starts a fresh one on the same metadata store (new port).
+    pub async fn restart_coordinator(&mut self, i: usize) -> Result<()> {
+        let id = format!("coord-{i}-r{}", rand::random::<u16>());
+        let cfg = coordinator_config(&self.db_url, &id, self.hints)?;
+        let fresh = pairdb_coordinator::server::start(cfg).await?;
+        let old = std::mem::replace(&mut self.coordinators[i], fresh);
+        old.shutdown().await;
+        Ok(())
+    }
+
     pub async fn stop_node(&mut self, i: usize) {
         if let Some(n) = self.nodes[i].take() {
             n.shutdown().await;

@@ -319,6 +319,74 @@ async fn read_repair(backend: Backend) {
     c.shutdown().await;
 }
 
+/// Four concurrent writers keep going while coordinator 0 is replaced under them; every
+/// acknowledged write is readable afterwards through the other coordinator, with its value.
+async fn coordinator_restart_mid_traffic(backend: Backend) {
+    use std::sync::Arc;
+    use tokio::sync::RwLock;
+    let mut c = TestCluster::start(opts(backend, true)).await.unwrap();
+    let addr = Arc::new(RwLock::new(c.coordinators[0].grpc_addr));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let addr = addr.clone();
+        writers.push(tokio::spawn(async move {
+            let connect = |a: std::net::SocketAddr| async move {
+                pb::coordinator_service_client::CoordinatorServiceClient::connect(format!(
+                    "http://{a}"
+                ))
+                .await
+            };
+            let mut client = connect(*addr.read().await).await.unwrap();
+            let (mut acked, mut failed) = (Vec::new(), 0);
+            for i in 0..120 {
+                let k = format!("mid-{w}-{i}");
+                match client
+                    .write(write_req(k.as_bytes(), k.as_bytes(), vec![], Quorum))
+                    .await
+                {
+                    Ok(_) => acked.push(k),
+                    Err(_) => {
+                        failed += 1;
+                        if let Ok(cl) = connect(*addr.read().await).await {
+                            client = cl;
+                        }
+                    }
+                }
+            }
+            (acked, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.restart_coordinator(0).await.unwrap();
+    *addr.write().await = c.coordinators[0].grpc_addr;
+    let mut acked = Vec::new();
+    let mut failed = 0;
+    for w in writers {
+        let (a, f) = w.await.unwrap();
+        acked.extend(a);
+        failed += f;
+    }
+    assert!(
+        acked.len() >= 400,
+        "acked {} (failed {failed})",
+        acked.len()
+    );
+    let mut b = c.client(1).await.unwrap();
+    for k in &acked {
+        let r = b
+            .read(read_req(k.as_bytes(), Quorum))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.value, k.as_bytes(), "acknowledged write {k} lost");
+    }
+    println!(
+        "coordinator replaced mid-traffic: {} writes acknowledged, {failed} failed, none lost",
+        acked.len()
+    );
+    c.shutdown().await;
+}
+
 macro_rules! both_backends {
     ($($name:ident => $f:ident),* $(,)?) => {
         $(
@@ -344,4 +412,5 @@ both_backends!(
     hinted_handoff_replays_to_a_restarted_replica => hinted_handoff,
     quorum_not_met_keeps_the_version_and_replicas_converge => quorum_not_met_then_converge,
     read_repair_fixes_a_stale_replica => read_repair,
+    coordinator_restart_mid_traffic_loses_nothing => coordinator_restart_mid_traffic,
 );
