@@ -25,6 +25,8 @@ use tonic::transport::Channel;
 pub enum BenchCmd {
     /// Storage node: engine and gRPC put/get beside raw RocksDB and a raw tonic ping.
     Storage(StorageArgs),
+    /// YCSB-style workload against a coordinator, beside a raw tonic ping to it.
+    Workload(crate::workload::WorkloadArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -94,7 +96,12 @@ fn summarize(
 }
 
 /// Runs `op(i)` from `concurrency` tasks until `duration` passes; `i` is a global sequence.
-async fn load<F, Fut>(name: &str, concurrency: usize, duration: Duration, op: F) -> StepResult
+pub async fn load_step<F, Fut>(
+    name: &str,
+    concurrency: usize,
+    duration: Duration,
+    op: F,
+) -> StepResult
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send,
@@ -293,9 +300,10 @@ async fn start_node(a: &StorageArgs, dir: &std::path::Path) -> anyhow::Result<No
     Ok(node)
 }
 
-pub async fn run(cmd: BenchCmd, json: bool) -> anyhow::Result<()> {
+pub async fn run(cmd: BenchCmd, coordinator: &str, json: bool) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Storage(a) => storage(a, json).await,
+        BenchCmd::Workload(a) => crate::workload::run(coordinator, a, json).await,
     }
 }
 
@@ -337,7 +345,7 @@ async fn storage(a: StorageArgs, json: bool) -> anyhow::Result<()> {
     for &c in &a.concurrency {
         let ping = |name: &'static str, d: Duration| {
             let h = health.clone();
-            load(name, c, d, move |_| {
+            load_step(name, c, d, move |_| {
                 let mut h = h.clone();
                 async move {
                     h.check(tonic_health::pb::HealthCheckRequest {
@@ -353,7 +361,7 @@ async fn storage(a: StorageArgs, json: bool) -> anyhow::Result<()> {
 
         let put = |name: &'static str, d: Duration| {
             let (cl, seq, vs) = (client.clone(), write_seq.clone(), a.value_size);
-            load(name, c, d, move |_| {
+            load_step(name, c, d, move |_| {
                 let mut cl = cl.clone();
                 // Fresh keys: measures a put, not a growing sibling set.
                 let i = seq.fetch_add(1, Ordering::Relaxed);
@@ -374,7 +382,7 @@ async fn storage(a: StorageArgs, json: bool) -> anyhow::Result<()> {
 
         let get = |name: &'static str, d: Duration| {
             let (cl, keys) = (client.clone(), a.keys);
-            load(name, c, d, move |i| {
+            load_step(name, c, d, move |i| {
                 let mut cl = cl.clone();
                 async move {
                     cl.read(pb::KeyRef {

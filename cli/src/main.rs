@@ -8,6 +8,7 @@
 mod bench;
 mod client;
 mod dev;
+mod workload;
 
 use clap::{Parser, Subcommand};
 
@@ -65,7 +66,7 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Dev(a) => dev::run(a, cli.json).await,
-        Cmd::Bench(b) => bench::run(b, cli.json).await,
+        Cmd::Bench(b) => bench::run(b, &cli.coordinator, cli.json).await,
         Cmd::Put(a) => {
             client::put(&mut client::connect(&cli.coordinator).await?, a, cli.json).await
         }
