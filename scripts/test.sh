@@ -18,4 +18,4 @@ cargo build --workspace --all-targets --locked
 echo "== tests"
 # Two test threads per binary: component tests start real nodes; pairdb-tests serialises its
 # process-level tests itself.
-cargo test --workspace --locked -- --test-threads=2
+cargo test --workspace --locked --no-fail-fast -- --test-threads=2

@@ -319,8 +319,8 @@ pub async fn run(coordinator: &str, a: WorkloadArgs, json: bool) -> Result<()> {
             if phase == "measure" {
                 let r = shared.read.lock();
                 let u = shared.update.lock();
-                let read =
-                    (!r.is_empty()).then(|| stats(&r, shared.read_err.load(Ordering::Relaxed), secs));
+                let read = (!r.is_empty())
+                    .then(|| stats(&r, shared.read_err.load(Ordering::Relaxed), secs));
                 let update = (!u.is_empty())
                     .then(|| stats(&u, shared.update_err.load(Ordering::Relaxed), secs));
                 measure = Some((read, update, (r.len() + u.len()) as f64 / secs));

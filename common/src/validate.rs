@@ -79,6 +79,23 @@ pub fn value(value: &[u8], max: usize) -> Result<()> {
     Ok(())
 }
 
+/// A storage node id is 1–63 chars of `[a-z0-9._-]` starting with `[a-z0-9]` (a StatefulSet
+/// pod name fits).
+pub fn node_id(id: &str) -> Result<()> {
+    let b = id.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c));
+    if !ok {
+        return Err(Error::InvalidArgument(format!(
+            "node id {id:?} must be 1-63 chars of [a-z0-9._-] starting with [a-z0-9]"
+        )));
+    }
+    Ok(())
+}
+
 /// Validates `(tenant, key)` together.
 pub fn key_ref(tenant: &str, k: &[u8]) -> Result<()> {
     tenant_id(tenant)?;
