@@ -83,6 +83,8 @@ impl Health {
 pub struct NodeEntry {
     pub record: NodeRecord,
     pub client: StorageClient,
+    /// Coalesces concurrent data operations to this node into batch RPCs.
+    pub batcher: crate::batcher::Batcher,
     pub health: Arc<Health>,
 }
 
@@ -101,6 +103,8 @@ pub struct ClusterConfig {
     pub down_after_misses: u32,
     pub ring_poll_ms: u64,
     pub connect_timeout_ms: u64,
+    /// Deadline of one replica (batch) RPC.
+    pub replica_timeout_ms: u64,
 }
 
 pub struct Cluster {
@@ -157,15 +161,20 @@ impl Cluster {
                 .entry(rec.node_id.clone())
                 .or_default()
                 .clone();
-            // Reuse the channel when the address did not change.
-            let client = match old.nodes.get(&rec.node_id) {
+            // Reuse the channel (and its batcher) when the address did not change.
+            let (client, batcher) = match old.nodes.get(&rec.node_id) {
                 Some(e) if e.record.host == rec.host && e.record.port == rec.port => {
-                    e.client.clone()
+                    (e.client.clone(), e.batcher.clone())
                 }
                 _ => match channel(&rec, self.cfg.connect_timeout_ms) {
-                    Ok(ch) => StorageNodeServiceClient::new(ch)
-                        .max_decoding_message_size(64 << 20)
-                        .max_encoding_message_size(64 << 20),
+                    Ok(ch) => {
+                        let client = StorageNodeServiceClient::new(ch)
+                            .max_decoding_message_size(64 << 20)
+                            .max_encoding_message_size(64 << 20);
+                        let timeout = Duration::from_millis(self.cfg.replica_timeout_ms);
+                        let batcher = crate::batcher::Batcher::start(client.clone(), timeout);
+                        (client, batcher)
+                    }
                     Err(e) => {
                         tracing::error!(node_id = %rec.node_id, error = %e, "skip node with a bad address");
                         continue;
@@ -177,6 +186,7 @@ impl Cluster {
                 Arc::new(NodeEntry {
                     record: rec,
                     client,
+                    batcher,
                     health,
                 }),
             );

@@ -245,13 +245,12 @@ impl DataPlane {
         for i in order {
             let node = &replicas[i];
             let started = Instant::now();
-            let mut c = node.client.clone();
-            let r = tokio::time::timeout(self.replica_timeout(), c.write(op.clone())).await;
+            let r =
+                tokio::time::timeout(self.replica_timeout(), node.batcher.write(op.clone())).await;
             self.observe_replica("write", started);
             match r {
                 Ok(Ok(resp)) => {
                     node.health.record_success();
-                    let resp = resp.into_inner();
                     let state = resp
                         .state
                         .clone()
@@ -308,8 +307,7 @@ impl DataPlane {
                 async move {
                     let started = Instant::now();
                     let r = if node.health.is_available() {
-                        let mut c = node.client.clone();
-                        match tokio::time::timeout(timeout, c.apply(apply)).await {
+                        match tokio::time::timeout(timeout, node.batcher.apply(apply)).await {
                             Ok(Ok(_)) => Ok(()),
                             Ok(Err(s)) => Err((
                                 s.code() == tonic::Code::Unavailable,
@@ -457,19 +455,15 @@ impl DataPlane {
                             started,
                         );
                     }
-                    let mut c = node.client.clone();
-                    let r = match tokio::time::timeout(timeout, c.read(kr)).await {
-                        Ok(Ok(resp)) => {
-                            let resp = resp.into_inner();
-                            match resp.state.map(convert::state_from_pb).transpose() {
-                                Ok(s) => Ok(if resp.exists {
-                                    s.or_else(|| Some(KeyState::new()))
-                                } else {
-                                    None
-                                }),
-                                Err(e) => Err((false, false, format!("bad state: {e}"))),
-                            }
-                        }
+                    let r = match tokio::time::timeout(timeout, node.batcher.read(kr)).await {
+                        Ok(Ok(resp)) => match resp.state.map(convert::state_from_pb).transpose() {
+                            Ok(s) => Ok(if resp.exists {
+                                s.or_else(|| Some(KeyState::new()))
+                            } else {
+                                None
+                            }),
+                            Err(e) => Err((false, false, format!("bad state: {e}"))),
+                        },
                         Ok(Err(s)) => Err((
                             s.code() == tonic::Code::Unavailable,
                             s.code() == tonic::Code::DataLoss,

@@ -9,6 +9,7 @@
 //! read/write path touches the metadata store only to record hints.*
 
 pub mod api;
+pub mod batcher;
 pub mod cluster;
 pub mod config;
 pub mod data;

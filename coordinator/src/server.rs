@@ -65,6 +65,7 @@ pub async fn start_with(
             down_after_misses: cfg.down_after_misses,
             ring_poll_ms: cfg.ring_poll_ms,
             connect_timeout_ms: cfg.replica_timeout_ms.min(1000),
+            replica_timeout_ms: cfg.replica_timeout_ms,
         },
     );
     cluster.refresh().await?;

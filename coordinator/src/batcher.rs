@@ -1,0 +1,188 @@
+//! Coalescing of replica operations per storage node (SPEC §9): concurrent Write, Apply and
+//! Read operations bound for the same node travel as one BatchWrite / BatchApply / BatchRead
+//! RPC on the node's HTTP/2 channel, so the number of RPCs stops growing with concurrency.
+//!
+//! Each node has one queue per operation kind and a drain task per queue. The drain task takes
+//! whatever is queued (at least one item, at most `MAX_BATCH`) and sends it as one RPC, with up
+//! to `MAX_IN_FLIGHT` batches outstanding so a slow batch does not hold the next one back. With
+//! one client in flight a batch holds one item, so latency at low load is one channel hop more
+//! than a direct call. Per-item errors come back as the same `tonic::Status` (with its
+//! `ErrorInfo`) a direct call would give. The drain tasks end when their queue's senders are
+//! dropped (the node left the cluster view).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pairdb_common::api::pb;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::cluster::StorageClient;
+
+/// Most items per batch RPC (the storage node accepts up to 1000).
+pub const MAX_BATCH: usize = 256;
+/// Batch RPCs outstanding per node and operation kind.
+pub const MAX_IN_FLIGHT: usize = 4;
+/// Queue bound per node and operation kind.
+const QUEUE: usize = 4096;
+
+type Reply<T> = oneshot::Sender<Result<T, tonic::Status>>;
+
+/// The per-node batching front of a storage client.
+#[derive(Clone)]
+pub struct Batcher {
+    writes: mpsc::Sender<(pb::WriteOp, Reply<pb::WriteResult>)>,
+    applies: mpsc::Sender<(pb::KeyVersions, Reply<pb::ApplyResult>)>,
+    reads: mpsc::Sender<(pb::KeyRef, Reply<pb::ReadResult>)>,
+}
+
+fn item_status(e: &pb::ItemError) -> tonic::Status {
+    pairdb_common::Error::from_item(e).to_status()
+}
+
+/// Drains one queue: batch, send, fan the answers back out.
+async fn drain<Req, Res, Fut>(
+    mut rx: mpsc::Receiver<(Req, Reply<Res>)>,
+    timeout: Duration,
+    send: impl Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+) where
+    Req: Send + 'static,
+    Res: Send + 'static,
+    Fut: std::future::Future<Output = Result<Vec<Result<Res, tonic::Status>>, tonic::Status>>
+        + Send
+        + 'static,
+{
+    let send = Arc::new(send);
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let mut items = vec![first];
+        while items.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(x) => items.push(x),
+                Err(_) => break,
+            }
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let send = send.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (reqs, replies): (Vec<Req>, Vec<Reply<Res>>) = items.into_iter().unzip();
+            let n = reqs.len();
+            let outcome = match tokio::time::timeout(timeout, send(reqs)).await {
+                Ok(r) => r,
+                Err(_) => Err(tonic::Status::deadline_exceeded("replica batch timed out")),
+            };
+            match outcome {
+                Ok(results) if results.len() == n => {
+                    for (reply, r) in replies.into_iter().zip(results) {
+                        let _ = reply.send(r);
+                    }
+                }
+                Ok(results) => {
+                    let s = tonic::Status::internal(format!(
+                        "batch of {n} answered {} results",
+                        results.len()
+                    ));
+                    for reply in replies {
+                        let _ = reply.send(Err(s.clone()));
+                    }
+                }
+                Err(s) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(s.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Batcher {
+    /// Starts the drain tasks for one node's client.
+    pub fn start(client: StorageClient, timeout: Duration) -> Batcher {
+        let (wtx, wrx) = mpsc::channel(QUEUE);
+        let (atx, arx) = mpsc::channel(QUEUE);
+        let (rtx, rrx) = mpsc::channel(QUEUE);
+        let c = client.clone();
+        tokio::spawn(drain(wrx, timeout, move |ops: Vec<pb::WriteOp>| {
+            let mut c = c.clone();
+            async move {
+                let r = c
+                    .batch_write(pb::BatchWriteRequest { ops })
+                    .await?
+                    .into_inner();
+                Ok(r.results
+                    .into_iter()
+                    .map(|x| match &x.error {
+                        Some(e) => Err(item_status(e)),
+                        None => Ok(x),
+                    })
+                    .collect())
+            }
+        }));
+        let c = client.clone();
+        tokio::spawn(drain(arx, timeout, move |items: Vec<pb::KeyVersions>| {
+            let mut c = c.clone();
+            async move {
+                let r = c
+                    .batch_apply(pb::BatchApplyRequest { items })
+                    .await?
+                    .into_inner();
+                Ok(r.results
+                    .into_iter()
+                    .map(|x| match &x.error {
+                        Some(e) => Err(item_status(e)),
+                        None => Ok(x),
+                    })
+                    .collect())
+            }
+        }));
+        let c = client;
+        tokio::spawn(drain(rrx, timeout, move |keys: Vec<pb::KeyRef>| {
+            let mut c = c.clone();
+            async move {
+                let r = c
+                    .batch_read(pb::BatchReadRequest { keys })
+                    .await?
+                    .into_inner();
+                Ok(r.results
+                    .into_iter()
+                    .map(|x| match &x.error {
+                        Some(e) => Err(item_status(e)),
+                        None => Ok(x),
+                    })
+                    .collect())
+            }
+        }));
+        Batcher {
+            writes: wtx,
+            applies: atx,
+            reads: rtx,
+        }
+    }
+
+    async fn call<Req, Res>(
+        tx: &mpsc::Sender<(Req, Reply<Res>)>,
+        req: Req,
+    ) -> Result<Res, tonic::Status> {
+        let (reply, rx) = oneshot::channel();
+        tx.send((req, reply))
+            .await
+            .map_err(|_| tonic::Status::unavailable("node batcher stopped"))?;
+        rx.await
+            .map_err(|_| tonic::Status::unavailable("node batcher dropped the request"))?
+    }
+
+    pub async fn write(&self, op: pb::WriteOp) -> Result<pb::WriteResult, tonic::Status> {
+        Self::call(&self.writes, op).await
+    }
+
+    pub async fn apply(&self, kv: pb::KeyVersions) -> Result<pb::ApplyResult, tonic::Status> {
+        Self::call(&self.applies, kv).await
+    }
+
+    pub async fn read(&self, k: pb::KeyRef) -> Result<pb::ReadResult, tonic::Status> {
+        Self::call(&self.reads, k).await
+    }
+}
