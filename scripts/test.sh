@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/setup.sh
 source scripts/env.sh
+# Servers started by tests log to stderr; keep CI output to warnings unless asked.
+export RUST_LOG="${RUST_LOG:-warn}"
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

@@ -25,17 +25,25 @@ async fn semantics(backend: Backend) {
     let mut a = c.client(0).await.unwrap();
     let mut b = c.client(1).await.unwrap();
 
-    for (i, level) in [One, Quorum, All].into_iter().enumerate() {
+    // Every level, paired so that R + W > N: the read must see the acknowledged write.
+    // (ONE/ONE promises nothing of the kind: the one replica read may not have the write yet.)
+    for (i, (w, r)) in [(One, All), (Quorum, Quorum), (All, One)]
+        .into_iter()
+        .enumerate()
+    {
         let key = format!("level-{i}");
-        a.write(write_req(key.as_bytes(), b"v", vec![], level))
-            .await
-            .unwrap();
-        let r = a
-            .read(read_req(key.as_bytes(), level))
+        let ack = a
+            .write(write_req(key.as_bytes(), b"v", vec![], w))
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(r.value, b"v");
+        assert!(ack.replicas_acked >= [1, 2, 3][i], "{ack:?}");
+        let got = a
+            .read(read_req(key.as_bytes(), r))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.value, b"v");
     }
     // ANY is accepted for writes, refused for reads.
     a.write(write_req(b"any", b"v", vec![], pb::Consistency::Any))

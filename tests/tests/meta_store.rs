@@ -6,61 +6,7 @@ use std::sync::Arc;
 
 use pairdb_common::ring::NodeState;
 use pairdb_coordinator::meta::*;
-
-/// Admin URL of the local PostgreSQL (scripts/setup.sh makes sure one runs).
-fn pg_admin_url() -> String {
-    std::env::var("PAIRDB_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A fresh, uniquely named PostgreSQL database; dropped when the guard drops.
-struct PgDb {
-    name: String,
-}
-
-impl PgDb {
-    async fn create() -> (PgDb, String) {
-        use sqlx::Connection;
-        let name = format!(
-            "pairdb_test_{}_{}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        let mut c = sqlx::PgConnection::connect(&pg_admin_url())
-            .await
-            .expect("connect to local PostgreSQL (run scripts/setup.sh)");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        let base = pg_admin_url();
-        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-        (PgDb { name }, url)
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                use sqlx::Connection;
-                if let Ok(mut c) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut c)
-                    .await;
-                }
-            });
-        })
-        .join();
-    }
-}
+use pairdb_tests::cluster::PgDb;
 
 fn node(id: &str, state: NodeState) -> NodeRecord {
     NodeRecord {
@@ -256,6 +202,6 @@ async fn sqlite_store_behaviour() {
 
 #[tokio::test]
 async fn postgres_store_behaviour() {
-    let (_db, url) = PgDb::create().await;
-    behaviour(connect(&url).await.unwrap()).await;
+    let db = PgDb::create().await.unwrap();
+    behaviour(connect(&db.url).await.unwrap()).await;
 }
