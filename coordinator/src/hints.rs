@@ -187,10 +187,19 @@ impl Hints {
                     Ok(Err(status)) => {
                         self.metrics.hints_failed.inc();
                         self.meta.fail_hint(h.hint_id, status.message()).await?;
+                        if status.code() == tonic::Code::Unavailable {
+                            // The target went away again: stop spending attempts on it.
+                            node.health
+                                .record_failure(self.cluster.config().down_after_misses);
+                            break;
+                        }
                     }
                     Err(_) => {
                         self.metrics.hints_failed.inc();
                         self.meta.fail_hint(h.hint_id, "timed out").await?;
+                        node.health
+                            .record_failure(self.cluster.config().down_after_misses);
+                        break;
                     }
                 }
             }

@@ -194,6 +194,13 @@ async fn hinted_handoff(backend: Backend) {
             .into_inner();
         assert!(r.replicas_acked >= 2);
     }
+    // Hints are recorded by the write's own replication task, possibly just after the client
+    // got its answer: wait for them.
+    wait_async("hints recorded", Duration::from_secs(10), || async {
+        c.meta.count_hints_for("n3").await.unwrap() >= keys.len() as u64
+    })
+    .await
+    .unwrap();
     let stats = a
         .get_hint_stats(pb::GetHintStatsRequest {})
         .await
