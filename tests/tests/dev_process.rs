@@ -1,4 +1,4 @@
-//! `pairdbctl dev` as a real process, driven by grpcurl: list, Write and Read through the
+//! `pairdbctl dev` as a real process, driven by grpcurl, pairdbctl and a Python grpcio client: list, Write and Read through the
 //! coordinator as JSON, then Ctrl-C (SIGINT), restart, and the key is still there.
 #![allow(clippy::unwrap_used)]
 
@@ -162,6 +162,23 @@ fn dev_cluster_serves_grpcurl_and_keeps_data_across_ctrl_c() -> Result<()> {
             .unwrap()
             .iter()
             .any(|t| t["tenant_id"] == "default")
+    );
+
+    // A client written with plain Python grpcio from the .proto files.
+    let venv = std::env::var("PAIRDB_VENV")
+        .map_err(|_| anyhow::anyhow!("PAIRDB_VENV unset: run through scripts/test.sh"))?;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let out = Command::new(format!("{venv}/bin/python"))
+        .arg(format!("{root}/tests/python/client_smoke.py"))
+        .arg(format!("{root}/proto"))
+        .arg(&addr)
+        .output()?;
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "python client: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 
     let status = dev.signal_and_wait(rustix::process::Signal::INT, Duration::from_secs(20))?;
