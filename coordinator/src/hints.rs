@@ -88,12 +88,27 @@ impl Hints {
             return Recorded::Disabled;
         }
         let now = now_ms();
+        // How long the target has been unreachable: since the last time anyone saw it (this
+        // coordinator's heartbeats, or `storage_nodes.last_seen` written by any coordinator), so
+        // a freshly started coordinator does not restart the clock.
         let down_for = self
             .cluster
             .snapshot()
             .nodes
             .get(target)
-            .map(|e| e.health.down_for_ms(now))
+            .map(|e| {
+                if e.health.status() != crate::meta::NodeStatus::Down {
+                    return 0;
+                }
+                let seen = e
+                    .health
+                    .last_seen_ms()
+                    .max(e.record.last_seen_ms.unwrap_or(0));
+                match seen {
+                    0 => e.health.down_for_ms(now),
+                    t => now.saturating_sub(t),
+                }
+            })
             .unwrap_or(0);
         if down_for > self.cfg.max_hint_window_secs * 1000 {
             self.metrics.hints_dropped.inc();

@@ -429,3 +429,44 @@ both_backends!(
     read_repair_fixes_a_stale_replica => read_repair,
     coordinator_restart_mid_traffic_loses_nothing => coordinator_restart_mid_traffic,
 );
+
+/// No hints are recorded for a node down longer than `max_hint_window` (anti-entropy's job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_hints_for_a_node_down_past_the_hint_window() {
+    let _s = serial_async().await;
+    let mut c = TestCluster::start(ClusterOptions {
+        backend: Backend::Sqlite,
+        nodes: 3,
+        coordinators: 0,
+        hints: true,
+    })
+    .await
+    .unwrap();
+    let mut cfg = coordinator_config(&c.db_url, "window", true).unwrap();
+    cfg.max_hint_window_secs = 1;
+    c.coordinators
+        .push(pairdb_coordinator::server::start(cfg).await.unwrap());
+    let mut a = c.client(0).await.unwrap();
+    c.wait_status(2, NodeStatus::Up).await.unwrap();
+    c.stop_node(2).await;
+    c.wait_status(2, NodeStatus::Down).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..5 {
+        a.write(write_req(
+            format!("win-{i}").as_bytes(),
+            b"v",
+            vec![],
+            Quorum,
+        ))
+        .await
+        .unwrap();
+    }
+    let dropped = || c.coordinators[0].data.metrics.hints_dropped.get();
+    wait_async("hints dropped", Duration::from_secs(10), || async {
+        dropped() >= 5
+    })
+    .await
+    .unwrap();
+    assert_eq!(c.meta.count_hints_for("n3").await.unwrap(), 0);
+    c.shutdown().await;
+}
