@@ -35,8 +35,19 @@ pub struct Batcher {
     reads: mpsc::Sender<(pb::KeyRef, Reply<pb::ReadResult>)>,
 }
 
-fn item_status(e: &pb::ItemError) -> tonic::Status {
-    pairdb_common::Error::from_item(e).to_status()
+/// Splits a batch response into per-item results: an item carrying an `ItemError` becomes the
+/// status a direct call would have returned.
+fn per_item<T>(
+    results: Vec<T>,
+    error: impl Fn(&T) -> Option<&pb::ItemError>,
+) -> Vec<Result<T, tonic::Status>> {
+    results
+        .into_iter()
+        .map(|x| match error(&x) {
+            Some(e) => Err(pairdb_common::Error::from_item(e).to_status()),
+            None => Ok(x),
+        })
+        .collect()
 }
 
 /// Drains one queue: batch, send, fan the answers back out.
@@ -112,13 +123,7 @@ impl Batcher {
                     .batch_write(pb::BatchWriteRequest { ops })
                     .await?
                     .into_inner();
-                Ok(r.results
-                    .into_iter()
-                    .map(|x| match &x.error {
-                        Some(e) => Err(item_status(e)),
-                        None => Ok(x),
-                    })
-                    .collect())
+                Ok(per_item(r.results, |x| x.error.as_ref()))
             }
         }));
         let c = client.clone();
@@ -129,13 +134,7 @@ impl Batcher {
                     .batch_apply(pb::BatchApplyRequest { items })
                     .await?
                     .into_inner();
-                Ok(r.results
-                    .into_iter()
-                    .map(|x| match &x.error {
-                        Some(e) => Err(item_status(e)),
-                        None => Ok(x),
-                    })
-                    .collect())
+                Ok(per_item(r.results, |x| x.error.as_ref()))
             }
         }));
         let c = client;
@@ -146,13 +145,7 @@ impl Batcher {
                     .batch_read(pb::BatchReadRequest { keys })
                     .await?
                     .into_inner();
-                Ok(r.results
-                    .into_iter()
-                    .map(|x| match &x.error {
-                        Some(e) => Err(item_status(e)),
-                        None => Ok(x),
-                    })
-                    .collect())
+                Ok(per_item(r.results, |x| x.error.as_ref()))
             }
         }));
         Batcher {
