@@ -218,6 +218,7 @@ fn engine_steps(a: &StorageArgs, dur: Duration) -> anyhow::Result<Vec<StepResult
         policy: pairdb_common::version::ConflictPolicy::Lww,
         max_siblings: 0,
         max_value_bytes: 0,
+        sibling_warn: 0,
     };
     out.push(sync_loop("engine_put", dur, |i| {
         store

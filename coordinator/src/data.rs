@@ -235,6 +235,7 @@ impl DataPlane {
             conflict_policy: convert::policy_to_pb(tenant.conflict_policy) as i32,
             max_siblings: tenant.sibling_max,
             max_value_bytes: tenant.max_value_bytes,
+            sibling_warn: tenant.sibling_warn,
         };
         // 1. Coordinating replica: the first available one that accepts the write.
         let mut coordinator: Option<(usize, KeyState)> = None;

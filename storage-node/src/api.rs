@@ -98,6 +98,7 @@ fn write_cmd(op: pb::WriteOp) -> Result<WriteCmd> {
         idempotency_key: op.idempotency_key,
         max_siblings: op.max_siblings,
         max_value_bytes: op.max_value_bytes,
+        sibling_warn: op.sibling_warn,
     })
 }
 

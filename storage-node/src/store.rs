@@ -57,6 +57,8 @@ pub struct WriteCmd {
     pub max_siblings: u32,
     /// 0 = default (1 MiB); never above 16 MiB.
     pub max_value_bytes: u32,
+    /// Siblings above which the write is logged and counted; 0 = default.
+    pub sibling_warn: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -386,7 +388,11 @@ impl Store {
             tracing::warn!(key = %display_key(&c.tenant, &c.key), folded = out.folded, max_siblings, "sibling cap reached; folded the oldest by LWW");
         }
         let siblings = state.versions().len();
-        if siblings > SIBLING_WARN {
+        let warn = match c.sibling_warn {
+            0 => SIBLING_WARN,
+            n => n as usize,
+        };
+        if siblings > warn {
             self.metrics.sibling_warnings.inc();
             tracing::warn!(key = %display_key(&c.tenant, &c.key), siblings, "key has many siblings; clients should resolve them");
         }

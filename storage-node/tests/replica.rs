@@ -271,3 +271,31 @@ async fn merging_a_remote_state_keeps_both_histories() {
     na.shutdown().await;
     nb.shutdown().await;
 }
+
+/// The tenant's sibling limits travel with the write: above `sibling_warn` the write is
+/// counted; at `max_siblings` the oldest are folded by LWW and counted.
+#[tokio::test]
+async fn sibling_warn_and_cap_from_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, mut c) = start(config(dir.path(), "n1"), None).await;
+    for i in 0..5u8 {
+        let mut op = write_op("t1", b"hot", &[b'a' + i], vec![]);
+        op.sibling_warn = 2;
+        op.max_siblings = 3;
+        c.write(op).await.unwrap();
+    }
+    let r = c.read(key_ref("t1", b"hot")).await.unwrap().into_inner();
+    assert_eq!(
+        values(&r),
+        vec![b"c".to_vec(), b"d".to_vec(), b"e".to_vec()],
+        "the oldest two were folded"
+    );
+    let m = http_get(node.admin_addr, "/metrics").await;
+    assert_eq!(metric(&m, "sibling_cap_folds_total"), 2.0);
+    assert_eq!(
+        metric(&m, "sibling_warnings_total"),
+        3.0,
+        "writes 3, 4 and 5 left more than 2 siblings"
+    );
+    node.shutdown().await;
+}
