@@ -68,7 +68,7 @@ impl fmt::Display for Dot {
 /// (`entries`), plus single covered dots above it (the dot cloud). Canonical: a cloud dot is never
 /// covered by its actor's entry, and a cloud dot right after the entry is absorbed into it, so
 /// two vectors covering the same dots compare equal.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct VersionVector {
     entries: BTreeMap<Actor, u64>,
     cloud: BTreeSet<Dot>,
@@ -249,6 +249,7 @@ impl Version {
             &self.value,
             self.expires_at_ms,
             &self.idempotency_key,
+            &self.context,
         )
             .cmp(&(
                 other.written_at_ms,
@@ -256,6 +257,7 @@ impl Version {
                 &other.value,
                 other.expires_at_ms,
                 &other.idempotency_key,
+                &other.context,
             ))
     }
 }
