@@ -40,17 +40,26 @@ if [ ! -x "$PAIRDB_VENV/bin/grpcurl" ] || ! "$PAIRDB_VENV/bin/python" -c "import
 fi
 
 if [ "${PAIRDB_SKIP_POSTGRES:-0}" != "1" ]; then
-  if ! command -v pg_lsclusters >/dev/null 2>&1; then
+  installed_pg=0
+  if ! command -v pg_lsclusters >/dev/null 2>&1 || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
     apt_install postgresql
+    installed_pg=1
+  fi
+  ver=$(ls /etc/postgresql | sort -n | tail -1)
+  if [ "$installed_pg" = 1 ]; then
+    # Tests connect as postgres over 127.0.0.1 without a password (as on our machines): trust
+    # local TCP connections on a server this script installed itself.
+    hba="/etc/postgresql/$ver/main/pg_hba.conf"
+    if ! grep -q "pairdb-tests" "$hba"; then
+      echo "setup: allowing trust auth on 127.0.0.1 for the PostgreSQL it installed"
+      $SUDO sed -i '1i host all all 127.0.0.1/32 trust # pairdb-tests' "$hba"
+    fi
   fi
   if ! pg_lsclusters -h 2>/dev/null | grep -q online; then
-    ver=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -1)
-    if [ -z "$ver" ]; then
-      apt_install postgresql
-      ver=$(ls /etc/postgresql | sort -n | tail -1)
-    fi
     echo "setup: starting PostgreSQL $ver"
     $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main start || $SUDO pg_ctlcluster "$ver" main start
+  elif [ "$installed_pg" = 1 ]; then
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main reload || $SUDO pg_ctlcluster "$ver" main reload
   fi
 fi
 scripts/build-rocksdb.sh
