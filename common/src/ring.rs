@@ -196,6 +196,71 @@ impl Ring {
     }
 }
 
+/// A range a node must receive when the ring changes from `old` to `new`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub range: TokenRange,
+    /// The node that becomes a replica of `range`.
+    pub gaining: String,
+    /// The replicas of `range` before the change, in preference order (where to stream from).
+    pub sources: Vec<String>,
+}
+
+/// Every range some node gains when the ring changes from `old` to `new`, over the *whole*
+/// replica set of `n` replicas — not only primary ownership: a node that becomes the third
+/// replica of a range must receive it too. Works for additions, removals and replacements.
+///
+/// The ring is cut at every token of both rings; inside one such piece no token of either ring
+/// intervenes, so every key of the piece has the same old and new preference lists. Adjacent
+/// pieces with the same gaining node and sources are merged.
+pub fn transfers(old: &Ring, new: &Ring, n: usize) -> Vec<Transfer> {
+    let mut bounds: Vec<u64> = old
+        .tokens
+        .iter()
+        .chain(new.tokens.iter())
+        .map(|(t, _)| *t)
+        .collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    if bounds.is_empty() || new.is_empty() {
+        return Vec::new();
+    }
+    let ids = |r: &Ring, t: u64| -> Vec<String> {
+        r.preference_list(t, n)
+            .iter()
+            .map(|m| m.node_id.clone())
+            .collect()
+    };
+    let mut out: Vec<Transfer> = Vec::new();
+    let len = bounds.len();
+    for i in 0..len {
+        let end = bounds[i];
+        let start = bounds[(i + len - 1) % len];
+        let range = TokenRange::new(start, end);
+        let before = ids(old, end);
+        for g in ids(new, end) {
+            if before.contains(&g) {
+                continue;
+            }
+            // Extend the previous transfer of this node when contiguous with the same sources.
+            if let Some(prev) = out
+                .iter_mut()
+                .rev()
+                .find(|t| t.gaining == g && t.range.end == start && t.sources == before)
+            {
+                prev.range.end = end;
+            } else {
+                out.push(Transfer {
+                    range,
+                    gaining: g.clone(),
+                    sources: before.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,7 +327,50 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_new_fourth_node_gains_every_replica_position_not_just_primary_ranges() {
+        let old = Ring::build((1..=3).map(|i| member(&format!("n{i}"), "")), 1);
+        let new = Ring::build((1..=4).map(|i| member(&format!("n{i}"), "")), 2);
+        let ts = transfers(&old, &new, 3);
+        assert!(ts.iter().all(|t| t.gaining == "n4" && t.sources.len() == 3));
+        let covered: f64 = ts
+            .iter()
+            .map(|t| t.range.width() as f64 / 2f64.powi(64))
+            .sum();
+        // With RF 3 over 4 nodes each node holds 3/4 of the ring; primary-only would be ~1/4.
+        assert!(
+            covered > 0.65 && covered < 0.85,
+            "n4 gains {covered} of the ring"
+        );
+    }
+
     proptest! {
+        /// For every key: each node in the new replica set that was not in the old one is sent
+        /// exactly that key's range from the old replicas, and nobody else is sent anything.
+        #[test]
+        fn transfers_cover_exactly_the_gained_replica_positions(
+            before in 2usize..6, add in 0usize..2, remove in 0usize..2, n in 1usize..4, token in any::<u64>(),
+        ) {
+            let old = Ring::build((0..before).map(|i| member(&format!("node-{i}"), "")), 1);
+            let new_members: Vec<RingMember> = (remove..before + add).map(|i| member(&format!("node-{i}"), "")).collect();
+            let new = Ring::build(new_members, 2);
+            let ts = transfers(&old, &new, n);
+            let old_pref: Vec<String> = old.preference_list(token, n).iter().map(|m| m.node_id.clone()).collect();
+            let new_pref: Vec<String> = new.preference_list(token, n).iter().map(|m| m.node_id.clone()).collect();
+            for g in &new_pref {
+                let covering: Vec<&Transfer> = ts.iter().filter(|t| &t.gaining == g && t.range.contains(token)).collect();
+                if old_pref.contains(g) {
+                    prop_assert!(covering.is_empty(), "{} already a replica but is sent the range", g);
+                } else {
+                    prop_assert_eq!(covering.len(), 1, "{} gains {} but no single transfer covers it", g, token);
+                    prop_assert_eq!(&covering[0].sources, &old_pref);
+                }
+            }
+            for t in ts.iter().filter(|t| t.range.contains(token)) {
+                prop_assert!(new_pref.contains(&t.gaining), "{} sent a range it does not replicate", t.gaining);
+            }
+        }
+
         #[test]
         fn preference_lists_are_distinct_deterministic_and_start_at_the_owner(
             n_nodes in 1usize..8, n in 1usize..5, token in any::<u64>(), rot in 0usize..8,
