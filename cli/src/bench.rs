@@ -27,6 +27,8 @@ pub enum BenchCmd {
     Storage(StorageArgs),
     /// YCSB-style workload against a coordinator, beside a raw tonic ping to it.
     Workload(crate::workload::WorkloadArgs),
+    /// Range streaming (one stream and a whole bootstrap) beside a raw RocksDB scan.
+    Stream(crate::streambench::StreamArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -305,6 +307,7 @@ pub async fn run(cmd: BenchCmd, coordinator: &str, json: bool) -> anyhow::Result
     match cmd {
         BenchCmd::Storage(a) => storage(a, json).await,
         BenchCmd::Workload(a) => crate::workload::run(coordinator, a, json).await,
+        BenchCmd::Stream(a) => crate::streambench::run(a, json).await,
     }
 }
 

@@ -347,7 +347,7 @@ pub async fn tenant(
     Ok(())
 }
 
-fn node_json(n: &pb::StorageNode) -> Value {
+pub fn node_json(n: &pb::StorageNode) -> Value {
     json!({
         "node_id": n.node_id, "host": n.host, "port": n.port, "admin_port": n.admin_port, "zone": n.zone,
         "virtual_nodes": n.virtual_nodes,
@@ -357,7 +357,7 @@ fn node_json(n: &pb::StorageNode) -> Value {
     })
 }
 
-fn print_nodes(ns: &[pb::StorageNode], json_out: bool) {
+pub fn print_nodes(ns: &[pb::StorageNode], json_out: bool) {
     if json_out {
         println!("{}", Value::Array(ns.iter().map(node_json).collect()));
         return;
@@ -468,78 +468,5 @@ pub async fn cluster(
             }
         }
     }
-    Ok(())
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum NodeCmd {
-    List,
-    Status {
-        node_id: String,
-    },
-    /// Register a storage node. `--initial-member` forms a new cluster without streaming.
-    Add {
-        node_id: String,
-        /// host:port of the node's gRPC address.
-        address: String,
-        #[arg(long, default_value_t = 0)]
-        admin_port: u32,
-        #[arg(long, default_value = "")]
-        zone: String,
-        #[arg(long, default_value_t = 0)]
-        virtual_nodes: u32,
-        #[arg(long)]
-        initial_member: bool,
-    },
-}
-
-pub async fn node(
-    c: &mut CoordinatorServiceClient<Channel>,
-    cmd: NodeCmd,
-    json_out: bool,
-) -> Result<()> {
-    let ns = match cmd {
-        NodeCmd::List => {
-            c.list_storage_nodes(pb::ListStorageNodesRequest {})
-                .await
-                .map_err(describe)?
-                .into_inner()
-                .nodes
-        }
-        NodeCmd::Status { node_id } => vec![
-            c.get_storage_node_status(pb::GetStorageNodeStatusRequest { node_id })
-                .await
-                .map_err(describe)?
-                .into_inner(),
-        ],
-        NodeCmd::Add {
-            node_id,
-            address,
-            admin_port,
-            zone,
-            virtual_nodes,
-            initial_member,
-        } => {
-            let (host, port) = address
-                .rsplit_once(':')
-                .context("address must be host:port")?;
-            let port: u32 = port.parse().context("port must be a number")?;
-            let r = c
-                .add_storage_node(pb::AddStorageNodeRequest {
-                    node_id,
-                    host: host.into(),
-                    port,
-                    virtual_nodes,
-                    zone,
-                    admin_port,
-                    initial_member,
-                })
-                .await
-                .map_err(describe)?
-                .into_inner();
-            r.node.into_iter().collect()
-        }
-    };
-    print_nodes(&ns, json_out);
     Ok(())
 }

@@ -2,12 +2,15 @@
 //!
 //! - `dev`: an embedded single-process cluster for local development.
 //! - `bench storage`: the storage-node benchmark (engine, gRPC, and references in one run).
+//! - `node …`, `changes …`: topology changes and their live progress (`topology.rs`).
 //!
 //! Human output by default, `--json` for machines.
 
 mod bench;
 mod client;
 mod dev;
+mod streambench;
+mod topology;
 mod workload;
 
 use clap::{Parser, Subcommand};
@@ -49,9 +52,12 @@ enum Cmd {
     /// Cluster views.
     #[command(subcommand)]
     Cluster(client::ClusterCmd),
-    /// Storage nodes.
+    /// Storage nodes: list, status, add (bootstrap), remove (decommission), replace.
     #[command(subcommand)]
-    Node(client::NodeCmd),
+    Node(topology::NodeCmd),
+    /// Topology changes: list with progress, watch, abort.
+    #[command(subcommand)]
+    Changes(topology::ChangesCmd),
 }
 
 #[tokio::main]
@@ -83,7 +89,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client::cluster(&mut client::connect(&cli.coordinator).await?, c, cli.json).await
         }
         Cmd::Node(n) => {
-            client::node(&mut client::connect(&cli.coordinator).await?, n, cli.json).await
+            topology::node(&mut client::connect(&cli.coordinator).await?, n, cli.json).await
+        }
+        Cmd::Changes(c) => {
+            topology::changes(&mut client::connect(&cli.coordinator).await?, c, cli.json).await
         }
     }
 }

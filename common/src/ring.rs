@@ -170,6 +170,26 @@ impl Ring {
             .collect()
     }
 
+    /// The ring after a topology change: `add` joins as owners, `remove` leaves (same version).
+    pub fn with_changes(&self, add: &[RingMember], remove: &[&str]) -> Ring {
+        let members = self
+            .members
+            .iter()
+            .filter(|m| !remove.contains(&m.node_id.as_str()))
+            .cloned()
+            .chain(add.iter().map(|m| RingMember {
+                state: NodeState::Normal,
+                ..m.clone()
+            }))
+            .collect::<Vec<_>>();
+        Ring::build(members, self.version)
+    }
+
+    /// Every ring token, ascending.
+    pub fn tokens(&self) -> impl Iterator<Item = u64> + '_ {
+        self.tokens.iter().map(|(t, _)| *t)
+    }
+
     /// Every ring range `(previous token, token]` with its replica set for `n` replicas.
     pub fn ranges(&self, n: usize) -> Vec<(TokenRange, Vec<&RingMember>)> {
         let len = self.tokens.len();
@@ -261,6 +281,26 @@ pub fn transfers(old: &Ring, new: &Ring, n: usize) -> Vec<Transfer> {
     out
 }
 
+/// Cuts `range` at every token of every ring in `rings`: within one returned piece no token of
+/// those rings intervenes, so each ring gives every key of the piece the same preference list.
+pub fn cut(range: TokenRange, rings: &[&Ring]) -> Vec<TokenRange> {
+    let mut bounds: Vec<u64> = rings
+        .iter()
+        .flat_map(|r| r.tokens())
+        .filter(|t| range.contains(*t) && *t != range.end)
+        .collect();
+    bounds.sort_unstable_by_key(|t| t.wrapping_sub(range.start));
+    bounds.dedup();
+    let mut out = Vec::with_capacity(bounds.len() + 1);
+    let mut start = range.start;
+    for b in bounds {
+        out.push(TokenRange::new(start, b));
+        start = b;
+    }
+    out.push(TokenRange::new(start, range.end));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +385,19 @@ mod tests {
     }
 
     proptest! {
+        /// Cut pieces tile the range exactly and no ring token falls strictly inside a piece.
+        #[test]
+        fn cut_tiles_the_range(start in any::<u64>(), end in any::<u64>(), token in any::<u64>()) {
+            let ring = Ring::build((0..3).map(|i| member(&format!("node-{i}"), "")), 1);
+            let range = TokenRange::new(start, end);
+            let pieces = cut(range, &[&ring]);
+            let holding = pieces.iter().filter(|p| p.contains(token)).count();
+            prop_assert_eq!(holding, usize::from(range.contains(token)));
+            for p in &pieces {
+                prop_assert!(ring.tokens().all(|t| !p.contains(t) || t == p.end));
+            }
+        }
+
         /// For every key: each node in the new replica set that was not in the old one is sent
         /// exactly that key's range from the old replicas, and nobody else is sent anything.
         #[test]

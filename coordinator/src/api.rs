@@ -14,8 +14,11 @@ use tonic::{Request, Response, Status};
 
 use crate::data::{DataPlane, ReadReq, WriteReq};
 use crate::error::{Error, Result};
-use crate::meta::{Level, MetaStore, NodeRecord, NodeStatus, TenantRecord};
+use crate::meta::{
+    ChangeKind, ChangeRecord, Level, MetaStore, NodeRecord, NodeStatus, NodeWrite, TenantRecord,
+};
 use crate::metrics::OpLabels;
+use crate::topology::{self, Params, Topology};
 
 /// Most items in one batch request.
 pub const MAX_BATCH_ITEMS: usize = 1000;
@@ -23,6 +26,7 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 pub struct CoordinatorApi {
     pub data: Arc<DataPlane>,
     pub meta: Arc<dyn MetaStore>,
+    pub topology: Arc<Topology>,
 }
 
 fn level(c: i32) -> Option<Level> {
@@ -145,6 +149,78 @@ fn sibling(v: &pairdb_common::version::Version) -> pb::Sibling {
 }
 
 impl CoordinatorApi {
+    /// AddStorageNode: idempotent for a node that re-registers (`--join` on every start).
+    async fn add_node(&self, a: &pb::AddStorageNodeRequest) -> Result<pb::TopologyChangeResponse> {
+        let nodes = self.meta.list_nodes().await?;
+        if let Some(n) = nodes
+            .iter()
+            .find(|n| n.node_id == a.node_id && n.state != NodeState::Removed)
+        {
+            if n.host != a.host
+                || u32::from(n.port) != a.port
+                || u32::from(n.admin_port) != a.admin_port
+            {
+                self.meta
+                    .write_nodes(&[NodeWrite::SetAddress {
+                        node_id: a.node_id.clone(),
+                        host: a.host.clone(),
+                        port: a.port as u16,
+                        admin_port: a.admin_port as u16,
+                    }])
+                    .await?;
+                self.data.cluster.refresh().await?;
+                tracing::info!(node_id = %a.node_id, host = %a.host, port = a.port, "storage node address changed");
+            }
+            return self.change_response(&a.node_id, "").await;
+        }
+        // A cluster with no owners holds no data: the node joins as NORMAL straight away.
+        let forming = a.initial_member || !nodes.iter().any(|n| n.state.owns_ranges());
+        if forming {
+            self.meta
+                .write_nodes(&[NodeWrite::Insert(node_record(a, NodeState::Normal))])
+                .await?;
+            self.data.cluster.refresh().await?;
+            tracing::info!(node_id = %a.node_id, host = %a.host, port = a.port, "storage node added as NORMAL (forming the cluster)");
+            return self.change_response(&a.node_id, "").await;
+        }
+        let params = Params {
+            adds: vec![a.node_id.clone()],
+            removes: vec![],
+            force: false,
+        };
+        let change = topology::new_change(ChangeKind::Bootstrap, &a.node_id, &params, &[], None);
+        self.meta
+            .create_change(
+                &change,
+                &[NodeWrite::Insert(node_record(a, NodeState::Bootstrapping))],
+            )
+            .await?;
+        self.data.cluster.refresh().await?;
+        tracing::info!(node_id = %a.node_id, host = %a.host, port = a.port, change_id = %change.change_id, "storage node bootstrapping");
+        self.change_response(&a.node_id, &change.change_id).await
+    }
+
+    /// The node and its change (`change_id`, or else its active change, if any).
+    async fn change_response(
+        &self,
+        node_id: &str,
+        change_id: &str,
+    ) -> Result<pb::TopologyChangeResponse> {
+        let node = self.meta.get_node(node_id).await?;
+        let change = if change_id.is_empty() {
+            self.meta.list_changes(false).await?.into_iter().find(|c| {
+                let p = topology::parse_params(c);
+                c.node_id == node_id || p.adds.iter().chain(&p.removes).any(|n| n == node_id)
+            })
+        } else {
+            self.meta.get_change(change_id).await?
+        };
+        Ok(pb::TopologyChangeResponse {
+            node: node.map(|n| node_pb(&n, self.live_status(node_id))),
+            change: change.as_ref().map(change_pb),
+        })
+    }
+
     fn observe<T>(&self, op: &'static str, started: Instant, r: &Result<T>) {
         let m = &self.data.metrics;
         let l = OpLabels { op };
@@ -427,39 +503,7 @@ impl CoordinatorService for CoordinatorApi {
         let r = async {
             let a = req.into_inner();
             validate_node(&a)?;
-            let nodes = self.meta.list_nodes().await?;
-            let has_normal = nodes.iter().any(|n| n.state == NodeState::Normal);
-            if has_normal && !a.initial_member {
-                // Joining a cluster that holds data needs bootstrap streaming; refuse rather
-                // than add a node that owns ranges it does not have.
-                return Err(E::TopologyConflict(format!(
-                    "node {} cannot join a cluster that already has NORMAL nodes until bootstrap streaming exists; \
-                     pass initial_member only when forming a new, empty cluster",
-                    a.node_id
-                ))
-                .into());
-            }
-            let rec = NodeRecord {
-                node_id: a.node_id.clone(),
-                host: a.host.clone(),
-                port: a.port as u16,
-                admin_port: a.admin_port as u16,
-                zone: a.zone.clone(),
-                virtual_nodes: if a.virtual_nodes == 0 { DEFAULT_VIRTUAL_NODES } else { a.virtual_nodes },
-                state: NodeState::Normal,
-                status: NodeStatus::Unknown,
-                last_seen_ms: None,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            };
-            self.meta.add_node(&rec).await.map_err(|e| match e {
-                crate::meta::MetaError::Conflict(_) => Error::from(E::TopologyConflict(format!("node {} already exists", a.node_id))),
-                other => other.into(),
-            })?;
-            self.data.cluster.refresh().await?;
-            let stored = self.meta.get_node(&a.node_id).await?.unwrap_or(rec);
-            tracing::info!(node_id = %a.node_id, host = %a.host, port = a.port, "storage node added as NORMAL");
-            Ok(pb::TopologyChangeResponse { node: Some(node_pb(&stored, None)), change: None })
+            self.add_node(&a).await
         }
         .await;
         self.observe("add_storage_node", started, &r);
@@ -468,20 +512,120 @@ impl CoordinatorService for CoordinatorApi {
 
     async fn remove_storage_node(
         &self,
-        _req: Request<pb::RemoveStorageNodeRequest>,
+        req: Request<pb::RemoveStorageNodeRequest>,
     ) -> std::result::Result<Response<pb::TopologyChangeResponse>, Status> {
-        Err(Status::unimplemented(
-            "RemoveStorageNode needs decommission streaming, which is not built yet",
-        ))
+        let started = Instant::now();
+        let r = async {
+            let q = req.into_inner();
+            let node = self.meta.get_node(&q.node_id).await?.ok_or_else(|| {
+                E::InvalidArgument(format!("storage node {} not found", q.node_id))
+            })?;
+            if q.force && !q.acknowledge_data_loss {
+                return Err(E::InvalidArgument(
+                    "force removes a node without streaming from it: data only that node holds may be lost; \
+                     repeat with acknowledge_data_loss to confirm"
+                        .into(),
+                )
+                .into());
+            }
+            if node.state != NodeState::Normal {
+                return Err(E::TopologyConflict(format!(
+                    "storage node {} is {}; only a NORMAL node can be removed",
+                    q.node_id,
+                    node.state.as_str()
+                ))
+                .into());
+            }
+            let nodes = self.meta.list_nodes().await?;
+            let remaining = nodes
+                .iter()
+                .filter(|n| n.state == NodeState::Normal && n.node_id != q.node_id)
+                .count();
+            let max_rf = self.topology.max_rf().await?;
+            if remaining == 0 || (remaining < max_rf && !q.force) {
+                return Err(E::TopologyConflict(format!(
+                    "removing {} would leave {remaining} NORMAL node(s), fewer than the largest tenant replication factor ({max_rf})",
+                    q.node_id
+                ))
+                .into());
+            }
+            let params = Params {
+                adds: vec![],
+                removes: vec![q.node_id.clone()],
+                force: q.force,
+            };
+            let change = topology::new_change(ChangeKind::Decommission, &q.node_id, &params, &[], None);
+            self.meta
+                .create_change(
+                    &change,
+                    &[NodeWrite::SetState {
+                        node_id: q.node_id.clone(),
+                        from: vec![NodeState::Normal],
+                        to: NodeState::Leaving,
+                    }],
+                )
+                .await?;
+            tracing::warn!(node_id = %q.node_id, force = q.force, change_id = %change.change_id, "decommission requested");
+            self.change_response(&q.node_id, &change.change_id).await
+        }
+        .await;
+        self.observe("remove_storage_node", started, &r);
+        Ok(Response::new(r?))
     }
 
     async fn replace_storage_node(
         &self,
-        _req: Request<pb::ReplaceStorageNodeRequest>,
+        req: Request<pb::ReplaceStorageNodeRequest>,
     ) -> std::result::Result<Response<pb::TopologyChangeResponse>, Status> {
-        Err(Status::unimplemented(
-            "ReplaceStorageNode needs range streaming, which is not built yet",
-        ))
+        let started = Instant::now();
+        let r = async {
+            let q = req.into_inner();
+            let new = q
+                .new_node
+                .ok_or_else(|| E::InvalidArgument("new_node is required".into()))?;
+            validate_node(&new)?;
+            if new.node_id == q.old_node_id {
+                return Err(E::InvalidArgument(
+                    "the new node needs its own node_id (a replacement is a new replica identity)".into(),
+                )
+                .into());
+            }
+            let old = self.meta.get_node(&q.old_node_id).await?.ok_or_else(|| {
+                E::InvalidArgument(format!("storage node {} not found", q.old_node_id))
+            })?;
+            if old.state != NodeState::Normal {
+                return Err(E::TopologyConflict(format!(
+                    "storage node {} is {}; only a NORMAL node can be replaced",
+                    q.old_node_id,
+                    old.state.as_str()
+                ))
+                .into());
+            }
+            let params = Params {
+                adds: vec![new.node_id.clone()],
+                removes: vec![q.old_node_id.clone()],
+                force: false,
+            };
+            let change = topology::new_change(ChangeKind::Replace, &new.node_id, &params, &[], None);
+            self.meta
+                .create_change(
+                    &change,
+                    &[
+                        NodeWrite::Insert(node_record(&new, NodeState::Bootstrapping)),
+                        NodeWrite::SetState {
+                            node_id: q.old_node_id.clone(),
+                            from: vec![NodeState::Normal],
+                            to: NodeState::Leaving,
+                        },
+                    ],
+                )
+                .await?;
+            tracing::warn!(old = %q.old_node_id, new = %new.node_id, change_id = %change.change_id, "replace requested");
+            self.change_response(&new.node_id, &change.change_id).await
+        }
+        .await;
+        self.observe("replace_storage_node", started, &r);
+        Ok(Response::new(r?))
     }
 
     async fn get_storage_node_status(
@@ -510,10 +654,15 @@ impl CoordinatorService for CoordinatorApi {
 
     async fn list_pending_changes(
         &self,
-        _req: Request<pb::ListPendingChangesRequest>,
+        req: Request<pb::ListPendingChangesRequest>,
     ) -> std::result::Result<Response<pb::ListPendingChangesResponse>, Status> {
+        let all = self
+            .meta
+            .list_changes(req.into_inner().include_finished)
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(pb::ListPendingChangesResponse {
-            changes: vec![],
+            changes: all.iter().map(change_pb).collect(),
         }))
     }
 
@@ -521,10 +670,10 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         req: Request<pb::AbortChangeRequest>,
     ) -> std::result::Result<Response<pb::PendingChange>, Status> {
-        Err(Status::not_found(format!(
-            "no pending change {}",
-            req.into_inner().change_id
-        )))
+        let started = Instant::now();
+        let r = self.topology.abort(&req.into_inner().change_id).await;
+        self.observe("abort_change", started, &r);
+        Ok(Response::new(change_pb(&r?)))
     }
 
     async fn get_cluster_health(
@@ -541,8 +690,15 @@ impl CoordinatorService for CoordinatorApi {
             .iter()
             .map(|t| t.pending)
             .sum();
+        let pending_changes = self
+            .meta
+            .list_changes(false)
+            .await
+            .map_err(Error::from)?
+            .len() as u64;
         let view: Vec<pb::StorageNode> = nodes
             .iter()
+            .filter(|n| n.state != NodeState::Removed)
             .map(|n| node_pb(n, self.live_status(&n.node_id)))
             .collect();
         let up = view
@@ -566,7 +722,7 @@ impl CoordinatorService for CoordinatorApi {
             nodes_up: up,
             nodes_down: down,
             ring_version: snap.version,
-            pending_changes: 0,
+            pending_changes,
             hints_pending: hints,
             nodes: view,
         }))
@@ -656,6 +812,41 @@ impl CoordinatorService for CoordinatorApi {
                 })
                 .collect(),
         }))
+    }
+}
+
+fn node_record(a: &pb::AddStorageNodeRequest, state: NodeState) -> NodeRecord {
+    NodeRecord {
+        node_id: a.node_id.clone(),
+        host: a.host.clone(),
+        port: a.port as u16,
+        admin_port: a.admin_port as u16,
+        zone: a.zone.clone(),
+        virtual_nodes: if a.virtual_nodes == 0 {
+            DEFAULT_VIRTUAL_NODES
+        } else {
+            a.virtual_nodes
+        },
+        state,
+        status: NodeStatus::Unknown,
+        last_seen_ms: None,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+}
+
+fn change_pb(c: &ChangeRecord) -> pb::PendingChange {
+    pb::PendingChange {
+        change_id: c.change_id.clone(),
+        r#type: c.kind.as_str().to_string(),
+        node_id: c.node_id.clone(),
+        status: c.status.as_str().to_string(),
+        progress_json: c.progress.clone(),
+        lease_owner: c.lease_owner.clone().unwrap_or_default(),
+        lease_expires_at_ms: c.lease_expires_at_ms.unwrap_or(0),
+        start_time_ms: c.start_time_ms,
+        completed_at_ms: c.completed_at_ms.unwrap_or(0),
+        error: c.error.clone().unwrap_or_default(),
     }
 }
 

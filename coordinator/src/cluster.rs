@@ -93,6 +93,34 @@ pub struct Snapshot {
     pub ring: Ring,
     pub nodes: HashMap<String, Arc<NodeEntry>>,
     pub version: u64,
+    /// The ring each active topology change leads to (bootstrapping nodes in, leaving nodes
+    /// out). Writes also go to the nodes these rings add to a key's preference list.
+    pub futures: Vec<Ring>,
+}
+
+impl Snapshot {
+    /// Pending replicas of a key: nodes in the key's preference list of some future ring but
+    /// not of the current one. They receive writes without counting toward W.
+    pub fn pending_replicas(&self, token: u64, n: usize) -> Vec<Arc<NodeEntry>> {
+        if self.futures.is_empty() {
+            return Vec::new();
+        }
+        let current = self.ring.preference_list(token, n);
+        let mut out: Vec<Arc<NodeEntry>> = Vec::new();
+        for f in &self.futures {
+            for m in f.preference_list(token, n) {
+                if current.iter().any(|c| c.node_id == m.node_id)
+                    || out.iter().any(|o| o.record.node_id == m.node_id)
+                {
+                    continue;
+                }
+                if let Some(e) = self.nodes.get(&m.node_id) {
+                    out.push(e.clone());
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Cluster settings, from the coordinator config.
@@ -135,6 +163,7 @@ impl Cluster {
                 ring: Ring::default(),
                 nodes: HashMap::new(),
                 version: 0,
+                futures: Vec::new(),
             })),
             health: RwLock::new(HashMap::new()),
         })
@@ -152,6 +181,7 @@ impl Cluster {
     pub async fn refresh(&self) -> crate::meta::MetaResult<()> {
         let version = self.meta.ring_version().await?;
         let records = self.meta.list_nodes().await?;
+        let changes = self.meta.list_changes(false).await?;
         let old = self.snapshot();
         let mut nodes = HashMap::new();
         for rec in records {
@@ -200,11 +230,16 @@ impl Cluster {
             }),
             version,
         );
+        let futures: Vec<Ring> = changes
+            .iter()
+            .filter_map(|c| crate::topology::future_ring(&ring, &nodes, c))
+            .collect();
         if version != old.version {
             tracing::info!(
                 ring_version = version,
                 nodes = nodes.len(),
                 owners = ring.members().len(),
+                changes = futures.len(),
                 "ring rebuilt"
             );
         }
@@ -212,6 +247,7 @@ impl Cluster {
             ring,
             nodes,
             version,
+            futures,
         });
         Ok(())
     }

@@ -50,6 +50,22 @@ pub struct Config {
     pub max_message_mb: u64,
     /// Log as JSON lines.
     pub log_json: bool,
+    /// Lease of a topology change's driver; another coordinator takes over after it expires.
+    pub change_lease_ms: u64,
+    /// How often the topology worker looks for changes to drive.
+    pub change_poll_ms: u64,
+    /// Streaming changes (bootstrap, decommission, replace) that may run at once.
+    pub max_concurrent_bootstraps: usize,
+    /// Per-stream throttle in bytes per second (0 = unthrottled).
+    pub stream_max_bytes_per_sec: u64,
+    /// Records per streamed batch.
+    pub stream_batch_size: u32,
+    /// Ranges of one change streamed at once.
+    pub stream_parallelism: usize,
+    /// Grace period before surplus ranges are dropped after a change (default 24 h).
+    pub cleanup_grace_secs: u64,
+    /// Longest wait for hints to a gaining node to drain before a change finishes.
+    pub hint_drain_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -84,6 +100,14 @@ impl Default for Config {
             max_hints_per_target: 1_000_000,
             max_message_mb: 64,
             log_json: false,
+            change_lease_ms: 10_000,
+            change_poll_ms: 1_000,
+            max_concurrent_bootstraps: 1,
+            stream_max_bytes_per_sec: 256 << 20,
+            stream_batch_size: 512,
+            stream_parallelism: 2,
+            cleanup_grace_secs: 24 * 3600,
+            hint_drain_timeout_ms: 30_000,
         }
     }
 }
@@ -108,6 +132,16 @@ pub struct Args {
     pub hints_enabled: Option<bool>,
     #[arg(long, env = "PAIRDB_LOG_JSON")]
     pub log_json: Option<bool>,
+    /// Grace period before surplus ranges are dropped after a topology change.
+    #[arg(long, env = "PAIRDB_CLEANUP_GRACE_SECS")]
+    pub cleanup_grace_secs: Option<u64>,
+    #[arg(long, env = "PAIRDB_MAX_CONCURRENT_BOOTSTRAPS")]
+    pub max_concurrent_bootstraps: Option<usize>,
+    /// Per-stream throttle in bytes per second (0 = unthrottled).
+    #[arg(long, env = "PAIRDB_STREAM_MAX_BYTES_PER_SEC")]
+    pub stream_max_bytes_per_sec: Option<u64>,
+    #[arg(long, env = "PAIRDB_CHANGE_LEASE_MS")]
+    pub change_lease_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +180,18 @@ impl Config {
         if let Some(v) = args.log_json {
             c.log_json = v;
         }
+        if let Some(v) = args.cleanup_grace_secs {
+            c.cleanup_grace_secs = v;
+        }
+        if let Some(v) = args.max_concurrent_bootstraps {
+            c.max_concurrent_bootstraps = v;
+        }
+        if let Some(v) = args.stream_max_bytes_per_sec {
+            c.stream_max_bytes_per_sec = v;
+        }
+        if let Some(v) = args.change_lease_ms {
+            c.change_lease_ms = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -169,6 +215,8 @@ impl Config {
             ("ring_poll_ms", self.ring_poll_ms),
             ("tenant_refresh_ms", self.tenant_refresh_ms),
             ("hint_replay_interval_ms", self.hint_replay_interval_ms),
+            ("change_lease_ms", self.change_lease_ms),
+            ("change_poll_ms", self.change_poll_ms),
         ] {
             if v == 0 || v > 3_600_000 {
                 return Err(ConfigError(format!("{name} must be 1-3600000")));
@@ -183,6 +231,19 @@ impl Config {
         if self.down_after_misses == 0 || self.max_replay_attempts == 0 {
             return Err(ConfigError(
                 "down_after_misses and max_replay_attempts must be at least 1".into(),
+            ));
+        }
+        if self.max_concurrent_bootstraps == 0 || self.stream_parallelism == 0 {
+            return Err(ConfigError(
+                "max_concurrent_bootstraps and stream_parallelism must be at least 1".into(),
+            ));
+        }
+        if self.stream_batch_size == 0 || self.stream_batch_size > 10_000 {
+            return Err(ConfigError("stream_batch_size must be 1-10000".into()));
+        }
+        if self.change_lease_ms < 1_000 {
+            return Err(ConfigError(
+                "change_lease_ms must be at least 1000 (progress is saved every second)".into(),
             ));
         }
         if self.max_hint_window_secs > self.hint_ttl_secs {

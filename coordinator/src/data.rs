@@ -29,6 +29,8 @@ use crate::meta::{Level, TenantRecord};
 use crate::metrics::{Metrics, OpLabels};
 use crate::tenants::Tenants;
 
+type Nodes = Vec<Arc<NodeEntry>>;
+
 /// Data-path settings, from the coordinator config.
 #[derive(Debug, Clone)]
 pub struct DataConfig {
@@ -111,6 +113,17 @@ fn is_request_error(e: &E) -> bool {
 
 impl DataPlane {
     fn replicas(&self, tenant: &TenantRecord, key: &[u8]) -> Result<Vec<Arc<NodeEntry>>> {
+        Ok(self.replicas_and_pending(tenant, key, false)?.0)
+    }
+
+    /// The key's replicas (current ring) and, when `with_pending`, its pending replicas (nodes
+    /// gaining the key's range in an active topology change).
+    fn replicas_and_pending(
+        &self,
+        tenant: &TenantRecord,
+        key: &[u8],
+        with_pending: bool,
+    ) -> Result<(Nodes, Nodes)> {
         let snap = self.cluster.snapshot();
         let tok = token::token(&tenant.tenant_id, key);
         let list: Vec<Arc<NodeEntry>> = snap
@@ -125,7 +138,12 @@ impl DataPlane {
             )
             .into());
         }
-        Ok(list)
+        let pending = if with_pending {
+            snap.pending_replicas(tok, tenant.replication_factor as usize)
+        } else {
+            Vec::new()
+        };
+        Ok((list, pending))
     }
 
     fn deadline(&self, timeout_ms: u32) -> Duration {
@@ -155,7 +173,7 @@ impl DataPlane {
             validate::effective_max_value_bytes(tenant.max_value_bytes),
         )?;
         let level = req.consistency.unwrap_or(tenant.write_consistency);
-        let replicas = self.replicas(&tenant, &req.key)?;
+        let (replicas, pending) = self.replicas_and_pending(&tenant, &req.key, true)?;
         let n = tenant.replication_factor as usize;
         let required = level.required(n);
         let deadline = self.deadline(req.timeout_ms);
@@ -163,7 +181,7 @@ impl DataPlane {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let me = self.clone();
         let t = tenant.clone();
-        tokio::spawn(async move { me.replicate(t, req, replicas, level, tx).await });
+        tokio::spawn(async move { me.replicate(t, req, replicas, pending, level, tx).await });
 
         let mut acked = 0usize;
         let mut coordinated: Option<Box<pb::WriteResult>> = None;
@@ -221,6 +239,7 @@ impl DataPlane {
         tenant: Arc<TenantRecord>,
         req: WriteReq,
         replicas: Vec<Arc<NodeEntry>>,
+        pending_replicas: Vec<Arc<NodeEntry>>,
         level: Level,
         tx: mpsc::UnboundedSender<WriteEvent>,
     ) {
@@ -289,7 +308,8 @@ impl DataPlane {
         let Some((ci, state)) = coordinator else {
             return;
         };
-        // 2. Ship the whole state to every other replica; hint the ones that miss it.
+        // 2. Ship the whole state to every other replica and to the pending replicas (which
+        //    never count toward W); hint the ones that miss it.
         let apply = pb::KeyVersions {
             tenant_id: req.tenant.clone(),
             key: req.key.clone(),
@@ -297,12 +317,17 @@ impl DataPlane {
             origin: pb::ApplyOrigin::Replica as i32,
             ..Default::default()
         };
-        let mut pending: FuturesUnordered<_> = replicas
+        if !pending_replicas.is_empty() {
+            self.metrics.pending_replica_writes.inc();
+        }
+        let targets = replicas
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != ci)
-            .map(|(_, node)| {
-                let node = node.clone();
+            .map(|(_, node)| (node.clone(), true))
+            .chain(pending_replicas.into_iter().map(|node| (node, false)));
+        let mut pending: FuturesUnordered<_> = targets
+            .map(|(node, counts)| {
                 let apply = apply.clone();
                 let timeout = self.replica_timeout();
                 async move {
@@ -319,16 +344,18 @@ impl DataPlane {
                     } else {
                         Err((false, "node is down".to_string()))
                     };
-                    (node, r, started)
+                    (node, counts, r, started)
                 }
             })
             .collect();
-        while let Some((node, r, started)) = pending.next().await {
+        while let Some((node, counts, r, started)) = pending.next().await {
             self.observe_replica("apply", started);
             match r {
                 Ok(()) => {
                     node.health.record_success();
-                    let _ = tx.send(WriteEvent::Ack);
+                    if counts {
+                        let _ = tx.send(WriteEvent::Ack);
+                    }
                 }
                 Err((transport, msg)) => {
                     if transport {
@@ -339,7 +366,9 @@ impl DataPlane {
                         .hints
                         .record(&node.record.node_id, &req.tenant, &req.key, &state)
                         .await;
-                    if rec == Recorded::Stored && level == Level::Any {
+                    if !counts {
+                        // A pending replica: its hint (and the bootstrap's verification) cover it.
+                    } else if rec == Recorded::Stored && level == Level::Any {
                         let _ = tx.send(WriteEvent::Ack);
                     } else {
                         let _ = tx.send(WriteEvent::Failed(format!(

@@ -3,6 +3,7 @@
 //! Code map: [`server`] wires everything; [`api`] is the gRPC edge; [`data`] is the quorum
 //! write/read path with read repair; [`hints`] is hinted handoff; [`cluster`] holds the ring and
 //! node health (topology and failure-detector workers); [`tenants`] caches tenant settings;
+//! [`topology`] drives bootstrap / decommission / replace / cleanup under leases;
 //! [`meta`] is the metadata store (PostgreSQL / SQLite behind one trait); [`config`],
 //! [`metrics`], [`error`].
 //! *Invariant: the coordinator holds no durable state outside the metadata store, and the
@@ -19,3 +20,4 @@ pub mod meta;
 pub mod metrics;
 pub mod server;
 pub mod tenants;
+pub mod topology;

@@ -14,6 +14,12 @@ pub struct OpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub op: &'static str,
     pub code: &'static str,
@@ -40,6 +46,13 @@ pub struct Metrics {
     pub nodes_up: Gauge,
     pub nodes_down: Gauge,
     pub ring_version: Gauge,
+    pub bootstrap_operations: Family<ChangeLabels, Counter>,
+    pub concurrent_bootstraps: Gauge,
+    pub cleanup_scheduled: Counter,
+    pub cleanup_executed: Counter,
+    pub stream_keys: Counter,
+    pub stream_bytes: Counter,
+    pub pending_replica_writes: Counter,
 }
 
 impl Metrics {
@@ -61,6 +74,13 @@ impl Metrics {
             nodes_up: Gauge::default(),
             nodes_down: Gauge::default(),
             ring_version: Gauge::default(),
+            bootstrap_operations: Family::default(),
+            concurrent_bootstraps: Gauge::default(),
+            cleanup_scheduled: Counter::default(),
+            cleanup_executed: Counter::default(),
+            stream_keys: Counter::default(),
+            stream_bytes: Counter::default(),
+            pending_replica_writes: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -138,6 +158,41 @@ impl Metrics {
             "ring_version",
             "Ring version this coordinator routes with",
             m.ring_version.clone(),
+        );
+        r.register(
+            "bootstrap_operations",
+            "Topology changes finished by this coordinator, by kind (bootstrap, decommission, replace, cleanup) and result",
+            m.bootstrap_operations.clone(),
+        );
+        r.register(
+            "concurrent_bootstraps",
+            "Topology changes this coordinator is driving now",
+            m.concurrent_bootstraps.clone(),
+        );
+        r.register(
+            "cleanup_scheduled",
+            "Cleanup changes scheduled after topology changes",
+            m.cleanup_scheduled.clone(),
+        );
+        r.register(
+            "cleanup_executed",
+            "Token ranges dropped by cleanups",
+            m.cleanup_executed.clone(),
+        );
+        r.register(
+            "topology_stream_keys",
+            "Records moved by range streams this coordinator drove",
+            m.stream_keys.clone(),
+        );
+        r.register(
+            "topology_stream_bytes",
+            "Record bytes moved by range streams this coordinator drove",
+            m.stream_bytes.clone(),
+        );
+        r.register(
+            "pending_replica_writes",
+            "Write fan-outs to pending replicas (nodes gaining the key's range)",
+            m.pending_replica_writes.clone(),
         );
         Metrics { registry, ..m }
     }

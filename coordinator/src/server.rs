@@ -22,6 +22,7 @@ use crate::hints::{HintConfig, Hints};
 use crate::meta::{self, MetaStore};
 use crate::metrics::Metrics;
 use crate::tenants::Tenants;
+use crate::topology::{Topology, TopologyConfig};
 
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -90,6 +91,22 @@ pub async fn start_with(
         },
         cfg.coordinator_id.clone(),
     );
+    let topology = Topology::new(
+        meta.clone(),
+        cluster.clone(),
+        metrics.clone(),
+        TopologyConfig {
+            owner: cfg.coordinator_id.clone(),
+            lease_ms: cfg.change_lease_ms,
+            poll_ms: cfg.change_poll_ms,
+            max_concurrent_bootstraps: cfg.max_concurrent_bootstraps,
+            stream_max_bytes_per_sec: cfg.stream_max_bytes_per_sec,
+            stream_batch_size: cfg.stream_batch_size,
+            stream_parallelism: cfg.stream_parallelism,
+            cleanup_grace_ms: cfg.cleanup_grace_secs.saturating_mul(1000),
+            hint_drain_timeout_ms: cfg.hint_drain_timeout_ms,
+        },
+    );
     let data = Arc::new(DataPlane {
         cluster: cluster.clone(),
         tenants: tenants.clone(),
@@ -133,6 +150,10 @@ pub async fn start_with(
             "hint-replay",
             tokio::spawn(hints.clone().run(cancel.clone())),
         ),
+        (
+            "topology-changes",
+            tokio::spawn(topology.clone().run(cancel.clone())),
+        ),
     ];
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -146,6 +167,7 @@ pub async fn start_with(
     let svc = CoordinatorServiceServer::new(CoordinatorApi {
         data: data.clone(),
         meta: meta.clone(),
+        topology: topology.clone(),
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);

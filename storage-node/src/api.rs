@@ -420,6 +420,19 @@ impl StorageNodeService for StorageApi {
         }))
     }
 
+    type PullRangeStream = ReceiverStream<Result<pb::PullProgress, Status>>;
+
+    async fn pull_range(
+        &self,
+        req: Request<pb::PullRangeRequest>,
+    ) -> Result<Response<Self::PullRangeStream>, Status> {
+        let labels = crate::metrics::OpLabels { op: "pull_range" };
+        self.node.metrics.requests.get_or_create(&labels).inc();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(crate::pull::run(self.node.clone(), req.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn drop_range(
         &self,
         req: Request<pb::DropRangeRequest>,
@@ -431,7 +444,9 @@ impl StorageNodeService for StorageApi {
             .await
             .and_then(|d| d);
         self.observe("drop_range", started, &r);
-        Ok(Response::new(pb::DropRangeResponse { records: r? }))
+        let records = r?;
+        self.node.schedule_reclaim();
+        Ok(Response::new(pb::DropRangeResponse { records }))
     }
 
     async fn node_info(

@@ -41,6 +41,16 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// Log as JSON lines instead of text.
     pub log_json: bool,
+    /// Coordinator gRPC address (`host:port`) to register with at start (AddStorageNode):
+    /// a new node bootstraps, a known one is left as it is (its address updated if it moved).
+    pub join: Option<String>,
+    /// Host other nodes and coordinators reach this node at. Default: the gRPC listen IP, or
+    /// (when that is unspecified) `$POD_IP`, else the hostname.
+    pub advertise_host: String,
+    /// Failure-domain label for zone-aware placement.
+    pub zone: String,
+    /// Ring tokens for this node when it registers (0 = the default, 150).
+    pub virtual_nodes: u32,
 }
 
 fn default_node_id() -> String {
@@ -72,6 +82,10 @@ impl Default for Config {
             max_message_mb: 64,
             max_concurrent_requests: 1024,
             log_json: false,
+            join: None,
+            advertise_host: String::new(),
+            zone: String::new(),
+            virtual_nodes: 0,
         }
     }
 }
@@ -114,6 +128,15 @@ pub struct Args {
     pub disk_sample_interval_ms: Option<u64>,
     #[arg(long, env = "PAIRDB_LOG_JSON")]
     pub log_json: Option<bool>,
+    /// Register with this coordinator (host:port) at start; a new node bootstraps.
+    #[arg(long, env = "PAIRDB_JOIN")]
+    pub join: Option<String>,
+    #[arg(long, env = "PAIRDB_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    #[arg(long, env = "PAIRDB_ZONE")]
+    pub zone: Option<String>,
+    #[arg(long, env = "PAIRDB_VIRTUAL_NODES")]
+    pub virtual_nodes: Option<u32>,
 }
 
 /// A configuration that cannot be used, with what to fix.
@@ -152,7 +175,13 @@ impl Config {
             throttle_max_write_bytes => disk.throttle_max_write_bytes,
             disk_sample_interval_ms => disk_sample_interval_ms,
             log_json => log_json,
+            advertise_host => advertise_host,
+            zone => zone,
+            virtual_nodes => virtual_nodes,
         );
+        if args.join.is_some() {
+            c.join = args.join;
+        }
         c.validate()?;
         Ok(c)
     }

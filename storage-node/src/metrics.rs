@@ -53,6 +53,8 @@ pub struct Metrics {
     pub sibling_warnings: Counter,
     pub stream_keys_sent: Counter,
     pub stream_bytes_sent: Counter,
+    pub stream_keys_received: Counter,
+    pub stream_bytes_received: Counter,
     pub applied_versions: Family<OpLabels, Counter>,
     pub maintenance_mode: Gauge,
     pub memtable_bytes: Gauge,
@@ -91,6 +93,8 @@ impl Metrics {
             sibling_warnings: Counter::default(),
             stream_keys_sent: Counter::default(),
             stream_bytes_sent: Counter::default(),
+            stream_keys_received: Counter::default(),
+            stream_bytes_received: Counter::default(),
             applied_versions: Family::default(),
             maintenance_mode: Gauge::default(),
             memtable_bytes: Gauge::default(),
@@ -187,6 +191,16 @@ impl Metrics {
             "stream_bytes_sent",
             "Record bytes sent by range streams",
             m.stream_bytes_sent.clone(),
+        );
+        r.register(
+            "stream_keys_received",
+            "Records received and merged by range pulls",
+            m.stream_keys_received.clone(),
+        );
+        r.register(
+            "stream_bytes_received",
+            "Record bytes received by range pulls",
+            m.stream_bytes_received.clone(),
         );
         r.register(
             "applied_states",

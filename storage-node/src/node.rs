@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::disk::DiskMonitor;
@@ -21,7 +21,14 @@ pub struct Node {
     /// Recent rates and latencies for `/health`.
     pub recent: Recent,
     maintenance: AtomicBool,
+    /// When the compaction that reclaims dropped ranges is due (Unix ms; 0 = none).
+    reclaim_due_ms: AtomicU64,
+    reclaim_scheduled: AtomicBool,
 }
+
+/// Quiet time after the last DropRange before the reclaiming compaction runs (a cleanup drops
+/// hundreds of small ranges; one compaction at the end rewrites the files once).
+pub const RECLAIM_DELAY_MS: u64 = 3_000;
 
 impl Node {
     pub fn new(
@@ -40,6 +47,8 @@ impl Node {
             started: Instant::now(),
             recent: Recent::default(),
             maintenance: AtomicBool::new(false),
+            reclaim_due_ms: AtomicU64::new(0),
+            reclaim_scheduled: AtomicBool::new(false),
         }
     }
 
@@ -55,5 +64,37 @@ impl Node {
             self.metrics.maintenance_mode.set(i64::from(on));
             tracing::warn!(node_id = %self.node_id, enabled = on, "maintenance mode changed");
         }
+    }
+
+    /// Schedules a full compaction `RECLAIM_DELAY_MS` after the last call, so the space behind
+    /// range deletes is given back to the filesystem.
+    pub fn schedule_reclaim(self: &Arc<Self>) {
+        self.reclaim_due_ms
+            .store(pairdb_common::now_ms() + RECLAIM_DELAY_MS, Ordering::SeqCst);
+        if self.reclaim_scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let due = node.reclaim_due_ms.load(Ordering::SeqCst);
+                let now = pairdb_common::now_ms();
+                if now >= due {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(due - now)).await;
+            }
+            node.reclaim_scheduled.store(false, Ordering::SeqCst);
+            let store = node.store.clone();
+            let started = Instant::now();
+            match tokio::task::spawn_blocking(move || store.engine().compact(true)).await {
+                Ok(Ok(())) => tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "compacted to reclaim dropped ranges"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "reclaiming compaction failed"),
+                Err(e) => tracing::warn!(error = %e, "reclaiming compaction task failed"),
+            }
+        });
     }
 }

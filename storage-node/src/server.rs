@@ -219,6 +219,7 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         sync_writes = cfg.sync_writes,
         "storage node serving"
     );
+    crate::join::spawn(&cfg, grpc_addr, admin_addr, cancel.clone());
     Ok(RunningNode {
         node,
         grpc_addr,

@@ -618,6 +618,13 @@ impl Store {
             }
         }
         batch.done = true;
+        if max_bytes_per_sec > 0 {
+            let due =
+                std::time::Duration::from_secs_f64(sent_bytes as f64 / max_bytes_per_sec as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         self.metrics
             .stream_keys_sent
             .inc_by(batch.entries.len() as u64);
@@ -684,7 +691,8 @@ impl Store {
         })
     }
 
-    /// Deletes every record of `range` with range deletes; returns how many there were.
+    /// Deletes every record of `range` with range deletes; returns how many records there were.
+    /// (The API schedules a compaction afterwards so the space is reclaimed.)
     pub fn drop_range(&self, range: TokenRange) -> Result<u64> {
         let mut count = 0u64;
         let mut ops = Vec::new();

@@ -3,6 +3,7 @@
 //! guard drops, so a failing test never leaks servers.
 
 pub mod cluster;
+pub mod procs;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

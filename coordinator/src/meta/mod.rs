@@ -176,6 +176,119 @@ pub struct HintTarget {
     pub oldest_created_at_ms: u64,
 }
 
+/// What a topology change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Bootstrap,
+    Decommission,
+    Replace,
+    Cleanup,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Bootstrap => "bootstrap",
+            ChangeKind::Decommission => "decommission",
+            ChangeKind::Replace => "replace",
+            ChangeKind::Cleanup => "cleanup",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChangeKind> {
+        match s {
+            "bootstrap" => Some(ChangeKind::Bootstrap),
+            "decommission" => Some(ChangeKind::Decommission),
+            "replace" => Some(ChangeKind::Replace),
+            "cleanup" => Some(ChangeKind::Cleanup),
+            _ => None,
+        }
+    }
+}
+
+/// Where a topology change is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeStatus {
+    /// Recorded, waiting for admission (overlap and `max_concurrent_bootstraps`).
+    Pending,
+    /// Admitted: its plan is frozen and a coordinator drives it under a lease.
+    Running,
+    Completed,
+    Failed,
+    Aborted,
+}
+
+impl ChangeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeStatus::Pending => "pending",
+            ChangeStatus::Running => "running",
+            ChangeStatus::Completed => "completed",
+            ChangeStatus::Failed => "failed",
+            ChangeStatus::Aborted => "aborted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChangeStatus> {
+        match s {
+            "pending" => Some(ChangeStatus::Pending),
+            "running" => Some(ChangeStatus::Running),
+            "completed" => Some(ChangeStatus::Completed),
+            "failed" => Some(ChangeStatus::Failed),
+            "aborted" => Some(ChangeStatus::Aborted),
+            _ => None,
+        }
+    }
+
+    pub fn is_active(self) -> bool {
+        matches!(self, ChangeStatus::Pending | ChangeStatus::Running)
+    }
+}
+
+/// A `pending_changes` row. `plan`, `params` and `progress` are JSON documents owned by the
+/// orchestrator (`crate::topology`); the store keeps them opaque.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRecord {
+    pub change_id: String,
+    pub kind: ChangeKind,
+    pub node_id: String,
+    pub status: ChangeStatus,
+    pub progress: String,
+    pub plan: String,
+    pub params: String,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at_ms: Option<u64>,
+    pub start_time_ms: u64,
+    pub completed_at_ms: Option<u64>,
+    /// Not to be started before this time (cleanup grace).
+    pub not_before_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// A membership write made in the same transaction as a change (and a `ring_version` bump).
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeWrite {
+    /// Inserts a node, or re-creates one whose row is REMOVED; `Conflict` otherwise.
+    Insert(NodeRecord),
+    /// Moves a node to `to` if it is in one of `from`; `Conflict` otherwise.
+    SetState {
+        node_id: String,
+        from: Vec<NodeState>,
+        to: NodeState,
+    },
+    /// Changes where a node listens (a restarted pod with a new address).
+    SetAddress {
+        node_id: String,
+        host: String,
+        port: u16,
+        admin_port: u16,
+    },
+}
+
+/// Admission check run inside the admission transaction with every running change.
+pub type AdmitFn = dyn Fn(&[ChangeRecord]) -> Result<(), String> + Send + Sync;
+
 /// Metadata-store failures, by what the caller must tell apart.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MetaError {
@@ -249,6 +362,63 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn delete_dead_hints(&self, cutoff_ms: u64, max_attempts: u32) -> MetaResult<u64>;
     async fn hint_targets(&self) -> MetaResult<Vec<HintTarget>>;
     async fn count_hints_for(&self, target: &str) -> MetaResult<u64>;
+
+    /// Applies `nodes` (with a `ring_version` bump when there are any) and records the change,
+    /// atomically; returns the ring version. `Conflict` when a node write's precondition fails.
+    async fn create_change(&self, c: &ChangeRecord, nodes: &[NodeWrite]) -> MetaResult<u64>;
+    /// Applies membership writes alone (address changes), with a `ring_version` bump.
+    async fn write_nodes(&self, nodes: &[NodeWrite]) -> MetaResult<u64>;
+    async fn get_change(&self, change_id: &str) -> MetaResult<Option<ChangeRecord>>;
+    /// Active changes (pending, running), plus finished ones when asked, oldest first.
+    async fn list_changes(&self, include_finished: bool) -> MetaResult<Vec<ChangeRecord>>;
+    /// Takes or renews the lease of an active change for `lease_ms`: succeeds when the lease is
+    /// free, already `owner`'s, or expired. One driver at a time.
+    async fn claim_change(
+        &self,
+        change_id: &str,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> MetaResult<bool>;
+    /// Admits a pending change `owner` holds the lease of: under the admission lock (so two
+    /// coordinators never admit side by side), and only while `ring_version` is still
+    /// `ring_version`, calls `admit` with every running change; on `Ok` the change becomes
+    /// running with its frozen `plan` and `progress`. The inner `Err` says why it must wait.
+    async fn admit_change(
+        &self,
+        change_id: &str,
+        owner: &str,
+        ring_version: u64,
+        plan: &str,
+        progress: &str,
+        admit: &AdmitFn,
+    ) -> MetaResult<Result<(), String>>;
+    /// Persists plan (when given), progress and error of a change `owner` drives, renewing the
+    /// lease. `false` when the lease was lost or the change is no longer active (aborted).
+    #[allow(clippy::too_many_arguments)]
+    async fn save_change(
+        &self,
+        change_id: &str,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        plan: Option<&str>,
+        progress: &str,
+        error: Option<&str>,
+    ) -> MetaResult<bool>;
+    /// Ends an active change in one transaction: final status and error, membership writes
+    /// (with a `ring_version` bump when there are any), and an optional follow-up change (the
+    /// cleanup). With `owner`, the lease must still be theirs. Returns the ring version.
+    /// `Conflict` when the change is not active or the lease was lost.
+    async fn finish_change(
+        &self,
+        change_id: &str,
+        owner: Option<&str>,
+        status: ChangeStatus,
+        error: Option<&str>,
+        nodes: &[NodeWrite],
+        follow_up: Option<&ChangeRecord>,
+    ) -> MetaResult<u64>;
 }
 
 /// Opens the store a URL names: `postgres://…` or `sqlite://…` (created if missing).

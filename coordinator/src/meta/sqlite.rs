@@ -23,6 +23,171 @@ const TENANT_COLS: &str = "tenant_id, replication_factor, read_consistency, writ
 const HINT_COLS: &str = "hint_id, target_node_id, tenant_id, key, payload, \
     created_at AS created_at_ms, replay_count, last_error";
 
+const CHANGE_COLS: &str = "change_id, type, node_id, status, progress, plan, params, lease_owner, \
+    lease_expires_at AS lease_expires_at_ms, start_time AS start_time_ms, \
+    completed_at AS completed_at_ms, not_before AS not_before_ms, error";
+
+fn change_row(r: &SqliteRow) -> MetaResult<ChangeRecord> {
+    let kind: String = r.try_get("type")?;
+    let status: String = r.try_get("status")?;
+    Ok(ChangeRecord {
+        change_id: r.try_get("change_id")?,
+        kind: ChangeKind::parse(&kind)
+            .ok_or_else(|| MetaError::BadRow(format!("change type {kind}")))?,
+        node_id: r.try_get("node_id")?,
+        status: ChangeStatus::parse(&status)
+            .ok_or_else(|| MetaError::BadRow(format!("change status {status}")))?,
+        progress: r.try_get("progress")?,
+        plan: r.try_get("plan")?,
+        params: r.try_get("params")?,
+        lease_owner: r.try_get("lease_owner")?,
+        lease_expires_at_ms: r
+            .try_get::<Option<i64>, _>("lease_expires_at_ms")?
+            .map(to_u64),
+        start_time_ms: to_u64(r.try_get("start_time_ms")?),
+        completed_at_ms: r.try_get::<Option<i64>, _>("completed_at_ms")?.map(to_u64),
+        not_before_ms: r.try_get::<Option<i64>, _>("not_before_ms")?.map(to_u64),
+        error: r.try_get("error")?,
+    })
+}
+
+/// Starts a write transaction that holds SQLite's write lock from its first statement, so a
+/// read-then-write inside it never fails on a stale snapshot.
+async fn begin_write(pool: &SqlitePool) -> MetaResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE cluster_meta SET value = value + 1 WHERE key = 'admission_lock'")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Applies membership writes inside a transaction and bumps `ring_version` when there are any.
+async fn apply_node_writes(
+    tx: &mut sqlx::SqliteConnection,
+    nodes: &[NodeWrite],
+) -> MetaResult<u64> {
+    let now = now_ms() as i64;
+    for w in nodes {
+        match w {
+            NodeWrite::Insert(n) => {
+                let existing: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM storage_nodes WHERE node_id = ?1")
+                        .bind(&n.node_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match existing.as_deref() {
+                    Some("REMOVED") => {
+                        sqlx::query("DELETE FROM storage_nodes WHERE node_id = ?1")
+                            .bind(&n.node_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    Some(state) => {
+                        return Err(MetaError::Conflict(format!(
+                            "node {} exists and is {state}",
+                            n.node_id
+                        )));
+                    }
+                    None => {}
+                }
+                sqlx::query(
+                    "INSERT INTO storage_nodes (node_id, host, port, admin_port, zone, virtual_nodes, state, status, \
+                     created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                )
+                .bind(&n.node_id)
+                .bind(&n.host)
+                .bind(i32::from(n.port))
+                .bind(i32::from(n.admin_port))
+                .bind(&n.zone)
+                .bind(n.virtual_nodes as i32)
+                .bind(n.state.as_str())
+                .bind(n.status.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            NodeWrite::SetState { node_id, from, to } => {
+                let state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM storage_nodes WHERE node_id = ?1")
+                        .bind(node_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some(state) = state else {
+                    return Err(MetaError::NotFound(format!("node {node_id}")));
+                };
+                if !from.iter().any(|f| f.as_str() == state) {
+                    return Err(MetaError::Conflict(format!(
+                        "node {node_id} is {state}, not {}",
+                        from.iter()
+                            .map(|f| f.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    )));
+                }
+                sqlx::query(
+                    "UPDATE storage_nodes SET state = ?2, updated_at = ?3 WHERE node_id = ?1",
+                )
+                .bind(node_id)
+                .bind(to.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            NodeWrite::SetAddress {
+                node_id,
+                host,
+                port,
+                admin_port,
+            } => {
+                sqlx::query(
+                    "UPDATE storage_nodes SET host = ?2, port = ?3, admin_port = ?4, updated_at = ?5 \
+                     WHERE node_id = ?1",
+                )
+                .bind(node_id)
+                .bind(host)
+                .bind(i32::from(*port))
+                .bind(i32::from(*admin_port))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    let v: i64 = if nodes.is_empty() {
+        sqlx::query_scalar("SELECT value FROM cluster_meta WHERE key = 'ring_version'")
+            .fetch_one(&mut *tx)
+            .await?
+    } else {
+        sqlx::query_scalar(
+            "UPDATE cluster_meta SET value = value + 1, updated_at = ?1 WHERE key = 'ring_version' RETURNING value",
+        )
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?
+    };
+    Ok(to_u64(v))
+}
+
+async fn insert_change(tx: &mut sqlx::SqliteConnection, c: &ChangeRecord) -> MetaResult<()> {
+    sqlx::query(
+        "INSERT INTO pending_changes (change_id, type, node_id, status, progress, plan, params, \
+         not_before, error, start_time, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+    )
+    .bind(&c.change_id)
+    .bind(c.kind.as_str())
+    .bind(&c.node_id)
+    .bind(c.status.as_str())
+    .bind(&c.progress)
+    .bind(&c.plan)
+    .bind(&c.params)
+    .bind(c.not_before_ms.map(|v| v as i64))
+    .bind(&c.error)
+    .bind(now_ms() as i64)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 fn node_row(r: &SqliteRow) -> MetaResult<NodeRecord> {
     let state: String = r.try_get("state")?;
     Ok(NodeRecord {
@@ -331,5 +496,180 @@ impl MetaStore for SqliteMeta {
             .fetch_one(&self.pool)
             .await?;
         Ok(to_u64(n))
+    }
+    async fn create_change(&self, c: &ChangeRecord, nodes: &[NodeWrite]) -> MetaResult<u64> {
+        let mut tx = begin_write(&self.pool).await?;
+        let v = apply_node_writes(&mut tx, nodes).await?;
+        insert_change(&mut tx, c).await?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
+    async fn write_nodes(&self, nodes: &[NodeWrite]) -> MetaResult<u64> {
+        let mut tx = begin_write(&self.pool).await?;
+        let v = apply_node_writes(&mut tx, nodes).await?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
+    async fn get_change(&self, change_id: &str) -> MetaResult<Option<ChangeRecord>> {
+        let sql = format!("SELECT {CHANGE_COLS} FROM pending_changes WHERE change_id = ?1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(change_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(change_row).transpose()
+    }
+
+    async fn list_changes(&self, include_finished: bool) -> MetaResult<Vec<ChangeRecord>> {
+        let filter = if include_finished {
+            ""
+        } else {
+            "WHERE status IN ('pending', 'running')"
+        };
+        let sql = format!(
+            "SELECT {CHANGE_COLS} FROM pending_changes {filter} ORDER BY start_time, change_id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(change_row).collect()
+    }
+
+    async fn claim_change(
+        &self,
+        change_id: &str,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> MetaResult<bool> {
+        let r = sqlx::query(
+            "UPDATE pending_changes SET lease_owner = ?2, lease_expires_at = ?3 + ?4, updated_at = ?3 \
+             WHERE change_id = ?1 AND status IN ('pending', 'running') \
+               AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_expires_at IS NULL \
+                    OR lease_expires_at < ?3)",
+        )
+        .bind(change_id)
+        .bind(owner)
+        .bind(now_ms as i64)
+        .bind(lease_ms as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn admit_change(
+        &self,
+        change_id: &str,
+        owner: &str,
+        ring_version: u64,
+        plan: &str,
+        progress: &str,
+        admit: &AdmitFn,
+    ) -> MetaResult<Result<(), String>> {
+        let mut tx = begin_write(&self.pool).await?;
+        let v: i64 =
+            sqlx::query_scalar("SELECT value FROM cluster_meta WHERE key = 'ring_version'")
+                .fetch_one(&mut *tx)
+                .await?;
+        if to_u64(v) != ring_version {
+            return Ok(Err(format!(
+                "ring version moved to {v} while planning against {ring_version}"
+            )));
+        }
+        let sql = format!("SELECT {CHANGE_COLS} FROM pending_changes WHERE status = 'running'");
+        let running = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(change_row)
+            .collect::<MetaResult<Vec<_>>>()?;
+        if let Err(why) = admit(&running) {
+            return Ok(Err(why));
+        }
+        let r = sqlx::query(
+            "UPDATE pending_changes SET status = 'running', plan = ?3, progress = ?4, \
+             updated_at = ?5 WHERE change_id = ?1 AND status = 'pending' AND lease_owner = ?2",
+        )
+        .bind(change_id)
+        .bind(owner)
+        .bind(plan)
+        .bind(progress)
+        .bind(now_ms() as i64)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(Err("change is no longer pending under this lease".into()));
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    async fn save_change(
+        &self,
+        change_id: &str,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        plan: Option<&str>,
+        progress: &str,
+        error: Option<&str>,
+    ) -> MetaResult<bool> {
+        let r = sqlx::query(
+            "UPDATE pending_changes SET plan = COALESCE(?5, plan), progress = ?6, \
+             error = ?7, lease_expires_at = ?3 + ?4, updated_at = ?3 \
+             WHERE change_id = ?1 AND lease_owner = ?2 AND status IN ('pending', 'running')",
+        )
+        .bind(change_id)
+        .bind(owner)
+        .bind(now_ms as i64)
+        .bind(lease_ms as i64)
+        .bind(plan)
+        .bind(progress)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn finish_change(
+        &self,
+        change_id: &str,
+        owner: Option<&str>,
+        status: ChangeStatus,
+        error: Option<&str>,
+        nodes: &[NodeWrite],
+        follow_up: Option<&ChangeRecord>,
+    ) -> MetaResult<u64> {
+        let mut tx = begin_write(&self.pool).await?;
+        let r = sqlx::query(
+            "UPDATE pending_changes SET status = ?3, error = COALESCE(?4, error), completed_at = ?5, \
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = ?5 \
+             WHERE change_id = ?1 AND status IN ('pending', 'running') \
+               AND (?2 IS NULL OR lease_owner = ?2)",
+        )
+        .bind(change_id)
+        .bind(owner)
+        .bind(status.as_str())
+        .bind(error)
+        .bind(now_ms() as i64)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Err(MetaError::Conflict(format!(
+                "change {change_id} is not active{}",
+                if owner.is_some() {
+                    " under this lease"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let v = apply_node_writes(&mut tx, nodes).await?;
+        if let Some(c) = follow_up {
+            insert_change(&mut tx, c).await?;
+        }
+        tx.commit().await?;
+        Ok(v)
     }
 }

@@ -1,0 +1,376 @@
+//! Topology lifecycle against a multi-process cluster (storage nodes and coordinators as
+//! processes, PostgreSQL): bootstrap, decommission, replace, abort, two bootstraps at once, the
+//! driving coordinator and a source node killed mid-stream. A writer records every
+//! acknowledged write; afterwards every one must read back at QUORUM, every replica of the
+//! final ring must hold it, digests of the changed node's ranges must match their replicas, and
+//! after the grace period nodes must no longer hold what they stopped replicating.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use pairdb_common::api::pb;
+use pairdb_common::ring::NodeState;
+use pairdb_coordinator::meta::{ChangeKind, ChangeStatus};
+use pairdb_tests::procs::{ProcCluster, ProcOptions, Writer, preload};
+use pairdb_tests::*;
+
+const CHANGE_DEADLINE: Duration = Duration::from_secs(120);
+
+fn throttled(bytes_per_sec: u64) -> ProcOptions {
+    let mut o = ProcOptions::default();
+    o.coord_env.push((
+        "PAIRDB_STREAM_MAX_BYTES_PER_SEC".into(),
+        bytes_per_sec.to_string(),
+    ));
+    o
+}
+
+/// The active change of `node_id`, waiting for it to appear.
+async fn change_of(c: &ProcCluster, node_id: &str, kind: ChangeKind) -> String {
+    for _ in 0..100 {
+        let all = c.meta.list_changes(true).await.unwrap();
+        if let Some(ch) = all
+            .iter()
+            .rev()
+            .find(|ch| ch.kind == kind && (ch.node_id == node_id))
+        {
+            return ch.change_id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no {kind:?} change for {node_id}");
+}
+
+/// Waits until a running change has streamed some but not all ranges.
+async fn wait_mid_stream(c: &ProcCluster, id: &str) {
+    for _ in 0..600 {
+        let ch = c.change(id).await.unwrap();
+        let p: serde_json::Value = serde_json::from_str(&ch.progress).unwrap_or_default();
+        let keys = p["keys"].as_u64().unwrap_or(0);
+        let done = p["ranges_done"].as_u64().unwrap_or(0);
+        let total = p["ranges_total"].as_u64().unwrap_or(0);
+        if ch.status == ChangeStatus::Running && keys > 0 && done < total {
+            return;
+        }
+        assert!(
+            ch.status.is_active(),
+            "change ended before mid-stream: {ch:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("change {id} never reached mid-stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_3_to_4_under_writes_loses_nothing_and_cleanup_drops_surplus() {
+    let _s = serial_async().await;
+    let mut c = ProcCluster::start(ProcOptions::default()).await.unwrap();
+    let mut acked = preload(&mut c.coord().await.unwrap(), "pre", 2000, 200)
+        .await
+        .unwrap();
+    let writer = Writer::start(c.coord_addrs(), "live", 50_000, Duration::from_secs(60));
+    // Self-registration: the node joins through a coordinator and bootstraps.
+    let coord = c.coords[0].addr();
+    let n4 = c.new_node("n4").unwrap();
+    n4.join = Some(coord);
+    n4.start().unwrap();
+    let id = change_of(&c, "n4", ChangeKind::Bootstrap).await;
+    c.wait_change(&id, "completed", CHANGE_DEADLINE)
+        .await
+        .unwrap();
+    let (live, failed) = writer.finish().await.unwrap();
+    println!(
+        "bootstrap under writes: {} acknowledged, {failed} failed",
+        live.len()
+    );
+    assert!(live.len() > 50, "writer made too little progress");
+    acked.extend(live);
+    assert_eq!(
+        c.meta.get_node("n4").await.unwrap().unwrap().state,
+        NodeState::Normal
+    );
+    c.check_quorum_reads(&acked).await.unwrap();
+    c.check_digests("n4").await.unwrap();
+    c.wait_cleanup("n4", CHANGE_DEADLINE).await.unwrap();
+    c.check_placement(&acked, true).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decommission_4_to_3_under_writes_and_removal_below_rf_is_refused() {
+    let _s = serial_async().await;
+    let c = ProcCluster::start(ProcOptions {
+        nodes: 4,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut acked = preload(&mut c.coord().await.unwrap(), "pre", 2000, 200)
+        .await
+        .unwrap();
+    let writer = Writer::start(c.coord_addrs(), "live", 50_000, Duration::from_secs(60));
+    let r = c
+        .coord()
+        .await
+        .unwrap()
+        .remove_storage_node(pb::RemoveStorageNodeRequest {
+            node_id: "n4".into(),
+            force: false,
+            acknowledge_data_loss: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = r.change.unwrap().change_id;
+    c.wait_change(&id, "completed", CHANGE_DEADLINE)
+        .await
+        .unwrap();
+    let (live, _) = writer.finish().await.unwrap();
+    acked.extend(live);
+    assert_eq!(
+        c.meta.get_node("n4").await.unwrap().unwrap().state,
+        NodeState::Removed
+    );
+    // Three nodes left with RF 3: another removal is refused.
+    let refused = c
+        .coord()
+        .await
+        .unwrap()
+        .remove_storage_node(pb::RemoveStorageNodeRequest {
+            node_id: "n1".into(),
+            force: false,
+            acknowledge_data_loss: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        cluster::reason(&refused).0,
+        "TOPOLOGY_CONFLICT",
+        "{refused:?}"
+    );
+    c.check_quorum_reads(&acked).await.unwrap();
+    c.check_digests("n1").await.unwrap();
+    c.wait_cleanup("n4", CHANGE_DEADLINE).await.unwrap();
+    c.check_placement(&acked, true).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driving_coordinator_killed_mid_bootstrap_another_resumes() {
+    let _s = serial_async().await;
+    let mut c = ProcCluster::start(throttled(256 << 10)).await.unwrap();
+    let mut acked = preload(&mut c.coord().await.unwrap(), "pre", 4000, 1000)
+        .await
+        .unwrap();
+    let n4 = c.new_node("n4").unwrap();
+    n4.start().unwrap();
+    let n4_addr = n4.addr();
+    let r = c
+        .coord()
+        .await
+        .unwrap()
+        .add_storage_node(pb::AddStorageNodeRequest {
+            node_id: "n4".into(),
+            host: "127.0.0.1".into(),
+            port: n4_addr.rsplit_once(':').unwrap().1.parse().unwrap(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = r.change.unwrap().change_id;
+    wait_mid_stream(&c, &id).await;
+    let driver = c.change(&id).await.unwrap().lease_owner.unwrap();
+    let before: serde_json::Value =
+        serde_json::from_str(&c.change(&id).await.unwrap().progress).unwrap();
+    c.coords
+        .iter_mut()
+        .find(|p| p.id == driver)
+        .unwrap()
+        .kill9()
+        .unwrap();
+    let writer = Writer::start(c.coord_addrs(), "live", 50_000, Duration::from_secs(60));
+    c.wait_change(&id, "completed", CHANGE_DEADLINE)
+        .await
+        .unwrap();
+    let (live, _) = writer.finish().await.unwrap();
+    acked.extend(live);
+    let survivor = c.coords.iter().find(|p| p.running()).unwrap();
+    assert_ne!(survivor.id, driver);
+    // The survivor finished the change (its own counter says so).
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", survivor.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"bootstrap_operations_total{kind="bootstrap",result="completed"} 1"#),
+        "the surviving coordinator did not complete the bootstrap:\n{metrics}"
+    );
+    let survivor = survivor.id.clone();
+    println!(
+        "driver {driver} killed at {} of {} ranges; {survivor} finished",
+        before["ranges_done"], before["ranges_total"]
+    );
+    c.check_quorum_reads(&acked).await.unwrap();
+    c.check_digests("n4").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_node_killed_mid_stream_resumes_from_another_replica() {
+    let _s = serial_async().await;
+    let mut c = ProcCluster::start(throttled(256 << 10)).await.unwrap();
+    let acked = preload(&mut c.coord().await.unwrap(), "pre", 4000, 1000)
+        .await
+        .unwrap();
+    let coord = c.coords[0].addr();
+    let n4 = c.new_node("n4").unwrap();
+    n4.join = Some(coord);
+    n4.start().unwrap();
+    let id = change_of(&c, "n4", ChangeKind::Bootstrap).await;
+    wait_mid_stream(&c, &id).await;
+    // Kill the source of a range that is still streaming.
+    let plan: Vec<serde_json::Value> =
+        serde_json::from_str(&c.change(&id).await.unwrap().plan).unwrap();
+    let victim = plan
+        .iter()
+        .find(|t| t["state"] == "pending")
+        .map(|t| t["sources"][0].as_str().unwrap().to_string())
+        .unwrap();
+    c.node(&victim).kill9().unwrap();
+    c.wait_change(&id, "completed", CHANGE_DEADLINE)
+        .await
+        .unwrap();
+    let plan: Vec<serde_json::Value> =
+        serde_json::from_str(&c.change(&id).await.unwrap().plan).unwrap();
+    let rerouted = plan
+        .iter()
+        .filter(|t| t["sources"][0] == victim.as_str() && t["source"] != victim.as_str())
+        .count();
+    println!("source {victim} killed; {rerouted} ranges streamed from another replica");
+    assert!(rerouted > 0, "no range failed over to another replica");
+    c.check_quorum_reads(&acked).await.unwrap();
+    c.node(&victim).start().unwrap();
+    c.check_placement(&acked, false).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_a_killed_node_rereplicates_everything_it_held() {
+    let _s = serial_async().await;
+    let mut c = ProcCluster::start(ProcOptions::default()).await.unwrap();
+    let acked = preload(&mut c.coord().await.unwrap(), "pre", 2000, 200)
+        .await
+        .unwrap();
+    c.node("n3").kill9().unwrap();
+    let n5 = c.new_node("n5").unwrap();
+    n5.start().unwrap();
+    let port: u32 = n5.grpc.into();
+    let r = c
+        .coord()
+        .await
+        .unwrap()
+        .replace_storage_node(pb::ReplaceStorageNodeRequest {
+            old_node_id: "n3".into(),
+            new_node: Some(pb::AddStorageNodeRequest {
+                node_id: "n5".into(),
+                host: "127.0.0.1".into(),
+                port,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = r.change.unwrap().change_id;
+    c.wait_change(&id, "completed", CHANGE_DEADLINE)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.meta.get_node("n3").await.unwrap().unwrap().state,
+        NodeState::Removed
+    );
+    // Every key has all three replicas again, the new node included.
+    c.check_placement(&acked, false).await.unwrap();
+    c.check_quorum_reads(&acked).await.unwrap();
+    c.check_digests("n5").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bootstraps_requested_together_both_complete() {
+    let _s = serial_async().await;
+    let mut c = ProcCluster::start(ProcOptions::default()).await.unwrap();
+    let mut acked = preload(&mut c.coord().await.unwrap(), "pre", 2000, 200)
+        .await
+        .unwrap();
+    let writer = Writer::start(c.coord_addrs(), "live", 50_000, Duration::from_secs(90));
+    let (a, b) = (c.coords[0].addr(), c.coords[1].addr());
+    let n4 = c.new_node("n4").unwrap();
+    n4.join = Some(a);
+    n4.start().unwrap();
+    let n5 = c.new_node("n5").unwrap();
+    n5.join = Some(b);
+    n5.start().unwrap();
+    let id4 = change_of(&c, "n4", ChangeKind::Bootstrap).await;
+    let id5 = change_of(&c, "n5", ChangeKind::Bootstrap).await;
+    c.wait_change(&id4, "completed", CHANGE_DEADLINE)
+        .await
+        .unwrap();
+    c.wait_change(&id5, "completed", CHANGE_DEADLINE)
+        .await
+        .unwrap();
+    let (live, _) = writer.finish().await.unwrap();
+    acked.extend(live);
+    c.check_quorum_reads(&acked).await.unwrap();
+    c.check_digests("n4").await.unwrap();
+    c.check_digests("n5").await.unwrap();
+    c.check_placement(&acked, false).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_mid_bootstrap_restores_the_ring_and_loses_nothing() {
+    let _s = serial_async().await;
+    let mut c = ProcCluster::start(throttled(256 << 10)).await.unwrap();
+    let mut acked = preload(&mut c.coord().await.unwrap(), "pre", 4000, 1000)
+        .await
+        .unwrap();
+    let version_before = c.meta.ring_version().await.unwrap();
+    let coord = c.coords[0].addr();
+    let n4 = c.new_node("n4").unwrap();
+    n4.join = Some(coord);
+    n4.start().unwrap();
+    let id = change_of(&c, "n4", ChangeKind::Bootstrap).await;
+    let writer = Writer::start(c.coord_addrs(), "live", 50_000, Duration::from_secs(60));
+    wait_mid_stream(&c, &id).await;
+    let aborted = c
+        .coord()
+        .await
+        .unwrap()
+        .abort_change(pb::AbortChangeRequest {
+            change_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(aborted.status, "aborted");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (live, _) = writer.finish().await.unwrap();
+    acked.extend(live);
+    assert_eq!(
+        c.meta.get_node("n4").await.unwrap().unwrap().state,
+        NodeState::Removed
+    );
+    assert!(c.meta.ring_version().await.unwrap() > version_before);
+    let ring = c
+        .coord()
+        .await
+        .unwrap()
+        .get_ring(pb::GetRingRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let owners: Vec<String> = ring.nodes.iter().map(|n| n.node_id.clone()).collect();
+    assert_eq!(owners, vec!["n1", "n2", "n3"]);
+    c.check_quorum_reads(&acked).await.unwrap();
+    c.check_placement(&acked, false).await.unwrap();
+    // The aborted node's data is cleaned up after the grace period.
+    c.wait_cleanup("n4", CHANGE_DEADLINE).await.unwrap();
+}
