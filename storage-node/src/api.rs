@@ -123,6 +123,7 @@ fn apply_cmd(kv: pb::KeyVersions) -> Result<ApplyCmd> {
         origin: origin(kv.origin),
         tenant: kv.tenant_id,
         key: kv.key,
+        record: None,
     })
 }
 

@@ -25,6 +25,8 @@ use crate::node::Node;
 use crate::store::{ApplyCmd, Origin};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 receive window of a pull (bytes).
+const STREAM_WINDOW: u32 = 16 << 20;
 /// Longest wait for one batch from the source before the pull is abandoned (resumable).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -41,6 +43,9 @@ fn channel_to(address: &str) -> Result<Channel, Status> {
         .map_err(|e| Common::InvalidArgument(format!("source_address: {e}")).to_status())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
+        // Bulk transfer: HTTP/2's default 64 KiB windows would stall every 512-record batch.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(STREAM_WINDOW * 2))
         .connect_lazy();
     map.insert(address.to_string(), c.clone());
     Ok(c)
@@ -95,85 +100,116 @@ async fn pull(
             }
         })?
         .into_inner();
+    // The reader receives batch N+1 while the applier merges batch N.
+    let (btx, mut brx) = mpsc::channel::<pb::StreamBatch>(2);
+    let source_address = req.source_address.clone();
+    let reader = async move {
+        loop {
+            let batch = match tokio::time::timeout(BATCH_TIMEOUT, stream.message()).await {
+                Err(_) => {
+                    return Err(Common::Timeout(format!(
+                        "source {source_address} sent nothing for {}s",
+                        BATCH_TIMEOUT.as_secs()
+                    ))
+                    .to_status());
+                }
+                Ok(r) => r?,
+            };
+            let Some(batch) = batch else {
+                return Err(internal(format!(
+                    "source {source_address} ended the stream of {range} before its last batch"
+                )));
+            };
+            let done = batch.done;
+            if btx.send(batch).await.is_err() || done {
+                return Ok(());
+            }
+        }
+    };
     let mut progress = pb::PullProgress {
-        last_data_key: req.resume_after,
+        last_data_key: req.resume_after.clone(),
         ..Default::default()
     };
-    loop {
-        let batch = match tokio::time::timeout(BATCH_TIMEOUT, stream.message()).await {
-            Err(_) => {
-                return Err(Common::Timeout(format!(
-                    "source {} sent nothing for {}s",
-                    req.source_address,
-                    BATCH_TIMEOUT.as_secs()
-                ))
-                .to_status());
-            }
-            Ok(r) => r?,
-        };
-        let Some(batch) = batch else {
-            return Err(internal(format!(
-                "source {} ended the stream of {range} before its last batch",
-                req.source_address
-            )));
-        };
-        let mut cmds = Vec::with_capacity(batch.entries.len());
-        let mut bytes = 0u64;
-        for e in batch.entries {
-            let state = framing::decode_state(&e.record).map_err(|err| {
-                node.metrics.checksum_failures.inc();
-                Common::ChecksumFailed(format!(
-                    "streamed record {}/{} from {} failed verification: {err}",
-                    e.tenant_id,
-                    String::from_utf8_lossy(&e.key),
-                    req.source_address
-                ))
-                .to_status()
-            })?;
-            if framing::stored_crc(&e.record) != Some(e.crc32) {
-                node.metrics.checksum_failures.inc();
-                return Err(Common::ChecksumFailed(format!(
-                    "streamed record {}/{} carries a CRC that does not match its frame",
-                    e.tenant_id,
-                    String::from_utf8_lossy(&e.key)
-                ))
-                .to_status());
-            }
-            bytes += e.record.len() as u64;
-            cmds.push(ApplyCmd {
-                tenant: e.tenant_id,
-                key: e.key,
-                state,
-                origin: Origin::Stream,
-            });
-        }
-        let n = cmds.len() as u64;
-        let store = node.store.clone();
-        let results = tokio::task::spawn_blocking(move || store.apply_many(cmds))
+    let applier = async {
+        while let Some(batch) = brx.recv().await {
+            let n = batch.entries.len() as u64;
+            let bytes: u64 = batch.entries.iter().map(|e| e.record.len() as u64).sum();
+            let store = node.store.clone();
+            let metrics = node.metrics.clone();
+            let source = req.source_address.clone();
+            let entries = batch.entries;
+            let changed = tokio::task::spawn_blocking(move || -> Result<u64, Status> {
+                let cmds = entries
+                    .into_iter()
+                    .map(|e| decode(e, &source, &metrics))
+                    .collect::<Result<Vec<_>, Status>>()?;
+                let mut changed = 0u64;
+                for r in store.apply_many(cmds) {
+                    changed += u64::from(r?.changed);
+                }
+                Ok(changed)
+            })
             .await
-            .map_err(|e| internal(format!("apply task failed: {e}")))?;
-        for r in results {
-            match r {
-                Ok(a) => progress.changed += u64::from(a.changed),
-                Err(e) => return Err(e.into()),
+            .map_err(|e| internal(format!("apply task failed: {e}")))??;
+            node.metrics.stream_keys_received.inc_by(n);
+            node.metrics.stream_bytes_received.inc_by(bytes);
+            progress.changed += changed;
+            progress.keys += n;
+            progress.bytes += bytes;
+            progress.corrupt_skipped += u64::from(batch.corrupt_skipped);
+            if !batch.last_data_key.is_empty() {
+                progress.last_data_key = batch.last_data_key;
+            }
+            progress.done = batch.done;
+            if tx.send(Ok(progress.clone())).await.is_err() {
+                tracing::info!(%range, source = %req.source_address, keys = progress.keys, "pull stopped: the caller went away");
+                return Ok(());
+            }
+            if progress.done {
+                tracing::info!(%range, source = %req.source_address, keys = progress.keys, changed = progress.changed, "pulled range");
+                return Ok(());
             }
         }
-        node.metrics.stream_keys_received.inc_by(n);
-        node.metrics.stream_bytes_received.inc_by(bytes);
-        progress.keys += n;
-        progress.bytes += bytes;
-        progress.corrupt_skipped += u64::from(batch.corrupt_skipped);
-        if !batch.last_data_key.is_empty() {
-            progress.last_data_key = batch.last_data_key;
-        }
-        progress.done = batch.done;
-        if tx.send(Ok(progress.clone())).await.is_err() {
-            tracing::info!(%range, source = %req.source_address, keys = progress.keys, "pull stopped: the caller went away");
-            return Ok(());
-        }
-        if progress.done {
-            tracing::info!(%range, source = %req.source_address, keys = progress.keys, changed = progress.changed, "pulled range");
-            return Ok(());
-        }
+        Ok(())
+    };
+    // The applier ends the pull (done, caller gone, or an error); the reader only feeds it.
+    tokio::pin!(reader);
+    tokio::pin!(applier);
+    tokio::select! {
+        r = &mut applier => r,
+        r = &mut reader => match r {
+            Ok(()) => applier.await,
+            Err(e) => Err(e),
+        },
     }
+}
+
+/// Checks a streamed entry (frame CRC, and that the entry's CRC is the frame's) and turns it
+/// into a merge that carries the verified bytes, stored as they are when the key is new here.
+fn decode(e: pb::StreamEntry, source: &str, metrics: &crate::metrics::Metrics) -> Result<ApplyCmd, Status> {
+    let state = framing::decode_state(&e.record).map_err(|err| {
+        metrics.checksum_failures.inc();
+        Common::ChecksumFailed(format!(
+            "streamed record {}/{} from {source} failed verification: {err}",
+            e.tenant_id,
+            String::from_utf8_lossy(&e.key),
+        ))
+        .to_status()
+    })?;
+    if framing::stored_crc(&e.record) != Some(e.crc32) {
+        metrics.checksum_failures.inc();
+        return Err(Common::ChecksumFailed(format!(
+            "streamed record {}/{} carries a CRC that does not match its frame",
+            e.tenant_id,
+            String::from_utf8_lossy(&e.key)
+        ))
+        .to_status());
+    }
+    Ok(ApplyCmd {
+        tenant: e.tenant_id,
+        key: e.key,
+        state,
+        origin: Origin::Stream,
+        record: Some(e.record),
+    })
 }

@@ -97,6 +97,9 @@ pub struct ApplyCmd {
     pub key: Vec<u8>,
     pub state: KeyState,
     pub origin: Origin,
+    /// `framing::encode_state(&state)`, already verified (a streamed record): stored as is when
+    /// the key has no local record, saving the re-encode.
+    pub record: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,6 +296,7 @@ impl Store {
         }
         let guards = self.lock_all(accepted.iter().map(|(_, dk)| dk.as_slice()));
         let mut pending: HashMap<Vec<u8>, KeyState> = HashMap::new();
+        let mut raw: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         let mut order: Vec<Vec<u8>> = Vec::new();
         for (i, dk) in &accepted {
             let c = &cmds[*i];
@@ -301,10 +305,11 @@ impl Store {
         }
         let ops: Vec<BatchOp> = order
             .iter()
-            .filter_map(|dk| {
-                pending
+            .filter_map(|dk| match raw.remove(dk) {
+                Some(bytes) => Some(BatchOp::Put(Space::Data, dk.clone(), bytes)),
+                None => pending
                     .get(dk)
-                    .map(|s| BatchOp::Put(Space::Data, dk.clone(), encode_state(s)))
+                    .map(|s| BatchOp::Put(Space::Data, dk.clone(), encode_state(s))),
             })
             .collect();
         if !ops.is_empty()
@@ -448,6 +453,7 @@ impl Store {
         }
         let guards = self.lock_all(accepted.iter().map(|(_, dk)| dk.as_slice()));
         let mut pending: HashMap<Vec<u8>, KeyState> = HashMap::new();
+        let mut raw: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         let mut order: Vec<Vec<u8>> = Vec::new();
         let mut recovered = 0u64;
         for (i, dk) in &accepted {
@@ -465,6 +471,15 @@ impl Store {
                         if !pending.contains_key(dk) {
                             order.push(dk.clone());
                         }
+                        // A new key whose merge is exactly the verified record: keep its bytes.
+                        match &c.record {
+                            Some(r) if !existed && s == c.state => {
+                                raw.insert(dk.clone(), r.clone());
+                            }
+                            _ => {
+                                raw.remove(dk);
+                            }
+                        }
                         pending.insert(dk.clone(), s.clone());
                     }
                     Ok(ApplyReply {
@@ -478,6 +493,7 @@ impl Store {
                     if !pending.contains_key(dk) {
                         order.push(dk.clone());
                     }
+                    raw.remove(dk);
                     pending.insert(dk.clone(), c.state.clone());
                     Ok(ApplyReply {
                         changed: true,
@@ -498,10 +514,11 @@ impl Store {
         }
         let ops: Vec<BatchOp> = order
             .iter()
-            .filter_map(|dk| {
-                pending
+            .filter_map(|dk| match raw.remove(dk) {
+                Some(bytes) => Some(BatchOp::Put(Space::Data, dk.clone(), bytes)),
+                None => pending
                     .get(dk)
-                    .map(|s| BatchOp::Put(Space::Data, dk.clone(), encode_state(s)))
+                    .map(|s| BatchOp::Put(Space::Data, dk.clone(), encode_state(s))),
             })
             .collect();
         let mut committed = true;
