@@ -186,7 +186,11 @@ async fn pull(
 
 /// Checks a streamed entry (frame CRC, and that the entry's CRC is the frame's) and turns it
 /// into a merge that carries the verified bytes, stored as they are when the key is new here.
-fn decode(e: pb::StreamEntry, source: &str, metrics: &crate::metrics::Metrics) -> Result<ApplyCmd, Status> {
+fn decode(
+    e: pb::StreamEntry,
+    source: &str,
+    metrics: &crate::metrics::Metrics,
+) -> Result<ApplyCmd, Status> {
     let state = framing::decode_state(&e.record).map_err(|err| {
         metrics.checksum_failures.inc();
         Common::ChecksumFailed(format!(
