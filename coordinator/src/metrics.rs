@@ -165,7 +165,7 @@ impl Metrics {
             m.bootstrap_operations.clone(),
         );
         r.register(
-            "concurrent_bootstraps",
+            "concurrent_bootstraps_gauge",
             "Topology changes this coordinator is driving now",
             m.concurrent_bootstraps.clone(),
         );
