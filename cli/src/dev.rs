@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use pairdb_common::ring::{DEFAULT_VIRTUAL_NODES, NodeState};
-use pairdb_coordinator::meta::{self, NodeRecord, NodeStatus, TenantRecord};
+use pairdb_common::ring::NodeState;
+use pairdb_coordinator::meta::{self, NodeRecord, TenantRecord};
 use pairdb_storage_node::Config;
 use pairdb_storage_node::server::{self, StartOptions};
 
@@ -61,19 +61,13 @@ pub async fn run(a: DevArgs, json: bool) -> anyhow::Result<()> {
     for n in &nodes {
         if store.get_node(&n.node.node_id).await?.is_none() {
             store
-                .add_node(&NodeRecord {
-                    node_id: n.node.node_id.clone(),
-                    host: "127.0.0.1".into(),
-                    port: n.grpc_addr.port(),
-                    admin_port: n.admin_addr.port(),
-                    zone: String::new(),
-                    virtual_nodes: DEFAULT_VIRTUAL_NODES,
-                    state: NodeState::Normal,
-                    status: NodeStatus::Unknown,
-                    last_seen_ms: None,
-                    created_at_ms: 0,
-                    updated_at_ms: 0,
-                })
+                .add_node(&NodeRecord::new(
+                    &n.node.node_id,
+                    "127.0.0.1",
+                    n.grpc_addr.port(),
+                    n.admin_addr.port(),
+                    NodeState::Normal,
+                ))
                 .await?;
         }
     }

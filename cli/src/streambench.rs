@@ -17,8 +17,8 @@ use anyhow::{Context, bail};
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::coordinator_service_client::CoordinatorServiceClient;
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
-use pairdb_common::ring::{DEFAULT_VIRTUAL_NODES, NodeState};
-use pairdb_coordinator::meta::{self, NodeRecord, NodeStatus, TenantRecord};
+use pairdb_common::ring::NodeState;
+use pairdb_coordinator::meta::{self, NodeRecord, TenantRecord};
 use pairdb_storage_node::engine::{Scan, Space};
 use pairdb_storage_node::server::{self, RunningNode, StartOptions};
 
@@ -149,19 +149,13 @@ pub async fn run(a: StreamArgs, json: bool) -> anyhow::Result<()> {
     let url = format!("sqlite://{}", dir.join("meta.db").display());
     let meta = meta::connect(&url).await?;
     meta.migrate().await?;
-    meta.add_node(&NodeRecord {
-        node_id: "source".into(),
-        host: "127.0.0.1".into(),
-        port: source.grpc_addr.port(),
-        admin_port: source.admin_addr.port(),
-        zone: String::new(),
-        virtual_nodes: DEFAULT_VIRTUAL_NODES,
-        state: NodeState::Normal,
-        status: NodeStatus::Unknown,
-        last_seen_ms: None,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-    })
+    meta.add_node(&NodeRecord::new(
+        "source",
+        "127.0.0.1",
+        source.grpc_addr.port(),
+        source.admin_addr.port(),
+        NodeState::Normal,
+    ))
     .await?;
     let mut t2 = TenantRecord::with_defaults("bench");
     t2.replication_factor = 2;

@@ -25,15 +25,8 @@ pub enum NodeCmd {
     /// Add a storage node: it bootstraps (streams the ranges it gains) unless the cluster is
     /// empty or `--initial-member` forms a new cluster.
     Add {
-        node_id: String,
-        /// host:port of the node's gRPC address.
-        address: String,
-        #[arg(long, default_value_t = 0)]
-        admin_port: u32,
-        #[arg(long, default_value = "")]
-        zone: String,
-        #[arg(long, default_value_t = 0)]
-        virtual_nodes: u32,
+        #[command(flatten)]
+        node: NewNode,
         #[arg(long)]
         initial_member: bool,
         /// Follow the bootstrap until it finishes.
@@ -56,18 +49,25 @@ pub enum NodeCmd {
     /// is removed.
     Replace {
         old_node_id: String,
-        new_node_id: String,
-        /// host:port of the new node's gRPC address.
-        address: String,
-        #[arg(long, default_value_t = 0)]
-        admin_port: u32,
-        #[arg(long, default_value = "")]
-        zone: String,
-        #[arg(long, default_value_t = 0)]
-        virtual_nodes: u32,
+        #[command(flatten)]
+        new: NewNode,
         #[arg(long)]
         wait: bool,
     },
+}
+
+/// A node to register (add, or the replacement in a replace).
+#[derive(Debug, clap::Args)]
+pub struct NewNode {
+    node_id: String,
+    /// host:port of the node's gRPC address.
+    address: String,
+    #[arg(long, default_value_t = 0)]
+    admin_port: u32,
+    #[arg(long, default_value = "")]
+    zone: String,
+    #[arg(long, default_value_t = 0)]
+    virtual_nodes: u32,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -87,24 +87,18 @@ pub enum ChangesCmd {
     Abort { change_id: String },
 }
 
-fn add_request(
-    node_id: String,
-    address: &str,
-    admin_port: u32,
-    zone: String,
-    virtual_nodes: u32,
-    initial_member: bool,
-) -> Result<pb::AddStorageNodeRequest> {
-    let (host, port) = address
+fn add_request(n: NewNode, initial_member: bool) -> Result<pb::AddStorageNodeRequest> {
+    let (host, port) = n
+        .address
         .rsplit_once(':')
         .context("address must be host:port")?;
     Ok(pb::AddStorageNodeRequest {
-        node_id,
+        node_id: n.node_id,
         host: host.into(),
         port: port.parse().context("port must be a number")?,
-        virtual_nodes,
-        zone,
-        admin_port,
+        virtual_nodes: n.virtual_nodes,
+        zone: n.zone,
+        admin_port: n.admin_port,
         initial_member,
     })
 }
@@ -148,22 +142,11 @@ pub async fn node(c: &mut Client, cmd: NodeCmd, json_out: bool) -> Result<()> {
             return Ok(());
         }
         NodeCmd::Add {
-            node_id,
-            address,
-            admin_port,
-            zone,
-            virtual_nodes,
+            node,
             initial_member,
             wait,
         } => {
-            let req = add_request(
-                node_id,
-                &address,
-                admin_port,
-                zone,
-                virtual_nodes,
-                initial_member,
-            )?;
+            let req = add_request(node, initial_member)?;
             (
                 c.add_storage_node(req)
                     .await
@@ -190,21 +173,10 @@ pub async fn node(c: &mut Client, cmd: NodeCmd, json_out: bool) -> Result<()> {
         ),
         NodeCmd::Replace {
             old_node_id,
-            new_node_id,
-            address,
-            admin_port,
-            zone,
-            virtual_nodes,
+            new,
             wait,
         } => {
-            let new = add_request(
-                new_node_id,
-                &address,
-                admin_port,
-                zone,
-                virtual_nodes,
-                false,
-            )?;
+            let new = add_request(new, false)?;
             (
                 c.replace_storage_node(pb::ReplaceStorageNodeRequest {
                     old_node_id,

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::coordinator_service_server::CoordinatorService;
-use pairdb_common::ring::{DEFAULT_VIRTUAL_NODES, MAX_VIRTUAL_NODES, NodeState};
+use pairdb_common::ring::{MAX_VIRTUAL_NODES, NodeState};
 use pairdb_common::{Error as E, context, convert, token};
 use tonic::{Request, Response, Status};
 
@@ -816,23 +816,18 @@ impl CoordinatorService for CoordinatorApi {
 }
 
 fn node_record(a: &pb::AddStorageNodeRequest, state: NodeState) -> NodeRecord {
-    NodeRecord {
-        node_id: a.node_id.clone(),
-        host: a.host.clone(),
-        port: a.port as u16,
-        admin_port: a.admin_port as u16,
-        zone: a.zone.clone(),
-        virtual_nodes: if a.virtual_nodes == 0 {
-            DEFAULT_VIRTUAL_NODES
-        } else {
-            a.virtual_nodes
-        },
+    let mut n = NodeRecord::new(
+        &a.node_id,
+        &a.host,
+        a.port as u16,
+        a.admin_port as u16,
         state,
-        status: NodeStatus::Unknown,
-        last_seen_ms: None,
-        created_at_ms: 0,
-        updated_at_ms: 0,
+    );
+    n.zone = a.zone.clone();
+    if a.virtual_nodes != 0 {
+        n.virtual_nodes = a.virtual_nodes;
     }
+    n
 }
 
 fn change_pb(c: &ChangeRecord) -> pb::PendingChange {

@@ -366,15 +366,15 @@ impl DataPlane {
                         .hints
                         .record(&node.record.node_id, &req.tenant, &req.key, &state)
                         .await;
-                    if !counts {
-                        // A pending replica: its hint (and the bootstrap's verification) cover it.
-                    } else if rec == Recorded::Stored && level == Level::Any {
-                        let _ = tx.send(WriteEvent::Ack);
+                    // A pending replica's miss is covered by its hint (and the change's
+                    // verification); it never counts toward W either way.
+                    let event = if rec == Recorded::Stored && level == Level::Any {
+                        WriteEvent::Ack
                     } else {
-                        let _ = tx.send(WriteEvent::Failed(format!(
-                            "{}: {msg}",
-                            node.record.node_id
-                        )));
+                        WriteEvent::Failed(format!("{}: {msg}", node.record.node_id))
+                    };
+                    if counts {
+                        let _ = tx.send(event);
                     }
                 }
             }

@@ -307,6 +307,45 @@ struct Driving {
 
 type Shared = Arc<Mutex<Driving>>;
 
+/// Persists a driven change's plan, progress and error, renewing the lease with each save. The
+/// plan is written only when it changed since the last save.
+struct Saver {
+    meta: Arc<dyn MetaStore>,
+    change_id: String,
+    owner: String,
+    lease_ms: u64,
+    state: Shared,
+    last_plan: Mutex<String>,
+}
+
+impl Saver {
+    /// `Ok(false)`: the lease is lost or the change is no longer active.
+    async fn save(&self) -> Result<bool, MetaError> {
+        let (plan, progress, error) = {
+            let s = self.state.lock();
+            let p = progress_of(&s.plan, &s.phase, s.started, s.waiting.clone());
+            (to_json(&s.plan), to_json(&p), s.waiting.clone())
+        };
+        let changed = *self.last_plan.lock() != plan;
+        let saved = self
+            .meta
+            .save_change(
+                &self.change_id,
+                &self.owner,
+                now_ms(),
+                self.lease_ms,
+                changed.then_some(plan.as_str()),
+                &progress,
+                error.as_deref(),
+            )
+            .await?;
+        if saved && changed {
+            *self.last_plan.lock() = plan;
+        }
+        Ok(saved)
+    }
+}
+
 pub struct Topology {
     meta: Arc<dyn MetaStore>,
     cluster: Arc<Cluster>,
@@ -433,50 +472,39 @@ impl Topology {
             state.lock().phase = "cleanup".into();
         }
         // The saver persists progress and renews the lease; losing either cancels the work.
+        let saver = Arc::new(Saver {
+            meta: self.meta.clone(),
+            change_id: c.change_id.clone(),
+            owner: self.cfg.owner.clone(),
+            lease_ms: self.cfg.lease_ms,
+            state: state.clone(),
+            last_plan: Mutex::new(c.plan.clone()),
+        });
         let saver_stop = CancellationToken::new();
-        let saver = {
-            let meta = self.meta.clone();
-            let id = c.change_id.clone();
-            let owner = self.cfg.owner.clone();
-            let lease_ms = self.cfg.lease_ms;
-            let state = state.clone();
+        let saver_task = {
+            let saver = saver.clone();
             let cancel = cancel.clone();
             let stop = saver_stop.clone();
+            let every = Duration::from_millis((self.cfg.lease_ms / 5).clamp(100, 1000));
             tokio::spawn(async move {
                 loop {
-                    let (plan, progress, error) = {
-                        let s = state.lock();
-                        let p = progress_of(&s.plan, &s.phase, s.started, s.waiting.clone());
-                        (to_json(&s.plan), to_json(&p), s.waiting.clone())
-                    };
-                    match meta
-                        .save_change(
-                            &id,
-                            &owner,
-                            now_ms(),
-                            lease_ms,
-                            Some(&plan),
-                            &progress,
-                            error.as_deref(),
-                        )
-                        .await
-                    {
+                    match saver.save().await {
                         Ok(true) => {}
                         Ok(false) => {
                             if !stop.is_cancelled() {
-                                tracing::warn!(change_id = %id, "lost the lease of a topology change (aborted, or taken over); stopping");
+                                tracing::warn!(change_id = %saver.change_id, "lost the lease of a topology change (aborted, or taken over); stopping");
                                 cancel.cancel();
                             }
                             return;
                         }
                         Err(e) => {
-                            tracing::warn!(change_id = %id, error = %e, "saving change progress failed")
+                            tracing::warn!(change_id = %saver.change_id, error = %e, "saving change progress failed")
                         }
                     }
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis((lease_ms / 5).clamp(100, 1000))) => {}
+                        _ = tokio::time::sleep(every) => {}
                     }
                 }
             })
@@ -486,31 +514,15 @@ impl Topology {
             _ => self.run_streams(&c, &state, &cancel).await,
         };
         saver_stop.cancel();
-        let _ = saver.await;
+        let _ = saver_task.await;
         let outcome = match r {
-            Ok(()) => self.finish(&c, &state).await,
+            Ok(()) => self.finish(&c, &saver).await,
             Err(e) => Err(e),
         };
         if let Err(e) = &outcome {
             // Persist the reason for operators (while the lease is still ours).
-            let (plan, progress) = {
-                let mut s = state.lock();
-                s.waiting = Some(e.clone());
-                let p = progress_of(&s.plan, &s.phase, s.started, s.waiting.clone());
-                (to_json(&s.plan), to_json(&p))
-            };
-            let _ = self
-                .meta
-                .save_change(
-                    &c.change_id,
-                    &self.cfg.owner,
-                    now_ms(),
-                    self.cfg.lease_ms,
-                    Some(&plan),
-                    &progress,
-                    Some(e),
-                )
-                .await;
+            state.lock().waiting = Some(e.clone());
+            let _ = saver.save().await;
         }
         outcome
     }
@@ -605,12 +617,21 @@ impl Topology {
         }
     }
 
-    async fn run_streams(
+    /// Runs `work` on every unfinished task of the plan, `parallelism` at a time, pass after
+    /// pass (with a fresh ring before each, and 2 s between passes that had failures) until
+    /// every task is finished or the work is cancelled (lease lost, change aborted).
+    async fn run_passes<F, Fut>(
         &self,
         c: &ChangeRecord,
         state: &Shared,
         cancel: &CancellationToken,
-    ) -> Result<(), String> {
+        parallelism: usize,
+        work: F,
+    ) -> Result<(), String>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
         loop {
             if cancel.is_cancelled() {
                 return Err("lease lost or change aborted".into());
@@ -622,26 +643,47 @@ impl Topology {
                     .collect()
             };
             if todo.is_empty() {
-                break;
+                return Ok(());
             }
+            self.cluster.refresh().await.map_err(|e| e.to_string())?;
+            let work = &work;
             let failures: Vec<String> = futures::stream::iter(todo)
-                .map(|i| self.transfer(i, state, cancel))
-                .buffer_unordered(self.cfg.stream_parallelism.max(1))
+                .map(|i| async move {
+                    let r = work(i).await;
+                    if let Err(e) = &r {
+                        state.lock().plan[i].error = Some(e.clone());
+                    }
+                    r
+                })
+                .buffer_unordered(parallelism.max(1))
                 .filter_map(|r| async move { r.err() })
                 .collect()
                 .await;
-            if let Some(first) = failures.first() {
-                let msg = format!("{} range(s) failed, retrying: {first}", failures.len());
-                tracing::warn!(change_id = %c.change_id, "{msg}");
-                state.lock().waiting = Some(msg);
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            match failures.first() {
+                Some(first) => {
+                    let msg = format!("{} range(s) failed, retrying: {first}", failures.len());
+                    tracing::warn!(change_id = %c.change_id, kind = c.kind.as_str(), "{msg}");
+                    state.lock().waiting = Some(msg);
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
                 }
-            } else {
-                state.lock().waiting = None;
+                None => state.lock().waiting = None,
             }
         }
+    }
+
+    async fn run_streams(
+        &self,
+        c: &ChangeRecord,
+        state: &Shared,
+        cancel: &CancellationToken,
+    ) -> Result<(), String> {
+        self.run_passes(c, state, cancel, self.cfg.stream_parallelism, |i| {
+            self.transfer(i, state, cancel)
+        })
+        .await?;
         // Hints recorded for the gaining nodes while they were pending replicas.
         state.lock().phase = "replaying hints".into();
         let gaining: HashSet<String> = state.lock().plan.iter().map(|t| t.node.clone()).collect();
@@ -731,7 +773,6 @@ impl Topology {
                 }
             }
             if !done {
-                state.lock().plan[i].error = Some(last_err.clone());
                 return Err(last_err);
             }
             let mut s = state.lock();
@@ -758,7 +799,6 @@ impl Topology {
                 Err(e) => last_err = format!("verify against {sid}: {e}"),
             }
         }
-        state.lock().plan[i].error = Some(last_err.clone());
         Err(last_err)
     }
 
@@ -870,41 +910,10 @@ impl Topology {
         cancel: &CancellationToken,
     ) -> Result<(), String> {
         let n = self.max_rf().await.map_err(|e| e.to_string())?;
-        loop {
-            if cancel.is_cancelled() {
-                return Err("lease lost or change aborted".into());
-            }
-            let todo: Vec<usize> = {
-                let s = state.lock();
-                (0..s.plan.len())
-                    .filter(|i| !s.plan[*i].state.finished())
-                    .collect()
-            };
-            if todo.is_empty() {
-                return Ok(());
-            }
-            self.cluster.refresh().await.map_err(|e| e.to_string())?;
-            let failures: Vec<String> = futures::stream::iter(todo)
-                .map(|i| async move {
-                    let r = self.clean(i, n, state, cancel).await;
-                    if let Err(e) = &r {
-                        state.lock().plan[i].error = Some(e.clone());
-                    }
-                    r
-                })
-                .buffer_unordered(self.cfg.stream_parallelism.max(1) * 2)
-                .filter_map(|r| async move { r.err() })
-                .collect()
-                .await;
-            if let Some(e) = failures.into_iter().next() {
-                tracing::warn!(change_id = %c.change_id, error = %e, "cleanup range failed; retrying");
-                state.lock().waiting = Some(e);
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-        }
+        self.run_passes(c, state, cancel, self.cfg.stream_parallelism * 2, |i| {
+            self.clean(i, n, state, cancel)
+        })
+        .await
     }
 
     /// Drops from one node the pieces of one range it no longer replicates, once a quorum of
@@ -1001,28 +1010,14 @@ impl Topology {
     }
 
     /// Ends a change whose work is done: final node states, `ring_version`, cleanup.
-    async fn finish(&self, c: &ChangeRecord, state: &Shared) -> Result<(), String> {
+    async fn finish(&self, c: &ChangeRecord, saver: &Saver) -> Result<(), String> {
         // The final plan and progress, saved while the lease is still ours.
-        let (plan, progress) = {
-            let mut s = state.lock();
+        {
+            let mut s = saver.state.lock();
             s.phase = "finishing".into();
             s.waiting = None;
-            let p = progress_of(&s.plan, &s.phase, s.started, None);
-            (to_json(&s.plan), to_json(&p))
-        };
-        let saved = self
-            .meta
-            .save_change(
-                &c.change_id,
-                &self.cfg.owner,
-                now_ms(),
-                self.cfg.lease_ms,
-                Some(&plan),
-                &progress,
-                None,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        }
+        let saved = saver.save().await.map_err(|e| e.to_string())?;
         if !saved {
             return Err("lost the lease before finishing".into());
         }

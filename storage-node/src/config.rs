@@ -53,8 +53,9 @@ pub struct Config {
     pub virtual_nodes: u32,
 }
 
-fn default_node_id() -> String {
-    std::env::var("POD_NAME")
+/// `$name` when set and non-empty, else this machine's hostname.
+pub fn env_or_hostname(name: &str) -> Option<String> {
+    std::env::var(name)
         .ok()
         .filter(|s| !s.is_empty())
         .or_else(|| {
@@ -62,7 +63,10 @@ fn default_node_id() -> String {
                 .ok()
                 .map(|s| s.trim().to_string())
         })
-        .unwrap_or_else(|| "node-1".to_string())
+}
+
+fn default_node_id() -> String {
+    env_or_hostname("POD_NAME").unwrap_or_else(|| "node-1".to_string())
 }
 
 impl Default for Config {

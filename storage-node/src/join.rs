@@ -22,15 +22,7 @@ pub fn advertise_host(cfg: &Config, grpc: SocketAddr) -> String {
     if !grpc.ip().is_unspecified() {
         return grpc.ip().to_string();
     }
-    std::env::var("POD_IP")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "127.0.0.1".into())
+    crate::config::env_or_hostname("POD_IP").unwrap_or_else(|| "127.0.0.1".into())
 }
 
 fn retryable(s: &tonic::Status) -> bool {

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::coordinator_service_client::CoordinatorServiceClient;
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
-use pairdb_common::ring::{DEFAULT_VIRTUAL_NODES, NodeState};
+use pairdb_common::ring::NodeState;
 use pairdb_coordinator::meta::{self, MetaStore, NodeRecord, NodeStatus, TenantRecord};
 use pairdb_coordinator::server::RunningCoordinator;
 use pairdb_storage_node::server::RunningNode;
@@ -160,19 +160,13 @@ impl TestCluster {
                 ..Default::default()
             };
             let node = start_node(&cfg).await?;
-            meta.add_node(&NodeRecord {
-                node_id: id,
-                host: "127.0.0.1".into(),
-                port: cfg.grpc_addr.port(),
-                admin_port: cfg.admin_addr.port(),
-                zone: String::new(),
-                virtual_nodes: DEFAULT_VIRTUAL_NODES,
-                state: NodeState::Normal,
-                status: NodeStatus::Unknown,
-                last_seen_ms: None,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            })
+            meta.add_node(&NodeRecord::new(
+                &id,
+                "127.0.0.1",
+                cfg.grpc_addr.port(),
+                cfg.admin_addr.port(),
+                NodeState::Normal,
+            ))
             .await?;
             node_cfgs.push(cfg);
             nodes.push(Some(node));

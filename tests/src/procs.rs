@@ -11,12 +11,29 @@ use anyhow::{Context, Result};
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::coordinator_service_client::CoordinatorServiceClient;
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
-use pairdb_common::ring::{DEFAULT_VIRTUAL_NODES, NodeState, Ring, RingMember};
-use pairdb_coordinator::meta::{self, MetaStore, NodeRecord, NodeStatus, TenantRecord};
+use pairdb_common::ring::{NodeState, Ring, RingMember};
+use pairdb_coordinator::meta::{self, MetaStore, NodeRecord, TenantRecord};
 use tonic::transport::Channel;
 
 use crate::cluster::{PgDb, wait_async};
 use crate::{ChildGuard, binary, free_port, wait_until};
+
+/// Spawns a server process and waits until it accepts connections on `port`.
+fn spawn_listening(name: &str, cmd: &mut Command, port: u16) -> Result<ChildGuard> {
+    let child = ChildGuard::spawn(name, cmd)?;
+    wait_until(
+        &format!("{name} listening"),
+        Duration::from_secs(20),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    )?;
+    Ok(child)
+}
+
+fn kill9(child: &mut Option<ChildGuard>) -> Result<()> {
+    let mut g = child.take().context("not running")?;
+    g.signal_and_wait(rustix::process::Signal::KILL, Duration::from_secs(10))?;
+    Ok(())
+}
 
 /// A storage node process.
 pub struct NodeProc {
@@ -59,34 +76,22 @@ impl NodeProc {
         if let Some(j) = &self.join {
             cmd.args(["--join", j]);
         }
-        self.child = Some(ChildGuard::spawn(&self.id, &mut cmd)?);
-        let port = self.grpc;
-        wait_until("storage node up", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })?;
+        self.child = Some(spawn_listening(&self.id, &mut cmd, self.grpc)?);
         Ok(())
     }
 
     pub fn kill9(&mut self) -> Result<()> {
-        let mut g = self.child.take().context("not running")?;
-        g.signal_and_wait(rustix::process::Signal::KILL, Duration::from_secs(10))?;
-        Ok(())
+        kill9(&mut self.child)
     }
 
     pub fn record(&self) -> NodeRecord {
-        NodeRecord {
-            node_id: self.id.clone(),
-            host: "127.0.0.1".into(),
-            port: self.grpc,
-            admin_port: self.admin,
-            zone: String::new(),
-            virtual_nodes: DEFAULT_VIRTUAL_NODES,
-            state: NodeState::Normal,
-            status: NodeStatus::Unknown,
-            last_seen_ms: None,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-        }
+        NodeRecord::new(
+            &self.id,
+            "127.0.0.1",
+            self.grpc,
+            self.admin,
+            NodeState::Normal,
+        )
     }
 
     pub async fn client(&self) -> Result<StorageNodeServiceClient<Channel>> {
@@ -119,18 +124,12 @@ impl CoordProc {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        self.child = Some(ChildGuard::spawn(&self.id, &mut cmd)?);
-        let port = self.grpc;
-        wait_until("coordinator up", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })?;
+        self.child = Some(spawn_listening(&self.id, &mut cmd, self.grpc)?);
         Ok(())
     }
 
     pub fn kill9(&mut self) -> Result<()> {
-        let mut g = self.child.take().context("not running")?;
-        g.signal_and_wait(rustix::process::Signal::KILL, Duration::from_secs(10))?;
-        Ok(())
+        kill9(&mut self.child)
     }
 
     pub fn running(&self) -> bool {

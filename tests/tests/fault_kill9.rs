@@ -4,53 +4,14 @@
 //! (read through each node's own storage API).
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pairdb_common::api::pb;
-use pairdb_common::ring::{DEFAULT_VIRTUAL_NODES, NodeState};
-use pairdb_coordinator::meta::{self, NodeRecord, NodeStatus, TenantRecord};
+use pairdb_coordinator::meta::{self, TenantRecord};
 use pairdb_tests::cluster::{coordinator_config, read_req, wait_async, write_req};
+use pairdb_tests::procs::NodeProc;
 use pairdb_tests::*;
-
-struct NodeProc {
-    id: String,
-    dir: std::path::PathBuf,
-    grpc: u16,
-    admin: u16,
-    child: Option<ChildGuard>,
-}
-
-impl NodeProc {
-    fn start(&mut self) -> anyhow::Result<()> {
-        let mut cmd = Command::new(binary("pairdb-storage-node")?);
-        cmd.args(["--node-id", &self.id, "--data-dir"])
-            .arg(&self.dir)
-            .args([
-                "--grpc-addr",
-                &format!("127.0.0.1:{}", self.grpc),
-                "--admin-addr",
-                &format!("127.0.0.1:{}", self.admin),
-            ])
-            .env("RUST_LOG", "warn");
-        self.child = Some(ChildGuard::spawn(&self.id, &mut cmd)?);
-        let port = self.grpc;
-        wait_until("storage node up", Duration::from_secs(15), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })?;
-        Ok(())
-    }
-
-    fn kill9(&mut self) -> anyhow::Result<()> {
-        let mut g = self
-            .child
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("not running"))?;
-        g.signal_and_wait(rustix::process::Signal::KILL, Duration::from_secs(10))?;
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_replica_under_load_loses_no_acknowledged_write_and_replicas_converge() {
@@ -58,35 +19,14 @@ async fn kill9_replica_under_load_loses_no_acknowledged_write_and_replicas_conve
     pairdb_common::telemetry::init_logging(false);
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<NodeProc> = (1..=3)
-        .map(|i| NodeProc {
-            id: format!("k{i}"),
-            dir: dir.path().join(format!("k{i}")),
-            grpc: free_port().unwrap(),
-            admin: free_port().unwrap(),
-            child: None,
-        })
+        .map(|i| NodeProc::new(&format!("k{i}"), dir.path()).unwrap())
         .collect();
     let db_url = format!("sqlite://{}", dir.path().join("meta.db").display());
     let store = meta::connect(&db_url).await.unwrap();
     store.migrate().await.unwrap();
     for n in &mut nodes {
         n.start().unwrap();
-        store
-            .add_node(&NodeRecord {
-                node_id: n.id.clone(),
-                host: "127.0.0.1".into(),
-                port: n.grpc,
-                admin_port: n.admin,
-                zone: String::new(),
-                virtual_nodes: DEFAULT_VIRTUAL_NODES,
-                state: NodeState::Normal,
-                status: NodeStatus::Unknown,
-                last_seen_ms: None,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            })
-            .await
-            .unwrap();
+        store.add_node(&n.record()).await.unwrap();
     }
     store
         .create_tenant(&TenantRecord::with_defaults("t1"))

@@ -55,6 +55,32 @@ pub struct NodeRecord {
     pub updated_at_ms: u64,
 }
 
+impl NodeRecord {
+    /// A node to register: default zone and virtual nodes, status UNKNOWN; the store sets the
+    /// timestamps.
+    pub fn new(
+        node_id: &str,
+        host: &str,
+        port: u16,
+        admin_port: u16,
+        state: NodeState,
+    ) -> NodeRecord {
+        NodeRecord {
+            node_id: node_id.to_string(),
+            host: host.to_string(),
+            port,
+            admin_port,
+            zone: String::new(),
+            virtual_nodes: pairdb_common::ring::DEFAULT_VIRTUAL_NODES,
+            state,
+            status: NodeStatus::Unknown,
+            last_seen_ms: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+}
+
 /// Consistency level names as stored in `tenants`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -432,6 +458,39 @@ pub async fn connect(url: &str) -> MetaResult<Arc<dyn MetaStore>> {
             "unsupported database URL {url:?}: use postgres://… or sqlite://…"
         )))
     }
+}
+
+/// A `pending_changes` row as both backends select it (their `CHANGE_COLS` give the same
+/// column names and types: text, and Unix ms as BIGINT).
+pub(crate) fn change_row<R>(r: &R) -> MetaResult<ChangeRecord>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'q> String: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> i64: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+{
+    let kind: String = r.try_get("type")?;
+    let status: String = r.try_get("status")?;
+    let ms = |col: &str| -> MetaResult<Option<u64>> {
+        Ok(r.try_get::<Option<i64>, _>(col)?.map(to_u64))
+    };
+    Ok(ChangeRecord {
+        change_id: r.try_get("change_id")?,
+        kind: ChangeKind::parse(&kind)
+            .ok_or_else(|| MetaError::BadRow(format!("change type {kind}")))?,
+        node_id: r.try_get("node_id")?,
+        status: ChangeStatus::parse(&status)
+            .ok_or_else(|| MetaError::BadRow(format!("change status {status}")))?,
+        progress: r.try_get("progress")?,
+        plan: r.try_get("plan")?,
+        params: r.try_get("params")?,
+        lease_owner: r.try_get("lease_owner")?,
+        lease_expires_at_ms: ms("lease_expires_at_ms")?,
+        start_time_ms: ms("start_time_ms")?.unwrap_or(0),
+        completed_at_ms: ms("completed_at_ms")?,
+        not_before_ms: ms("not_before_ms")?,
+        error: r.try_get("error")?,
+    })
 }
 
 pub(crate) fn to_u64(v: i64) -> u64 {

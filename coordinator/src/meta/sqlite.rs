@@ -27,30 +27,6 @@ const CHANGE_COLS: &str = "change_id, type, node_id, status, progress, plan, par
     lease_expires_at AS lease_expires_at_ms, start_time AS start_time_ms, \
     completed_at AS completed_at_ms, not_before AS not_before_ms, error";
 
-fn change_row(r: &SqliteRow) -> MetaResult<ChangeRecord> {
-    let kind: String = r.try_get("type")?;
-    let status: String = r.try_get("status")?;
-    Ok(ChangeRecord {
-        change_id: r.try_get("change_id")?,
-        kind: ChangeKind::parse(&kind)
-            .ok_or_else(|| MetaError::BadRow(format!("change type {kind}")))?,
-        node_id: r.try_get("node_id")?,
-        status: ChangeStatus::parse(&status)
-            .ok_or_else(|| MetaError::BadRow(format!("change status {status}")))?,
-        progress: r.try_get("progress")?,
-        plan: r.try_get("plan")?,
-        params: r.try_get("params")?,
-        lease_owner: r.try_get("lease_owner")?,
-        lease_expires_at_ms: r
-            .try_get::<Option<i64>, _>("lease_expires_at_ms")?
-            .map(to_u64),
-        start_time_ms: to_u64(r.try_get("start_time_ms")?),
-        completed_at_ms: r.try_get::<Option<i64>, _>("completed_at_ms")?.map(to_u64),
-        not_before_ms: r.try_get::<Option<i64>, _>("not_before_ms")?.map(to_u64),
-        error: r.try_get("error")?,
-    })
-}
-
 /// Starts a write transaction that holds SQLite's write lock from its first statement, so a
 /// read-then-write inside it never fails on a stale snapshot.
 async fn begin_write(pool: &SqlitePool) -> MetaResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
