@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Streamed records decode as slices of the received buffer instead of one copy each.
+    config.bytes([".pairdb.StreamEntry.key", ".pairdb.StreamEntry.record"]);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("pairdb_descriptor.bin"))
         .compile_with_config(config, &files, &[proto_root])?;

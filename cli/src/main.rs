@@ -6,6 +6,11 @@
 //!
 //! Human output by default, `--json` for machines.
 
+/// mimalloc: streaming and batched RPCs allocate and free many short-lived buffers across
+/// threads, where glibc malloc spent a third of the CPU in arena locks and consolidation.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod client;
 mod dev;

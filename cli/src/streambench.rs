@@ -3,9 +3,10 @@
 //! 1. Loads `--mb` MiB of records into a source storage node (flushed and compacted, so reads
 //!    come from SST files).
 //! 2. Reference: a raw sequential scan of the same data through the engine (RocksDB iterator,
-//!    no framing checks, no network).
+//!    no framing checks, no network), run three times; the fastest counts.
 //! 3. One stream: a second node pulls the whole ring from the source (`PullRange`, unthrottled):
-//!    MB/s and keys/s of one stream, end to end (source scan, CRC checks, gRPC, merge, write).
+//!    MB/s and keys/s of one stream, end to end (source scan, CRC checks, gRPC, existence check,
+//!    table write and ingest).
 //! 4. A whole bootstrap: a coordinator (SQLite metadata) with the source as the only NORMAL node
 //!    and a tenant with replication factor 2, so a third node joining gains every range and
 //!    receives all the data: planning, streaming (default parallelism), digest verification and
@@ -98,19 +99,31 @@ pub async fn run(a: StreamArgs, json: bool) -> anyhow::Result<()> {
     .await??;
     let load_secs = loaded.elapsed().as_secs_f64();
 
-    // 2. Reference: raw sequential scan.
-    let engine = source.node.store.engine().clone();
-    let (scan_keys, scan_bytes, scan_secs) = tokio::task::spawn_blocking(move || {
-        let t = Instant::now();
-        let (mut keys, mut bytes) = (0u64, 0u64);
-        let _ = engine.scan(Space::Data, &[], None, &mut |k, v| {
-            keys += 1;
-            bytes += (k.len() + v.len()) as u64;
-            Scan::Continue
-        });
-        (keys, bytes, t.elapsed().as_secs_f64())
-    })
-    .await?;
+    // 2. Reference: raw sequential scan, three times; the fastest is the reference (the machine
+    //    is shared, so a single scan can be slowed by neighbours and flatter the ratio).
+    let mut scans = Vec::new();
+    for _ in 0..3 {
+        let engine = source.node.store.engine().clone();
+        scans.push(
+            tokio::task::spawn_blocking(move || {
+                let t = Instant::now();
+                let (mut keys, mut bytes) = (0u64, 0u64);
+                let _ = engine.scan(Space::Data, &[], None, &mut |k, v| {
+                    keys += 1;
+                    bytes += (k.len() + v.len()) as u64;
+                    Scan::Continue
+                });
+                (keys, bytes, t.elapsed().as_secs_f64())
+            })
+            .await?,
+        );
+    }
+    let (scan_keys, scan_bytes, scan_secs) = scans
+        .iter()
+        .copied()
+        .min_by(|a, b| a.2.total_cmp(&b.2))
+        .context("no scan")?;
+    let scan_all_secs: Vec<f64> = scans.iter().map(|s| s.2).collect();
 
     // 3. One stream, source → target.
     let mut tc = StorageNodeServiceClient::connect(format!("http://{}", target.grpc_addr))
@@ -209,7 +222,7 @@ pub async fn run(a: StreamArgs, json: bool) -> anyhow::Result<()> {
         "records": scan_keys,
         "value_size": a.value_size,
         "load_secs": load_secs,
-        "raw_scan": {"secs": scan_secs, "mb_per_sec": mbps(scan_bytes, scan_secs), "keys_per_sec": scan_keys as f64 / scan_secs, "bytes": scan_bytes},
+        "raw_scan": {"secs": scan_secs, "all_secs": scan_all_secs, "mb_per_sec": mbps(scan_bytes, scan_secs), "keys_per_sec": scan_keys as f64 / scan_secs, "bytes": scan_bytes},
         "one_stream": {"secs": stream_secs, "mb_per_sec": mbps(last.bytes, stream_secs), "keys_per_sec": last.keys as f64 / stream_secs, "bytes": last.bytes},
         "stream_vs_raw_scan": mbps(last.bytes, stream_secs) / mbps(scan_bytes, scan_secs),
         "bootstrap": {"secs": boot_secs, "bytes": boot_bytes, "keys": boot_keys, "ranges": ranges, "mb_per_sec": mbps(boot_bytes, boot_secs)},
@@ -227,9 +240,10 @@ pub async fn run(a: StreamArgs, json: bool) -> anyhow::Result<()> {
             scan_bytes as f64 / (1 << 20) as f64
         );
         println!(
-            "raw RocksDB scan : {:>8.1} MB/s {:>10.0} keys/s ({scan_secs:.2}s)",
+            "raw RocksDB scan : {:>8.1} MB/s {:>10.0} keys/s ({scan_secs:.2}s, fastest of {:.2?}s)",
             mbps(scan_bytes, scan_secs),
-            scan_keys as f64 / scan_secs
+            scan_keys as f64 / scan_secs,
+            scan_all_secs
         );
         println!(
             "one stream       : {:>8.1} MB/s {:>10.0} keys/s ({stream_secs:.2}s) = {:.0}% of the raw scan",

@@ -355,9 +355,9 @@ impl StorageNodeService for StorageApi {
                         .into_iter()
                         .map(|e| pb::StreamEntry {
                             tenant_id: e.tenant,
-                            key: e.key,
+                            key: e.key.into(),
                             token: e.token,
-                            record: e.record,
+                            record: e.record.into(),
                             crc32: e.crc32,
                         })
                         .collect(),

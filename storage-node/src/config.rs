@@ -23,6 +23,9 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// fsync the WAL before acknowledging each write batch (concurrent writers share one fsync).
     pub sync_writes: bool,
+    /// Streamed records of one pull chunk below this many KiB are merged one by one; above, keys
+    /// new to the node go in as one ingested table. 0: always a table.
+    pub stream_table_min_kb: u64,
     /// RocksDB block cache size in MiB.
     pub block_cache_mb: u64,
     /// Size of one memtable in MiB.
@@ -77,6 +80,7 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7001)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9101)),
             sync_writes: false,
+            stream_table_min_kb: 1024,
             block_cache_mb: 256,
             memtable_mb: 64,
             max_memtables: 3,
@@ -116,6 +120,8 @@ pub struct Args {
     pub admin_addr: Option<SocketAddr>,
     #[arg(long, env = "PAIRDB_SYNC_WRITES")]
     pub sync_writes: Option<bool>,
+    #[arg(long, env = "PAIRDB_STREAM_TABLE_MIN_KB")]
+    pub stream_table_min_kb: Option<u64>,
     #[arg(long, env = "PAIRDB_BLOCK_CACHE_MB")]
     pub block_cache_mb: Option<u64>,
     #[arg(long, env = "PAIRDB_MEMTABLE_MB")]
@@ -171,6 +177,7 @@ impl Config {
             grpc_addr => grpc_addr,
             admin_addr => admin_addr,
             sync_writes => sync_writes,
+            stream_table_min_kb => stream_table_min_kb,
             block_cache_mb => block_cache_mb,
             memtable_mb => memtable_mb,
             disk_warning_percent => disk.warning_percent,

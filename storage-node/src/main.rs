@@ -1,5 +1,10 @@
 //! `pairdb-storage-node`: parse config, start, run until SIGTERM or SIGINT, stop cleanly.
 
+/// mimalloc: streaming and batched RPCs allocate and free many short-lived buffers across
+/// threads, where glibc malloc spent a third of the CPU in arena locks and consolidation.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use pairdb_storage_node::config::{Args, Config};
 use pairdb_storage_node::server::{self, StartOptions};

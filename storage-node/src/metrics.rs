@@ -54,6 +54,7 @@ pub struct Metrics {
     pub stream_keys_sent: Counter,
     pub stream_bytes_sent: Counter,
     pub stream_keys_received: Counter,
+    pub stream_keys_ingested: Counter,
     pub stream_bytes_received: Counter,
     pub applied_versions: Family<OpLabels, Counter>,
     pub maintenance_mode: Gauge,
@@ -94,6 +95,7 @@ impl Metrics {
             stream_keys_sent: Counter::default(),
             stream_bytes_sent: Counter::default(),
             stream_keys_received: Counter::default(),
+            stream_keys_ingested: Counter::default(),
             stream_bytes_received: Counter::default(),
             applied_versions: Family::default(),
             maintenance_mode: Gauge::default(),
@@ -194,8 +196,13 @@ impl Metrics {
         );
         r.register(
             "stream_keys_received",
-            "Records received and merged by range pulls",
+            "Records received and applied by range pulls",
             m.stream_keys_received.clone(),
+        );
+        r.register(
+            "stream_keys_ingested",
+            "Records of range pulls that went in as part of an ingested table",
+            m.stream_keys_ingested.clone(),
         );
         r.register(
             "stream_bytes_received",

@@ -1,13 +1,17 @@
 //! Pulling a token range from another storage node (the target side of bootstrap, decommission,
 //! replace and verification streams).
 //!
-//! The node opens `StreamRange` on the source and merges every record into its own store
-//! (origin STREAM): a merge, never an overwrite, so writes the node receives meanwhile as a
-//! pending replica are kept. Each record's CRC is checked again on arrival; a record that fails
-//! stops the pull with CHECKSUM_FAILED instead of storing damaged bytes. The disk gate applies
-//! (inbound streaming obeys the breaker). After each applied batch the caller gets a
-//! [`pb::PullProgress`] with the last data key, so a broken pull resumes where it stopped;
-//! when the caller goes away the pull stops at the next batch.
+//! The node opens `StreamRange` on the source and applies every record to its own store
+//! (origin STREAM) with merge semantics, never an overwrite, so writes the node receives
+//! meanwhile as a pending replica are kept. Each record's CRC is checked again on arrival; a
+//! record that fails stops the pull with CHECKSUM_FAILED instead of storing damaged bytes.
+//!
+//! Records are gathered into chunks (32 MiB, or whatever arrived within a second) and applied
+//! with [`crate::store::Store::apply_streamed`] under a fence over the range: keys the node
+//! has no record for go in as one ingested table (no WAL, memtable or recompaction), the rest
+//! are merged. The disk gate applies (inbound streaming obeys the breaker). After each applied
+//! chunk the caller gets a [`pb::PullProgress`] with the last data key, so a broken pull
+//! resumes where it stopped; when the caller goes away the pull stops at the next chunk.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -22,13 +26,18 @@ use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::node::Node;
-use crate::store::{ApplyCmd, Origin};
+use crate::store::{Incoming, Origin};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 receive window of a pull (bytes).
 const STREAM_WINDOW: u32 = 16 << 20;
 /// Longest wait for one batch from the source before the pull is abandoned (resumable).
 const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Record bytes gathered before they are applied together (new keys as one ingested table).
+const CHUNK_BYTES: u64 = 32 << 20;
+/// Longest a received record waits to be applied, so progress and the resume key keep moving
+/// on a throttled stream.
+const CHUNK_WAIT: Duration = Duration::from_secs(1);
 
 /// One lazily connected HTTP/2 channel per source address, shared by every pull of this
 /// process (a bootstrap pulls hundreds of ranges and verification buckets from few sources).
@@ -100,12 +109,29 @@ async fn pull(
             }
         })?
         .into_inner();
-    // The reader receives batch N+1 while the applier merges batch N.
-    let (btx, mut brx) = mpsc::channel::<pb::StreamBatch>(2);
+    // The reader receives and checks batches into chunks while the applier applies the last one.
+    let (ctx, mut crx) = mpsc::channel::<Chunk>(1);
     let source_address = req.source_address.clone();
+    let metrics = node.metrics.clone();
     let reader = async move {
+        let mut chunk = Chunk::default();
+        let mut deadline = tokio::time::Instant::now() + CHUNK_WAIT;
         loop {
-            let batch = match tokio::time::timeout(BATCH_TIMEOUT, stream.message()).await {
+            let next = if chunk.entries.is_empty() {
+                tokio::time::timeout(BATCH_TIMEOUT, stream.message()).await
+            } else {
+                match tokio::time::timeout_at(deadline, stream.message()).await {
+                    Ok(r) => Ok(r),
+                    // A slow source: apply what has arrived so progress still moves.
+                    Err(_) => {
+                        if ctx.send(std::mem::take(&mut chunk)).await.is_err() {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                }
+            };
+            let batch = match next {
                 Err(_) => {
                     return Err(Common::Timeout(format!(
                         "source {source_address} sent nothing for {}s",
@@ -120,9 +146,25 @@ async fn pull(
                     "source {source_address} ended the stream of {range} before its last batch"
                 )));
             };
+            if chunk.entries.is_empty() {
+                deadline = tokio::time::Instant::now() + CHUNK_WAIT;
+            }
+            for e in batch.entries {
+                chunk.bytes += e.record.len() as u64;
+                chunk.entries.push(verify(e, &source_address, &metrics)?);
+            }
+            chunk.corrupt_skipped += u64::from(batch.corrupt_skipped);
+            if !batch.last_data_key.is_empty() {
+                chunk.last_data_key = batch.last_data_key;
+            }
+            chunk.done = batch.done;
             let done = batch.done;
-            if btx.send(batch).await.is_err() || done {
-                return Ok(());
+            if done || chunk.bytes >= CHUNK_BYTES {
+                // The last chunk is sent too; the reader stops after it or when nobody listens.
+                let sent = ctx.send(std::mem::take(&mut chunk)).await.is_ok();
+                if !sent || done {
+                    return Ok(());
+                }
             }
         }
     };
@@ -130,37 +172,30 @@ async fn pull(
         last_data_key: req.resume_after.clone(),
         ..Default::default()
     };
+    let fence = Arc::new(node.store.open_fence(range));
     let applier = async {
-        while let Some(batch) = brx.recv().await {
-            let n = batch.entries.len() as u64;
-            let bytes: u64 = batch.entries.iter().map(|e| e.record.len() as u64).sum();
+        while let Some(chunk) = crx.recv().await {
+            let n = chunk.entries.len() as u64;
             let store = node.store.clone();
-            let metrics = node.metrics.clone();
-            let source = req.source_address.clone();
-            let entries = batch.entries;
-            let changed = tokio::task::spawn_blocking(move || -> Result<u64, Status> {
-                let cmds = entries
-                    .into_iter()
-                    .map(|e| decode(e, &source, &metrics))
-                    .collect::<Result<Vec<_>, Status>>()?;
-                let mut changed = 0u64;
-                for r in store.apply_many(cmds) {
-                    changed += u64::from(r?.changed);
-                }
-                Ok(changed)
+            let fence = fence.clone();
+            let entries = chunk.entries;
+            let reply = tokio::task::spawn_blocking(move || {
+                store.apply_streamed(&fence, entries, Origin::Stream)
             })
             .await
-            .map_err(|e| internal(format!("apply task failed: {e}")))??;
+            .map_err(|e| internal(format!("apply task failed: {e}")))?
+            .map_err(Status::from)?;
             node.metrics.stream_keys_received.inc_by(n);
-            node.metrics.stream_bytes_received.inc_by(bytes);
-            progress.changed += changed;
+            node.metrics.stream_keys_ingested.inc_by(reply.ingested);
+            node.metrics.stream_bytes_received.inc_by(chunk.bytes);
+            progress.changed += reply.changed;
             progress.keys += n;
-            progress.bytes += bytes;
-            progress.corrupt_skipped += u64::from(batch.corrupt_skipped);
-            if !batch.last_data_key.is_empty() {
-                progress.last_data_key = batch.last_data_key;
+            progress.bytes += chunk.bytes;
+            progress.corrupt_skipped += chunk.corrupt_skipped;
+            if !chunk.last_data_key.is_empty() {
+                progress.last_data_key = chunk.last_data_key;
             }
-            progress.done = batch.done;
+            progress.done = chunk.done;
             if tx.send(Ok(progress.clone())).await.is_err() {
                 tracing::info!(%range, source = %req.source_address, keys = progress.keys, "pull stopped: the caller went away");
                 return Ok(());
@@ -184,36 +219,44 @@ async fn pull(
     }
 }
 
-/// Checks a streamed entry (frame CRC, and that the entry's CRC is the frame's) and turns it
-/// into a merge that carries the verified bytes, stored as they are when the key is new here.
-fn decode(
+/// Checked records of consecutive batches, applied together.
+#[derive(Default)]
+struct Chunk {
+    entries: Vec<Incoming>,
+    bytes: u64,
+    corrupt_skipped: u64,
+    last_data_key: Vec<u8>,
+    done: bool,
+}
+
+/// Checks a streamed entry: its frame (format byte and CRC over the payload) and that the CRC
+/// it was sent with is the frame's.
+fn verify(
     e: pb::StreamEntry,
     source: &str,
     metrics: &crate::metrics::Metrics,
-) -> Result<ApplyCmd, Status> {
-    let state = framing::decode_state(&e.record).map_err(|err| {
+) -> Result<Incoming, Status> {
+    let fail = |detail: String| {
         metrics.checksum_failures.inc();
         Common::ChecksumFailed(format!(
-            "streamed record {}/{} from {source} failed verification: {err}",
+            "streamed record {}/{} from {source} failed verification: {detail}",
             e.tenant_id,
             String::from_utf8_lossy(&e.key),
         ))
         .to_status()
-    })?;
-    if framing::stored_crc(&e.record) != Some(e.crc32) {
-        metrics.checksum_failures.inc();
-        return Err(Common::ChecksumFailed(format!(
-            "streamed record {}/{} carries a CRC that does not match its frame",
-            e.tenant_id,
-            String::from_utf8_lossy(&e.key)
-        ))
-        .to_status());
+    };
+    if let Err(err) = framing::unframe(framing::RECORD_FORMAT_V1, &e.record) {
+        return Err(fail(err.to_string()));
     }
-    Ok(ApplyCmd {
+    if framing::stored_crc(&e.record) != Some(e.crc32) {
+        return Err(fail("the CRC it was sent with is not its frame's".into()));
+    }
+    pairdb_common::validate::key_ref(&e.tenant_id, &e.key)
+        .map_err(|err| Common::InvalidArgument(format!("streamed key: {err}")).to_status())?;
+    Ok(Incoming {
+        data_key: pairdb_common::token::data_key(&e.tenant_id, &e.key),
         tenant: e.tenant_id,
-        key: e.key,
-        state,
-        origin: Origin::Stream,
-        record: Some(e.record),
+        key: e.key.to_vec(),
+        record: e.record,
     })
 }

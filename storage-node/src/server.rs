@@ -115,6 +115,7 @@ pub fn open_store(
         metrics,
         StoreConfig {
             sync_writes: cfg.sync_writes,
+            table_min_bytes: cfg.stream_table_min_kb << 10,
         },
     ));
     Ok((store, disk))

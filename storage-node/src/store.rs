@@ -8,21 +8,24 @@
 //! - a record that fails its checksum is never merged into, overwritten by a plain write, or
 //!   streamed; only [`Store::repair`] replaces it;
 //! - every write path (coordinated writes, applies of any origin, repair) passes the disk gate;
-//!   reads, streams, digests and range drops do not.
+//!   reads, streams, digests and range drops do not;
+//! - a streamed record is ingested as part of a table only for a key that had no record when
+//!   its range's [`Fence`] was up and that no write touched before the table went in; every
+//!   other streamed record is merged like any apply.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use pairdb_common::framing::{self, encode_state};
 use pairdb_common::token::{self, TOKEN_BYTES, TokenRange};
 use pairdb_common::version::{ConflictPolicy, KeyState, NewVersion, Version, VersionVector};
 use pairdb_common::{now_ms, validate};
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use serde::Serialize;
 use xxhash_rust::xxh64::Xxh64;
 
 use crate::disk::DiskMonitor;
-use crate::engine::{BatchOp, Engine, EngineError, Scan, Space};
+use crate::engine::{BatchOp, Engine, EngineError, Ingested, Scan, Space};
 use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
@@ -34,12 +37,20 @@ pub const DEFAULT_MAX_SIBLINGS: usize = 100;
 pub const SIBLING_WARN: usize = 25;
 /// Most buckets a digest may ask for.
 pub const MAX_DIGEST_BUCKETS: u32 = 65_536;
+/// Default [`StoreConfig::table_min_bytes`]: streamed records below this many bytes per call are
+/// merged; above, new keys are ingested as a table (a table per tiny batch only feeds compaction).
+pub const MIN_TABLE_BYTES: u64 = 1 << 20;
+/// Table builds per [`Store::apply_streamed`] call before the rest is merged instead (each
+/// retry is caused by writes landing on keys of the table while it was built).
+const TABLE_ATTEMPTS: u32 = 3;
 
 /// Store settings, from the node config.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     /// fsync the WAL before acknowledging each write batch.
     pub sync_writes: bool,
+    /// Streamed record bytes below which `apply_streamed` merges instead of ingesting a table.
+    pub table_min_bytes: u64,
 }
 
 /// A coordinated write (this node mints the dot).
@@ -108,6 +119,75 @@ pub struct ApplyReply {
     pub siblings: usize,
 }
 
+/// A streamed record whose frame CRC has been checked, waiting to be applied.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub tenant: String,
+    pub key: Vec<u8>,
+    /// `token::data_key(tenant, key)`.
+    pub data_key: Vec<u8>,
+    /// A slice of the received message (no copy per record).
+    pub record: bytes::Bytes,
+}
+
+/// What [`Store::apply_streamed`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamedReply {
+    /// Records that changed this node (new keys plus merges that changed a state).
+    pub changed: u64,
+    /// Of those, records that went in as part of an ingested table.
+    pub ingested: u64,
+}
+
+/// Write tracking over a token range while streamed records are being ingested into it.
+///
+/// Ingesting a table writes its records over whatever the key holds, so a table may only carry
+/// keys with no record. A fence makes that safe against concurrent writes: while it is up,
+/// every write to a key of its range notes the key before reading it (under the fence's gate,
+/// held through the commit), and the ingest itself holds the gate exclusively. Raising a fence
+/// waits for writes already in flight, so an existence check made after it sees them, and any
+/// later write to a key of the table shows up as a noted key when the table goes in.
+pub struct Fence {
+    registry: Arc<RwLock<Vec<Arc<FenceState>>>>,
+    state: Arc<FenceState>,
+}
+
+struct FenceState {
+    range: TokenRange,
+    gate: RwLock<()>,
+    noted: Mutex<HashSet<Vec<u8>>>,
+}
+
+impl Drop for Fence {
+    fn drop(&mut self) {
+        self.registry
+            .write()
+            .retain(|f| !Arc::ptr_eq(f, &self.state));
+    }
+}
+
+/// Enters the gate of every fence covering one of `dks` and notes the keys there; the guards
+/// are held until the write commits. Gates are taken in registry order, so writers never wait
+/// on each other in a cycle (an ingest holds one gate and waits on nothing).
+fn enter_fences<'r, 'k>(
+    registry: &'r [Arc<FenceState>],
+    dks: impl Iterator<Item = &'k [u8]> + Clone,
+) -> Vec<RwLockReadGuard<'r, ()>> {
+    let mut gates = Vec::new();
+    for f in registry {
+        let mut covered = dks
+            .clone()
+            .filter(|dk| token_of_data_key(dk).is_some_and(|t| f.range.contains(t)))
+            .peekable();
+        if covered.peek().is_none() {
+            continue;
+        }
+        gates.push(f.gate.read());
+        f.noted.lock().extend(covered.map(<[u8]>::to_vec));
+    }
+    gates
+}
+
 /// One streamed record.
 #[derive(Debug, Clone)]
 pub struct StreamEntry {
@@ -167,6 +247,9 @@ pub struct Store {
     disk: Arc<DiskMonitor>,
     metrics: Arc<Metrics>,
     cfg: StoreConfig,
+    fences: Arc<RwLock<Vec<Arc<FenceState>>>>,
+    /// Finds this node's id inside a record: a record without it carries no dot of ours.
+    own_id: memchr::memmem::Finder<'static>,
 }
 
 /// Human-readable `tenant/key` for logs and reports.
@@ -205,6 +288,7 @@ impl Store {
         metrics: Arc<Metrics>,
         cfg: StoreConfig,
     ) -> Store {
+        let own_id = memchr::memmem::Finder::new(identity.actor().node_id.as_bytes()).into_owned();
         Store {
             engine,
             identity,
@@ -212,6 +296,8 @@ impl Store {
             disk,
             metrics,
             cfg,
+            fences: Default::default(),
+            own_id,
         }
     }
 
@@ -295,6 +381,8 @@ impl Store {
             }
         }
         let guards = self.lock_all(accepted.iter().map(|(_, dk)| dk.as_slice()));
+        let registry = self.fences.read();
+        let gates = enter_fences(&registry, accepted.iter().map(|(_, dk)| dk.as_slice()));
         let mut pending: HashMap<Vec<u8>, KeyState> = HashMap::new();
         let mut raw: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         let mut order: Vec<Vec<u8>> = Vec::new();
@@ -322,6 +410,8 @@ impl Store {
                 }
             }
         }
+        drop(gates);
+        drop(registry);
         drop(guards);
         results
             .into_iter()
@@ -427,6 +517,177 @@ impl Store {
         })
     }
 
+    /// Raises a fence over `range` for [`Store::apply_streamed`]; it comes down when dropped.
+    pub fn open_fence(&self, range: TokenRange) -> Fence {
+        let state = Arc::new(FenceState {
+            range,
+            gate: RwLock::new(()),
+            noted: Mutex::new(HashSet::new()),
+        });
+        // Taking the registry exclusively waits for every write in flight.
+        self.fences.write().push(state.clone());
+        Fence {
+            registry: self.fences.clone(),
+            state,
+        }
+    }
+
+    /// Applies verified streamed records (strictly ascending data keys, all in the fence's
+    /// range): keys this node has no record for go in as one ingested table; the rest, and any
+    /// key a write touched meanwhile, are merged like [`Store::apply_many`]. Either way the
+    /// result equals merging every record, and it is durable when this returns.
+    pub fn apply_streamed(
+        &self,
+        fence: &Fence,
+        entries: Vec<Incoming>,
+        origin: Origin,
+    ) -> Result<StreamedReply> {
+        self.apply_streamed_with(fence, entries, origin, &|| {})
+    }
+
+    /// [`Store::apply_streamed`], calling `before_ingest` after each table is written and
+    /// before it goes in (tests use it to race a write against the ingest).
+    #[doc(hidden)]
+    pub fn apply_streamed_with(
+        &self,
+        fence: &Fence,
+        entries: Vec<Incoming>,
+        origin: Origin,
+        before_ingest: &dyn Fn(),
+    ) -> Result<StreamedReply> {
+        let bytes: usize = entries.iter().map(|e| e.key.len() + e.record.len()).sum();
+        self.disk.check_write(bytes as u64, false)?;
+        // A record naming this node may carry one of our dots: the counter must stay above it.
+        for e in &entries {
+            if self.own_id.find(&e.record).is_some() {
+                let state = self.decode_incoming(e)?;
+                self.identity
+                    .observe(state.max_counter_for(self.identity.actor()));
+            }
+        }
+        let ordered = entries.windows(2).all(|w| w[0].data_key < w[1].data_key)
+            && entries.iter().all(|e| {
+                token_of_data_key(&e.data_key).is_some_and(|t| fence.state.range.contains(t))
+            });
+        let (mut table, mut merge): (Vec<Incoming>, Vec<Incoming>) = if ordered {
+            {
+                // With the gate held no write to the range is in flight: what was noted so far is
+                // committed, so the existence check below sees it.
+                let _gate = fence.state.gate.write();
+                fence.state.noted.lock().clear();
+            }
+            let keys: Vec<&[u8]> = entries.iter().map(|e| e.data_key.as_slice()).collect();
+            let exists = self.engine.existing(Space::Data, &keys)?;
+            let noted = fence.state.noted.lock();
+            let mut flags = exists.into_iter();
+            entries
+                .into_iter()
+                .partition(|e| !flags.next().unwrap_or(true) && !noted.contains(&e.data_key))
+        } else {
+            (Vec::new(), entries)
+        };
+        let mut reply = StreamedReply::default();
+        let mut attempts = 0;
+        let mut staged: Option<std::path::PathBuf> = None;
+        let mut allow_flush = false;
+        while !table.is_empty() {
+            let table_bytes: u64 = table.iter().map(|e| e.record.len() as u64).sum();
+            if staged.is_none()
+                && (table_bytes < self.cfg.table_min_bytes || attempts == TABLE_ATTEMPTS)
+            {
+                merge.append(&mut table);
+                break;
+            }
+            let path = match &staged {
+                Some(p) => p.clone(),
+                None => {
+                    attempts += 1;
+                    let pairs: Vec<(&[u8], &[u8])> = table
+                        .iter()
+                        .map(|e| (e.data_key.as_slice(), e.record.as_ref()))
+                        .collect();
+                    let p = self.engine.write_table(&pairs)?;
+                    staged = Some(p.clone());
+                    p
+                }
+            };
+            before_ingest();
+            let outcome = {
+                let _gate = fence.state.gate.write();
+                let noted = fence.state.noted.lock();
+                if table.iter().any(|e| noted.contains(&e.data_key)) {
+                    // Written meanwhile: those keys are merged, the table rebuilt without them.
+                    let (clean, touched): (Vec<_>, Vec<_>) = std::mem::take(&mut table)
+                        .into_iter()
+                        .partition(|e| !noted.contains(&e.data_key));
+                    table = clean;
+                    merge.extend(touched);
+                    None
+                } else {
+                    Some(self.engine.ingest(&path, allow_flush))
+                }
+            };
+            match outcome {
+                Some(Ok(Ingested::Done)) => {
+                    staged = None;
+                    reply.ingested = table.len() as u64;
+                    reply.changed += reply.ingested;
+                    table.clear();
+                }
+                Some(Ok(Ingested::NeedsFlush)) => {
+                    // Flush outside the gate; the retry may flush only what arrived since.
+                    if let Err(e) = self.engine.flush() {
+                        let _ = std::fs::remove_file(&path);
+                        return Err(e.into());
+                    }
+                    allow_flush = true;
+                }
+                Some(Err(e)) => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e.into());
+                }
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                    staged = None;
+                }
+            }
+        }
+        if reply.ingested > 0 {
+            self.metrics
+                .applied_versions
+                .get_or_create(&crate::metrics::OpLabels {
+                    op: origin.as_str(),
+                })
+                .inc_by(reply.ingested);
+        }
+        let cmds = merge
+            .iter()
+            .map(|e| {
+                Ok(ApplyCmd {
+                    tenant: e.tenant.clone(),
+                    key: e.key.clone(),
+                    state: self.decode_incoming(e)?,
+                    origin,
+                    record: Some(e.record.to_vec()),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for r in self.apply_many(cmds) {
+            reply.changed += u64::from(r?.changed);
+        }
+        Ok(reply)
+    }
+
+    fn decode_incoming(&self, e: &Incoming) -> Result<KeyState> {
+        framing::decode_state(&e.record).map_err(|err| {
+            self.metrics.checksum_failures.inc();
+            Error::Corrupt {
+                key: display_key(&e.tenant, &e.key),
+                detail: format!("streamed record: {err}"),
+            }
+        })
+    }
+
     fn merge_many(&self, cmds: Vec<ApplyCmd>, repair: bool) -> Vec<Result<ApplyReply>> {
         let mut results: Vec<Option<Result<ApplyReply>>> = Vec::with_capacity(cmds.len());
         let mut accepted: Vec<(usize, Vec<u8>)> = Vec::new();
@@ -452,6 +713,8 @@ impl Store {
             }
         }
         let guards = self.lock_all(accepted.iter().map(|(_, dk)| dk.as_slice()));
+        let registry = self.fences.read();
+        let gates = enter_fences(&registry, accepted.iter().map(|(_, dk)| dk.as_slice()));
         let mut pending: HashMap<Vec<u8>, KeyState> = HashMap::new();
         let mut raw: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
         let mut order: Vec<Vec<u8>> = Vec::new();
@@ -536,6 +799,8 @@ impl Store {
         if committed && recovered > 0 {
             self.metrics.data_recovery_operations.inc_by(recovered);
         }
+        drop(gates);
+        drop(registry);
         drop(guards);
         results
             .into_iter()

@@ -61,7 +61,7 @@ async fn ingest(c: &mut Client, entries: &[pb::StreamEntry]) {
                 let state = pairdb_common::framing::decode_state(&e.record).unwrap();
                 pb::KeyVersions {
                     tenant_id: e.tenant_id.clone(),
-                    key: e.key.clone(),
+                    key: e.key.to_vec(),
                     state: Some(pairdb_common::convert::state_to_pb(&state)),
                     origin: pb::ApplyOrigin::Stream as i32,
                     ..Default::default()

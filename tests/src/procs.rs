@@ -72,6 +72,9 @@ impl NodeProc {
                 "--admin-addr",
                 &format!("127.0.0.1:{}", self.admin),
             ])
+            // Every pull chunk with a new key goes in as an ingested table, so the process tests
+            // run the fenced ingest path against their concurrent writes.
+            .env("PAIRDB_STREAM_TABLE_MIN_KB", "0")
             .env("RUST_LOG", "warn");
         if let Some(j) = &self.join {
             cmd.args(["--join", j]);

@@ -74,6 +74,7 @@ async fn bootstrap_3_to_4_under_writes_loses_nothing_and_cleanup_drops_surplus()
     let n4 = c.new_node("n4").unwrap();
     n4.join = Some(coord);
     n4.start().unwrap();
+    let n4_admin = n4.admin;
     let id = change_of(&c, "n4", ChangeKind::Bootstrap).await;
     c.wait_change(&id, "completed", CHANGE_DEADLINE)
         .await
@@ -91,6 +92,19 @@ async fn bootstrap_3_to_4_under_writes_loses_nothing_and_cleanup_drops_surplus()
     );
     c.check_quorum_reads(&acked).await.unwrap();
     c.check_digests("n4").await.unwrap();
+    // The new node's ranges went in as ingested tables while the writer was writing to them.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", n4_admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ingested = metrics
+        .lines()
+        .find(|l| l.starts_with("stream_keys_ingested_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(ingested > 0.0, "no streamed key was ingested:\n{metrics}");
     c.wait_cleanup("n4", CHANGE_DEADLINE).await.unwrap();
     c.check_placement(&acked, true).await.unwrap();
 }

@@ -7,7 +7,7 @@
 
 pub mod rocks;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The two key spaces of a node: replicated data, and node-local metadata (identity, counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +64,15 @@ pub struct EngineStats {
     pub live_wal_bytes: u64,
 }
 
+/// How an [`Engine::ingest`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// The file's records are in the space.
+    Done,
+    /// Refused: the memtable overlaps the file and `allow_flush` was false. Nothing changed.
+    NeedsFlush,
+}
+
 /// A write-ahead-log file.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WalFile {
@@ -89,6 +98,18 @@ pub trait Engine: Send + Sync + 'static {
         to: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Scan,
     ) -> Result<(), EngineError>;
+
+    /// For each of `keys` (strictly ascending), whether the space holds a record for it.
+    fn existing(&self, space: Space, keys: &[&[u8]]) -> Result<Vec<bool>, EngineError>;
+
+    /// Writes `entries` (strictly ascending keys) as one sorted table file for later
+    /// [`Engine::ingest`], returning its path. The file lives in the engine's staging directory.
+    fn write_table(&self, entries: &[(&[u8], &[u8])]) -> Result<PathBuf, EngineError>;
+
+    /// Adds a table written by [`Engine::write_table`] to the data space atomically, newer than
+    /// every record already there, and durably. The file is consumed unless the result is
+    /// `NeedsFlush` or an error (the caller removes it then).
+    fn ingest(&self, table: &Path, allow_flush: bool) -> Result<Ingested, EngineError>;
 
     /// Flushes memtables to SST files and syncs the WAL.
     fn flush(&self) -> Result<(), EngineError>;

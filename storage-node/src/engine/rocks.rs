@@ -6,17 +6,21 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions,
-    DB, DBCompressionType, Direction, ErrorKind, IteratorMode, Options, ReadOptions, WriteBatch,
-    WriteOptions, checkpoint::Checkpoint, statistics::Ticker,
+    DB, DBCompressionType, Direction, ErrorKind, IngestExternalFileOptions, IteratorMode, Options,
+    ReadOptions, SstFileWriter, WriteBatch, WriteOptions, checkpoint::Checkpoint,
+    statistics::Ticker,
 };
 
-use super::{BatchOp, Engine, EngineError, EngineStats, Scan, Space, WalFile};
+use super::{BatchOp, Engine, EngineError, EngineStats, Ingested, Scan, Space, WalFile};
 
 const META_CF: &str = "meta";
 const LEVELS: usize = 7;
+/// Bloom filter bits per key, for flushed, compacted and ingested tables alike.
+const BLOOM_BITS: f64 = 10.0;
 
 /// Tuning knobs, from the node config.
 #[derive(Debug, Clone)]
@@ -42,6 +46,11 @@ pub struct RocksEngine {
     cache: Mutex<Cache>,
     path: PathBuf,
     memtable_budget_bytes: u64,
+    /// Tables written for ingestion wait here: beside the database directory, on the same
+    /// filesystem (ingestion links them in), never inside it (RocksDB owns that directory's
+    /// file names).
+    staging: PathBuf,
+    staged: AtomicU64,
 }
 
 fn map_err(e: rocksdb::Error) -> EngineError {
@@ -64,7 +73,7 @@ impl RocksEngine {
         let cache = Cache::new_lru_cache(o.block_cache_bytes as usize);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
-        table.set_bloom_filter(10.0, false);
+        table.set_bloom_filter(BLOOM_BITS, false);
         table.set_cache_index_and_filter_blocks(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
 
@@ -103,13 +112,32 @@ impl RocksEngine {
             ColumnFamilyDescriptor::new(META_CF, meta),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(map_err)?;
+        // Tables staged before a crash were never ingested: start empty.
+        let staging = path.with_extension("ingest");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| {
+            EngineError::Io(format!("create staging dir {}: {e}", staging.display()))
+        })?;
         Ok(RocksEngine {
             db,
             opts: db_opts,
             cache: Mutex::new(cache),
             path: path.to_path_buf(),
             memtable_budget_bytes: o.memtable_budget_bytes(),
+            staging,
+            staged: AtomicU64::new(0),
         })
+    }
+
+    /// Options for tables built outside the database: the data space's table format (bloom
+    /// filters included) with LZ4, which is cheap to write; compaction recompresses later.
+    fn table_writer_opts() -> Options {
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(BLOOM_BITS, false);
+        let mut o = Options::default();
+        o.set_block_based_table_factory(&table);
+        o.set_compression_type(DBCompressionType::Lz4);
+        o
     }
 
     fn cf(&self, space: Space) -> Result<&rocksdb::ColumnFamily, EngineError> {
@@ -184,6 +212,72 @@ impl Engine for RocksEngine {
             }
         }
         Ok(())
+    }
+
+    fn existing(&self, space: Space, keys: &[&[u8]]) -> Result<Vec<bool>, EngineError> {
+        let Some(last) = keys.last() else {
+            return Ok(Vec::new());
+        };
+        let cf = self.cf(space)?;
+        let mut ro = Self::read_opts();
+        let mut bound = last.to_vec();
+        bound.push(0);
+        ro.set_iterate_upper_bound(bound);
+        ro.fill_cache(false);
+        let mut it = self.db.raw_iterator_cf_opt(cf, ro);
+        let mut out = Vec::with_capacity(keys.len());
+        let mut sought = false;
+        for k in keys {
+            // One seek per key the iterator is behind; once past the bound every later key is
+            // absent, so an empty range costs a single seek.
+            if !sought || it.key().is_some_and(|cur| cur < *k) {
+                it.seek(k);
+                sought = true;
+            }
+            out.push(it.key() == Some(*k));
+        }
+        it.status().map_err(map_err)?;
+        Ok(out)
+    }
+
+    fn write_table(&self, entries: &[(&[u8], &[u8])]) -> Result<PathBuf, EngineError> {
+        let path = self.staging.join(format!(
+            "{:08}.sst",
+            self.staged.fetch_add(1, Ordering::Relaxed)
+        ));
+        let opts = Self::table_writer_opts();
+        let mut w = SstFileWriter::create(&opts);
+        let written = w.open(&path).and_then(|_| {
+            for (k, v) in entries {
+                w.put(k, v)?;
+            }
+            w.finish()
+        });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&path);
+            return Err(map_err(e));
+        }
+        Ok(path)
+    }
+
+    fn ingest(&self, table: &Path, allow_flush: bool) -> Result<Ingested, EngineError> {
+        let mut io = IngestExternalFileOptions::default();
+        io.set_move_files(true);
+        io.set_allow_blocking_flush(allow_flush);
+        match self
+            .db
+            .ingest_external_file_cf_opts(self.cf(Space::Data)?, &io, vec![table])
+        {
+            Ok(()) => {
+                // Moving links the file in; the staged name is left behind.
+                let _ = std::fs::remove_file(table);
+                Ok(Ingested::Done)
+            }
+            Err(e) if !allow_flush && e.to_string().contains("requires flush") => {
+                Ok(Ingested::NeedsFlush)
+            }
+            Err(e) => Err(map_err(e)),
+        }
     }
 
     fn flush(&self) -> Result<(), EngineError> {
