@@ -3,6 +3,7 @@
 //! - `dev`: an embedded single-process cluster for local development.
 //! - `bench storage`: the storage-node benchmark (engine, gRPC, and references in one run).
 //! - `node …`, `changes …`: topology changes and their live progress (`topology.rs`).
+//! - `repair start|status`: anti-entropy repair runs and their progress (`repair.rs`).
 //!
 //! Human output by default, `--json` for machines.
 
@@ -14,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod client;
 mod dev;
+mod repair;
 mod streambench;
 mod topology;
 mod workload;
@@ -63,6 +65,9 @@ enum Cmd {
     /// Topology changes: list with progress, watch, abort.
     #[command(subcommand)]
     Changes(topology::ChangesCmd),
+    /// Anti-entropy repair: start one, follow its progress.
+    #[command(subcommand)]
+    Repair(repair::RepairCmd),
 }
 
 #[tokio::main]
@@ -98,6 +103,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Changes(c) => {
             topology::changes(&mut client::connect(&cli.coordinator).await?, c, cli.json).await
+        }
+        Cmd::Repair(r) => {
+            repair::repair(&mut client::connect(&cli.coordinator).await?, r, cli.json).await
         }
     }
 }

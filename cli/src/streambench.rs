@@ -137,8 +137,7 @@ pub async fn run(a: StreamArgs, json: bool) -> anyhow::Result<()> {
             )),
             source_address: source.grpc_addr.to_string(),
             resume_after: vec![],
-            batch_size: 0,
-            max_bytes_per_sec: 0,
+            ..Default::default()
         })
         .await?
         .into_inner();

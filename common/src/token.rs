@@ -50,6 +50,16 @@ pub fn token(tenant: &str, key: &[u8]) -> u64 {
     token_of_encoded(&encode_key(tenant, key))
 }
 
+/// A record's key hash as anti-entropy names it: XXH64 (seed 0) of its data key.
+pub fn key_hash(data_key: &[u8]) -> u64 {
+    xxh64(data_key, 0)
+}
+
+/// Human-readable `tenant/key` for logs and reports.
+pub fn display_key(tenant: &str, key: &[u8]) -> String {
+    format!("{tenant}/{}", String::from_utf8_lossy(key).escape_debug())
+}
+
 /// The storage-node data key: `token (u64 BE) ‖ encode_key(tenant, key)`.
 pub fn data_key(tenant: &str, key: &[u8]) -> Vec<u8> {
     let encoded = encode_key(tenant, key);

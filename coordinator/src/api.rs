@@ -27,6 +27,7 @@ pub struct CoordinatorApi {
     pub data: Arc<DataPlane>,
     pub meta: Arc<dyn MetaStore>,
     pub topology: Arc<Topology>,
+    pub repairs: Arc<crate::repair::Repairs>,
 }
 
 fn level(c: i32) -> Option<Level> {
@@ -776,20 +777,28 @@ impl CoordinatorService for CoordinatorApi {
 
     async fn start_repair(
         &self,
-        _req: Request<pb::StartRepairRequest>,
+        req: Request<pb::StartRepairRequest>,
     ) -> std::result::Result<Response<pb::RepairStatus>, Status> {
-        Err(Status::unimplemented(
-            "anti-entropy repair is not built yet; read repair and hinted handoff are active",
-        ))
+        let q = req.into_inner();
+        let tenant = (!q.tenant_id.is_empty()).then_some(q.tenant_id);
+        if let Some(t) = &tenant {
+            pairdb_common::validate::tenant_id(t).map_err(|e| e.to_status())?;
+        }
+        let params = crate::repair::Params {
+            tenant,
+            trigger: "manual".into(),
+        };
+        let range = q.range.map(|r| convert::range_from_pb(Some(r)));
+        let run = self.repairs.start(params, range).await?;
+        Ok(Response::new(repair_status(&run)))
     }
 
     async fn get_repair_status(
         &self,
-        _req: Request<pb::GetRepairStatusRequest>,
+        req: Request<pb::GetRepairStatusRequest>,
     ) -> std::result::Result<Response<pb::RepairStatus>, Status> {
-        Err(Status::unimplemented(
-            "anti-entropy repair is not built yet",
-        ))
+        let run = self.repairs.status(&req.into_inner().repair_id).await?;
+        Ok(Response::new(repair_status(&run)))
     }
 
     async fn get_hint_stats(
@@ -870,4 +879,16 @@ fn validate_node(a: &pb::AddStorageNodeRequest) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+fn repair_status(r: &crate::meta::RepairRecord) -> pb::RepairStatus {
+    pb::RepairStatus {
+        repair_id: r.repair_id.clone(),
+        status: r.status.clone(),
+        progress_json: r.progress.clone(),
+        started_at_ms: r.started_at_ms,
+        completed_at_ms: r.completed_at_ms.unwrap_or(0),
+        error: r.error.clone().unwrap_or_default(),
+        driver: r.lease_owner.clone().unwrap_or_default(),
+    }
 }

@@ -66,6 +66,13 @@ pub struct Config {
     pub cleanup_grace_secs: u64,
     /// Longest wait for hints to a gaining node to drain before a change finishes.
     pub hint_drain_timeout_ms: u64,
+    /// A cluster-wide anti-entropy repair starts this long after the last one started
+    /// (default 6 h; 0 = only on demand).
+    pub repair_interval_secs: u64,
+    /// Ranges one repair compares at once.
+    pub repair_parallelism: usize,
+    /// Throttle of each repair transfer at its source, bytes per second (0 = unthrottled).
+    pub repair_max_bytes_per_sec: u64,
 }
 
 impl Default for Config {
@@ -108,6 +115,9 @@ impl Default for Config {
             stream_parallelism: 2,
             cleanup_grace_secs: 24 * 3600,
             hint_drain_timeout_ms: 30_000,
+            repair_interval_secs: 6 * 3600,
+            repair_parallelism: 2,
+            repair_max_bytes_per_sec: 64 << 20,
         }
     }
 }
@@ -142,6 +152,12 @@ pub struct Args {
     pub stream_max_bytes_per_sec: Option<u64>,
     #[arg(long, env = "PAIRDB_CHANGE_LEASE_MS")]
     pub change_lease_ms: Option<u64>,
+    /// Seconds between scheduled anti-entropy repairs (0 = only on demand).
+    #[arg(long, env = "PAIRDB_REPAIR_INTERVAL_SECS")]
+    pub repair_interval_secs: Option<u64>,
+    /// Per-transfer repair throttle in bytes per second (0 = unthrottled).
+    #[arg(long, env = "PAIRDB_REPAIR_MAX_BYTES_PER_SEC")]
+    pub repair_max_bytes_per_sec: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +208,12 @@ impl Config {
         if let Some(v) = args.change_lease_ms {
             c.change_lease_ms = v;
         }
+        if let Some(v) = args.repair_interval_secs {
+            c.repair_interval_secs = v;
+        }
+        if let Some(v) = args.repair_max_bytes_per_sec {
+            c.repair_max_bytes_per_sec = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -233,9 +255,13 @@ impl Config {
                 "down_after_misses and max_replay_attempts must be at least 1".into(),
             ));
         }
-        if self.max_concurrent_bootstraps == 0 || self.stream_parallelism == 0 {
+        if self.max_concurrent_bootstraps == 0
+            || self.stream_parallelism == 0
+            || self.repair_parallelism == 0
+        {
             return Err(ConfigError(
-                "max_concurrent_bootstraps and stream_parallelism must be at least 1".into(),
+                "max_concurrent_bootstraps, stream_parallelism and repair_parallelism must be at least 1"
+                    .into(),
             ));
         }
         if self.stream_batch_size == 0 || self.stream_batch_size > 10_000 {

@@ -18,6 +18,7 @@ pub mod error;
 pub mod hints;
 pub mod meta;
 pub mod metrics;
+pub mod repair;
 pub mod server;
 pub mod tenants;
 pub mod topology;

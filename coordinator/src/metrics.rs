@@ -20,6 +20,11 @@ pub struct ChangeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub op: &'static str,
     pub code: &'static str,
@@ -53,6 +58,14 @@ pub struct Metrics {
     pub stream_keys: Counter,
     pub stream_bytes: Counter,
     pub pending_replica_writes: Counter,
+    pub repair_runs: Family<ResultLabels, Counter>,
+    pub repair_ranges: Family<ResultLabels, Counter>,
+    pub repair_keys: Counter,
+    pub repair_bytes: Counter,
+    pub repair_digest_bytes: Counter,
+    pub corrupted_entries: Counter,
+    pub data_recovery_operations: Counter,
+    pub repair_lost: Counter,
 }
 
 impl Metrics {
@@ -81,6 +94,14 @@ impl Metrics {
             stream_keys: Counter::default(),
             stream_bytes: Counter::default(),
             pending_replica_writes: Counter::default(),
+            repair_runs: Family::default(),
+            repair_ranges: Family::default(),
+            repair_keys: Counter::default(),
+            repair_bytes: Counter::default(),
+            repair_digest_bytes: Counter::default(),
+            corrupted_entries: Counter::default(),
+            data_recovery_operations: Counter::default(),
+            repair_lost: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -193,6 +214,46 @@ impl Metrics {
             "pending_replica_writes",
             "Write fan-outs to pending replicas (nodes gaining the key's range)",
             m.pending_replica_writes.clone(),
+        );
+        r.register(
+            "repair_runs",
+            "Anti-entropy repair runs finished by this coordinator, by result",
+            m.repair_runs.clone(),
+        );
+        r.register(
+            "repair_ranges",
+            "Ranges repaired, by result (converged, unconverged, failed)",
+            m.repair_ranges.clone(),
+        );
+        r.register(
+            "repair_keys",
+            "Records moved between replicas by anti-entropy repair",
+            m.repair_keys.clone(),
+        );
+        r.register(
+            "repair_bytes",
+            "Record bytes moved between replicas by anti-entropy repair",
+            m.repair_bytes.clone(),
+        );
+        r.register(
+            "repair_digest_bytes",
+            "Bytes of digests and key listings anti-entropy repair received",
+            m.repair_digest_bytes.clone(),
+        );
+        r.register(
+            "corrupted_entries",
+            "Corrupt records found by anti-entropy repair",
+            m.corrupted_entries.clone(),
+        );
+        r.register(
+            "data_recovery_operations",
+            "Corrupt records rebuilt from other replicas",
+            m.data_recovery_operations.clone(),
+        );
+        r.register(
+            "repair_lost_records",
+            "Corrupt records no replica held intact (DATA_LOSS)",
+            m.repair_lost.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -21,6 +21,7 @@ use crate::data::{DataConfig, DataPlane};
 use crate::hints::{HintConfig, Hints};
 use crate::meta::{self, MetaStore};
 use crate::metrics::Metrics;
+use crate::repair::{RepairConfig, Repairs};
 use crate::tenants::Tenants;
 use crate::topology::{Topology, TopologyConfig};
 
@@ -107,6 +108,19 @@ pub async fn start_with(
             hint_drain_timeout_ms: cfg.hint_drain_timeout_ms,
         },
     );
+    let repairs = Repairs::new(
+        meta.clone(),
+        cluster.clone(),
+        metrics.clone(),
+        RepairConfig {
+            owner: cfg.coordinator_id.clone(),
+            lease_ms: cfg.change_lease_ms,
+            poll_ms: cfg.change_poll_ms,
+            interval_ms: cfg.repair_interval_secs.saturating_mul(1000),
+            parallelism: cfg.repair_parallelism,
+            max_bytes_per_sec: cfg.repair_max_bytes_per_sec,
+        },
+    );
     let data = Arc::new(DataPlane {
         cluster: cluster.clone(),
         tenants: tenants.clone(),
@@ -154,6 +168,7 @@ pub async fn start_with(
             "topology-changes",
             tokio::spawn(topology.clone().run(cancel.clone())),
         ),
+        ("repair", tokio::spawn(repairs.clone().run(cancel.clone()))),
     ];
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -168,6 +183,7 @@ pub async fn start_with(
         data: data.clone(),
         meta: meta.clone(),
         topology: topology.clone(),
+        repairs: repairs.clone(),
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);

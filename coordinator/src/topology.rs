@@ -819,6 +819,7 @@ impl Topology {
             resume_after: resume,
             batch_size: self.cfg.stream_batch_size,
             max_bytes_per_sec: self.cfg.stream_max_bytes_per_sec,
+            ..Default::default()
         };
         let mut stream = tokio::select! {
             _ = cancel.cancelled() => return Err("cancelled".into()),

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::storage_node_service_server::StorageNodeService;
-use pairdb_common::{context, convert};
+use pairdb_common::{Error as Common, context, convert};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -344,6 +344,7 @@ impl StorageNodeService for StorageApi {
             0 => 512,
             n => n as usize,
         };
+        let filter = filter_from(req.sub_ranges, req.tenant_ids, req.key_hashes);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let store = self.node.store.clone();
         let metrics = self.node.metrics.clone();
@@ -372,6 +373,7 @@ impl StorageNodeService for StorageApi {
                 &req.resume_after,
                 batch_size,
                 req.max_bytes_per_sec,
+                &filter,
                 &mut sink,
             );
             if let Err(e) = &r {
@@ -418,6 +420,73 @@ impl StorageNodeService for StorageApi {
                 })
                 .collect(),
             corrupt: d.corrupt,
+        }))
+    }
+
+    async fn repair_digest(
+        &self,
+        req: Request<pb::RepairDigestRequest>,
+    ) -> Result<Response<pb::RepairDigestResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let total: u64 = req.queries.iter().map(|q| u64::from(q.buckets)).sum();
+        if total > MAX_REPAIR_BUCKETS {
+            return Err(Common::InvalidArgument(format!(
+                "a repair digest may ask for at most {MAX_REPAIR_BUCKETS} buckets, not {total}"
+            ))
+            .to_status());
+        }
+        let queries: Vec<_> = req
+            .queries
+            .into_iter()
+            .map(|q| (convert::range_from_pb(q.range), q.buckets.max(1)))
+            .collect();
+        let tenants = req.tenant_ids.into_iter().collect();
+        let r = self
+            .blocking(move |s| s.repair_digest(&queries, &tenants))
+            .await
+            .and_then(|d| d);
+        self.observe("repair_digest", started, &r);
+        let (buckets, corrupt) = r?;
+        Ok(Response::new(pb::RepairDigestResponse {
+            hashes: buckets.iter().map(|b| b.hash).collect(),
+            keys: buckets.iter().map(|b| b.keys).collect(),
+            corrupt,
+        }))
+    }
+
+    async fn repair_keys(
+        &self,
+        req: Request<pb::RepairKeysRequest>,
+    ) -> Result<Response<pb::RepairKeysResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let ranges: Vec<_> = req
+            .ranges
+            .into_iter()
+            .map(|r| convert::range_from_pb(Some(r)))
+            .collect();
+        let tenants = req.tenant_ids.into_iter().collect();
+        let r = self
+            .blocking(move |s| s.repair_keys(&ranges, &tenants))
+            .await
+            .and_then(|d| d);
+        self.observe("repair_keys", started, &r);
+        let l = r?;
+        Ok(Response::new(pb::RepairKeysResponse {
+            key_hashes: l.key_hashes,
+            state_hashes: l.state_hashes,
+            dot_counts: l.dot_counts,
+            dot_actors: l.dot_actors,
+            dot_counters: l.dot_counters,
+            context_counts: l.context_counts,
+            context_actors: l.context_actors,
+            context_counters: l.context_counters,
+            corrupt: l
+                .corrupt
+                .into_iter()
+                .map(|(tenant_id, key)| pb::CorruptKey { tenant_id, key })
+                .collect(),
         }))
     }
 
@@ -471,5 +540,24 @@ impl StorageNodeService for StorageApi {
             uptime_secs: self.node.started.elapsed().as_secs(),
             data_dir: self.node.data_dir.display().to_string(),
         }))
+    }
+}
+
+/// Most buckets one `RepairDigest` call may ask for (bounds the response).
+const MAX_REPAIR_BUCKETS: u64 = 1 << 20;
+
+/// The anti-entropy narrowing of a stream or pull request.
+pub(crate) fn filter_from(
+    sub_ranges: Vec<pb::TokenRange>,
+    tenant_ids: Vec<String>,
+    key_hashes: Vec<u64>,
+) -> crate::store::Filter {
+    crate::store::Filter {
+        sub_ranges: sub_ranges
+            .into_iter()
+            .map(|r| convert::range_from_pb(Some(r)))
+            .collect(),
+        tenants: tenant_ids.into_iter().collect(),
+        key_hashes: key_hashes.into_iter().collect(),
     }
 }

@@ -98,6 +98,9 @@ async fn pull(
             resume_after: req.resume_after.clone(),
             batch_size: req.batch_size,
             max_bytes_per_sec: req.max_bytes_per_sec,
+            sub_ranges: req.sub_ranges.clone(),
+            tenant_ids: req.tenant_ids.clone(),
+            key_hashes: req.key_hashes.clone(),
         })
         .await
         .map_err(|s| {
@@ -172,6 +175,10 @@ async fn pull(
         last_data_key: req.resume_after.clone(),
         ..Default::default()
     };
+    let origin = match pb::ApplyOrigin::try_from(req.origin) {
+        Ok(pb::ApplyOrigin::AntiEntropy) => Origin::AntiEntropy,
+        _ => Origin::Stream,
+    };
     let fence = Arc::new(node.store.open_fence(range));
     let applier = async {
         while let Some(chunk) = crx.recv().await {
@@ -179,12 +186,11 @@ async fn pull(
             let store = node.store.clone();
             let fence = fence.clone();
             let entries = chunk.entries;
-            let reply = tokio::task::spawn_blocking(move || {
-                store.apply_streamed(&fence, entries, Origin::Stream)
-            })
-            .await
-            .map_err(|e| internal(format!("apply task failed: {e}")))?
-            .map_err(Status::from)?;
+            let reply =
+                tokio::task::spawn_blocking(move || store.apply_streamed(&fence, entries, origin))
+                    .await
+                    .map_err(|e| internal(format!("apply task failed: {e}")))?
+                    .map_err(Status::from)?;
             node.metrics.stream_keys_received.inc_by(n);
             node.metrics.stream_keys_ingested.inc_by(reply.ingested);
             node.metrics.stream_bytes_received.inc_by(chunk.bytes);
@@ -201,7 +207,11 @@ async fn pull(
                 return Ok(());
             }
             if progress.done {
-                tracing::info!(%range, source = %req.source_address, keys = progress.keys, changed = progress.changed, "pulled range");
+                if origin == Origin::AntiEntropy {
+                    tracing::debug!(%range, source = %req.source_address, keys = progress.keys, changed = progress.changed, "pulled repair keys");
+                } else {
+                    tracing::info!(%range, source = %req.source_address, keys = progress.keys, changed = progress.changed, "pulled range");
+                }
                 return Ok(());
             }
         }

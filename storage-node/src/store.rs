@@ -239,6 +239,62 @@ pub struct IntegrityReport {
     pub duration_ms: u64,
 }
 
+/// Which records of a range a stream covers (anti-entropy narrows streams to the keys a
+/// replica lacks). The default admits every record of the range.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Sorted, disjoint sub-ranges of the range (empty = the whole range).
+    pub sub_ranges: Vec<TokenRange>,
+    /// Only these tenants' records (empty = every tenant's).
+    pub tenants: HashSet<String>,
+    /// Only records whose [`key_hash`] is listed (empty = every record).
+    pub key_hashes: HashSet<u64>,
+}
+
+impl Filter {
+    fn pieces(&self, range: TokenRange) -> Vec<(u64, u64)> {
+        if self.sub_ranges.is_empty() {
+            return range.pieces();
+        }
+        self.sub_ranges.iter().flat_map(|r| r.pieces()).collect()
+    }
+
+    fn admits(&self, data_key: &[u8]) -> bool {
+        (self.tenants.is_empty() || admits_tenant(&self.tenants, data_key))
+            && (self.key_hashes.is_empty() || self.key_hashes.contains(&key_hash(data_key)))
+    }
+}
+
+fn admits_tenant(tenants: &HashSet<String>, data_key: &[u8]) -> bool {
+    tenants.is_empty() || token::split_data_key(data_key).is_ok_and(|(_, t, _)| tenants.contains(t))
+}
+
+pub use pairdb_common::token::{display_key, key_hash};
+
+/// An actor as anti-entropy names it: XXH64 of node id, a zero byte and the epoch (LE).
+pub fn actor_hash(actor: &pairdb_common::version::Actor) -> u64 {
+    let mut h = Xxh64::new(0);
+    h.update(actor.node_id.as_bytes());
+    h.update(&[0]);
+    h.update(&actor.epoch.to_le_bytes());
+    h.digest()
+}
+
+/// Per record of some ranges, what anti-entropy compares (see `RepairKeysResponse`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyListing {
+    pub key_hashes: Vec<u64>,
+    pub state_hashes: Vec<u64>,
+    pub dot_counts: Vec<u32>,
+    pub dot_actors: Vec<u64>,
+    pub dot_counters: Vec<u64>,
+    pub context_counts: Vec<u32>,
+    pub context_actors: Vec<u64>,
+    pub context_counters: Vec<u64>,
+    /// `(tenant, key)` of records that failed their checksum.
+    pub corrupt: Vec<(String, Vec<u8>)>,
+}
+
 /// The keyspace of one storage node.
 pub struct Store {
     engine: Arc<dyn Engine>,
@@ -250,11 +306,6 @@ pub struct Store {
     fences: Arc<RwLock<Vec<Arc<FenceState>>>>,
     /// Finds this node's id inside a record: a record without it carries no dot of ours.
     own_id: memchr::memmem::Finder<'static>,
-}
-
-/// Human-readable `tenant/key` for logs and reports.
-pub fn display_key(tenant: &str, key: &[u8]) -> String {
-    format!("{tenant}/{}", String::from_utf8_lossy(key).escape_debug())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -824,17 +875,18 @@ impl Store {
     /// Streams the records of `range` in data-key order, strictly after `resume_after` when
     /// given, in batches of `batch_size`, calling `sink` per batch until it returns false.
     /// Corrupt records are skipped and counted, never sent. `max_bytes_per_sec` (0 = off)
-    /// throttles by sleeping this (blocking) thread.
+    /// throttles by sleeping this (blocking) thread. `filter` narrows the stream to some records.
     pub fn stream_range(
         &self,
         range: TokenRange,
         resume_after: &[u8],
         batch_size: usize,
         max_bytes_per_sec: u64,
+        filter: &Filter,
         sink: &mut dyn FnMut(StreamBatch) -> bool,
     ) -> Result<()> {
         let batch_size = batch_size.clamp(1, 10_000);
-        let pieces = range.pieces();
+        let pieces = filter.pieces(range);
         let resume_token = (!resume_after.is_empty())
             .then(|| token_of_data_key(resume_after))
             .flatten();
@@ -856,6 +908,9 @@ impl Store {
                     batch.corrupt_skipped += 1;
                     return Scan::Continue;
                 };
+                if !filter.admits(k) {
+                    return Scan::Continue;
+                }
                 match framing::unframe(framing::RECORD_FORMAT_V1, v) {
                     Ok(_) => {
                         batch.entries.push(StreamEntry {
@@ -921,6 +976,36 @@ impl Store {
     /// XXH64 over `(data key, record payload)` of its records in order; records are canonical, so
     /// replicas holding equal states hash equal.
     pub fn range_digest(&self, range: TokenRange, buckets: u32) -> Result<Digest> {
+        let mut out = Vec::new();
+        let corrupt = self.digest_into(range, buckets, &HashSet::new(), &mut out)?;
+        Ok(Digest {
+            buckets: out,
+            corrupt,
+        })
+    }
+
+    /// One level of an anti-entropy descent: the buckets of every `(range, buckets)` query in
+    /// order, counting only `tenants`' records (empty = all), and the corrupt records met.
+    pub fn repair_digest(
+        &self,
+        queries: &[(TokenRange, u32)],
+        tenants: &HashSet<String>,
+    ) -> Result<(Vec<DigestBucket>, u64)> {
+        let mut out = Vec::new();
+        let mut corrupt = 0;
+        for (range, buckets) in queries {
+            corrupt += self.digest_into(*range, *buckets, tenants, &mut out)?;
+        }
+        Ok((out, corrupt))
+    }
+
+    fn digest_into(
+        &self,
+        range: TokenRange,
+        buckets: u32,
+        tenants: &HashSet<String>,
+        out: &mut Vec<DigestBucket>,
+    ) -> Result<u64> {
         let n = buckets.clamp(1, MAX_DIGEST_BUCKETS);
         let ranges = range.split(n);
         let mut hashers: Vec<(Xxh64, u64, u64)> =
@@ -935,6 +1020,9 @@ impl Store {
                     let Some(tok) = token_of_data_key(k) else {
                         return Scan::Continue;
                     };
+                    if !admits_tenant(tenants, k) {
+                        return Scan::Continue;
+                    }
                     let offset = u128::from(tok.wrapping_sub(range.start).wrapping_sub(1));
                     let mut idx = (offset * count / width) as usize;
                     // Rounding can put a token one bucket early; the bucket ranges are authoritative.
@@ -958,8 +1046,8 @@ impl Store {
         if corrupt > 0 {
             self.metrics.checksum_failures.inc_by(corrupt);
         }
-        Ok(Digest {
-            buckets: ranges
+        out.extend(
+            ranges
                 .into_iter()
                 .zip(hashers)
                 .map(|(range, (h, keys, bytes))| DigestBucket {
@@ -967,10 +1055,68 @@ impl Store {
                     hash: if keys == 0 { 0 } else { h.digest() },
                     keys,
                     bytes,
-                })
-                .collect(),
-            corrupt,
-        })
+                }),
+        );
+        Ok(corrupt)
+    }
+
+    /// Anti-entropy leaves: per record of `ranges` (of `tenants`, empty = all), in data-key
+    /// order, its key hash, state hash, version dots and context entries; corrupt records are
+    /// listed apart.
+    pub fn repair_keys(
+        &self,
+        ranges: &[TokenRange],
+        tenants: &HashSet<String>,
+    ) -> Result<KeyListing> {
+        let mut out = KeyListing::default();
+        let mut corrupt = 0u64;
+        for range in ranges {
+            for (lo, hi) in range.pieces() {
+                let (from, to) = piece_bounds(lo, hi);
+                self.engine
+                    .scan(Space::Data, &from, to.as_deref(), &mut |k, v| {
+                        let Ok((_, tenant, key)) = token::split_data_key(k) else {
+                            return Scan::Continue;
+                        };
+                        if !tenants.is_empty() && !tenants.contains(tenant) {
+                            return Scan::Continue;
+                        }
+                        let state = framing::unframe(framing::RECORD_FORMAT_V1, v)
+                            .ok()
+                            .and_then(|payload| {
+                                let s = framing::decode_state(v).ok()?;
+                                Some((xxhash_rust::xxh64::xxh64(payload, 0), s))
+                            });
+                        match state {
+                            Some((state_hash, s)) => {
+                                out.key_hashes.push(key_hash(k));
+                                out.state_hashes.push(state_hash);
+                                out.dot_counts.push(s.versions().len() as u32);
+                                for v in s.versions() {
+                                    out.dot_actors.push(actor_hash(&v.dot.actor));
+                                    out.dot_counters.push(v.dot.counter);
+                                }
+                                let before = out.context_actors.len();
+                                for (a, c) in s.context().iter() {
+                                    out.context_actors.push(actor_hash(a));
+                                    out.context_counters.push(c);
+                                }
+                                out.context_counts
+                                    .push((out.context_actors.len() - before) as u32);
+                            }
+                            None => {
+                                corrupt += 1;
+                                out.corrupt.push((tenant.to_string(), key.to_vec()));
+                            }
+                        }
+                        Scan::Continue
+                    })?;
+            }
+        }
+        if corrupt > 0 {
+            self.metrics.checksum_failures.inc_by(corrupt);
+        }
+        Ok(out)
     }
 
     /// Deletes every record of `range` with range deletes; returns how many records there were.

@@ -49,15 +49,22 @@ fn load(store: &Store, keys: u32, value_bytes: usize) {
 fn stream(store: &Store) -> Vec<Incoming> {
     let mut out = Vec::new();
     store
-        .stream_range(TokenRange::FULL, &[], 1000, 0, &mut |b| {
-            out.extend(b.entries.into_iter().map(|e| Incoming {
-                data_key: token::data_key(&e.tenant, &e.key),
-                tenant: e.tenant,
-                key: e.key,
-                record: e.record.into(),
-            }));
-            true
-        })
+        .stream_range(
+            TokenRange::FULL,
+            &[],
+            1000,
+            0,
+            &Default::default(),
+            &mut |b| {
+                out.extend(b.entries.into_iter().map(|e| Incoming {
+                    data_key: token::data_key(&e.tenant, &e.key),
+                    tenant: e.tenant,
+                    key: e.key,
+                    record: e.record.into(),
+                }));
+                true
+            },
+        )
         .unwrap();
     out
 }

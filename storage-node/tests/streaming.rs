@@ -28,7 +28,7 @@ async fn stream_all(
             range: range_pb(range),
             resume_after,
             batch_size: 300,
-            max_bytes_per_sec: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -89,6 +89,8 @@ pub struct ClusterOptions {
     pub nodes: usize,
     pub coordinators: usize,
     pub hints: bool,
+    /// Changes to every coordinator's config (after the test defaults).
+    pub tweak: Option<fn(&mut pairdb_coordinator::config::Config)>,
 }
 
 pub struct TestCluster {
@@ -99,6 +101,7 @@ pub struct TestCluster {
     pub nodes: Vec<Option<RunningNode>>,
     pub coordinators: Vec<RunningCoordinator>,
     pub hints: bool,
+    pub tweak: Option<fn(&mut pairdb_coordinator::config::Config)>,
     _pg: Option<PgDb>,
 }
 
@@ -175,7 +178,10 @@ impl TestCluster {
             .await?;
         let mut coordinators = Vec::new();
         for i in 0..o.coordinators {
-            let cfg = coordinator_config(&db_url, &format!("coord-{i}"), o.hints)?;
+            let mut cfg = coordinator_config(&db_url, &format!("coord-{i}"), o.hints)?;
+            if let Some(t) = o.tweak {
+                t(&mut cfg);
+            }
             coordinators.push(pairdb_coordinator::server::start(cfg).await?);
         }
         Ok(TestCluster {
@@ -186,6 +192,7 @@ impl TestCluster {
             nodes,
             coordinators,
             hints: o.hints,
+            tweak: o.tweak,
             _pg: pg,
         })
     }
@@ -207,7 +214,10 @@ impl TestCluster {
     /// Stops coordinator `i` and starts a fresh one on the same metadata store (new port).
     pub async fn restart_coordinator(&mut self, i: usize) -> Result<()> {
         let id = format!("coord-{i}-r{}", rand::random::<u16>());
-        let cfg = coordinator_config(&self.db_url, &id, self.hints)?;
+        let mut cfg = coordinator_config(&self.db_url, &id, self.hints)?;
+        if let Some(t) = self.tweak {
+            t(&mut cfg);
+        }
         let fresh = pairdb_coordinator::server::start(cfg).await?;
         let old = std::mem::replace(&mut self.coordinators[i], fresh);
         old.shutdown().await;

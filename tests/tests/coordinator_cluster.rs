@@ -17,6 +17,7 @@ fn opts(backend: Backend, hints: bool) -> ClusterOptions {
         nodes: 3,
         coordinators: 2,
         hints,
+        tweak: None,
     }
 }
 
@@ -439,6 +440,7 @@ async fn no_hints_for_a_node_down_past_the_hint_window() {
         nodes: 3,
         coordinators: 0,
         hints: true,
+        tweak: None,
     })
     .await
     .unwrap();

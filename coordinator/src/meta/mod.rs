@@ -292,6 +292,25 @@ pub struct ChangeRecord {
     pub error: Option<String>,
 }
 
+/// A `repairs` row: one anti-entropy run. `params`, `plan` and `progress` are JSON documents
+/// owned by `crate::repair`; the store keeps them opaque.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepairRecord {
+    pub repair_id: String,
+    /// The tenant repaired; `None` = every tenant.
+    pub tenant_id: Option<String>,
+    /// `running`, `completed` or `failed`.
+    pub status: String,
+    pub progress: String,
+    pub plan: String,
+    pub params: String,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at_ms: Option<u64>,
+    pub started_at_ms: u64,
+    pub completed_at_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
 /// A membership write made in the same transaction as a change (and a `ring_version` bump).
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeWrite {
@@ -445,6 +464,45 @@ pub trait MetaStore: Send + Sync + 'static {
         nodes: &[NodeWrite],
         follow_up: Option<&ChangeRecord>,
     ) -> MetaResult<u64>;
+
+    /// Records a new running repair. `Conflict` (naming the active run) while another is active:
+    /// at most one repair runs at a time.
+    async fn create_repair(&self, r: &RepairRecord) -> MetaResult<()>;
+    async fn get_repair(&self, repair_id: &str) -> MetaResult<Option<RepairRecord>>;
+    /// The newest `limit` repairs, newest first.
+    async fn list_repairs(&self, limit: u32) -> MetaResult<Vec<RepairRecord>>;
+    /// Takes or renews the lease of the running repair `repair_id` (as [`Self::claim_change`]).
+    async fn claim_repair(
+        &self,
+        repair_id: &str,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> MetaResult<bool>;
+    /// Persists plan (when given), progress and error of a repair `owner` drives, renewing the
+    /// lease. `false` when the lease was lost or the repair is no longer running.
+    #[allow(clippy::too_many_arguments)]
+    async fn save_repair(
+        &self,
+        repair_id: &str,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        plan: Option<&str>,
+        progress: &str,
+        error: Option<&str>,
+    ) -> MetaResult<bool>;
+    /// Ends a running repair `owner` drives (with its final plan and progress). `false` when
+    /// the lease was lost.
+    async fn finish_repair(
+        &self,
+        repair_id: &str,
+        owner: &str,
+        status: &str,
+        plan: &str,
+        progress: &str,
+        error: Option<&str>,
+    ) -> MetaResult<bool>;
 }
 
 /// Opens the store a URL names: `postgres://…` or `sqlite://…` (created if missing).
@@ -489,6 +547,32 @@ where
         start_time_ms: ms("start_time_ms")?.unwrap_or(0),
         completed_at_ms: ms("completed_at_ms")?,
         not_before_ms: ms("not_before_ms")?,
+        error: r.try_get("error")?,
+    })
+}
+
+/// A `repairs` row as both backends select it (`REPAIR_COLS`: text, and Unix ms as BIGINT).
+pub(crate) fn repair_row<R>(r: &R) -> MetaResult<RepairRecord>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'q> String: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> i64: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+{
+    let ms = |col: &str| -> MetaResult<Option<u64>> {
+        Ok(r.try_get::<Option<i64>, _>(col)?.map(to_u64))
+    };
+    Ok(RepairRecord {
+        repair_id: r.try_get("repair_id")?,
+        tenant_id: r.try_get("tenant_id")?,
+        status: r.try_get("status")?,
+        progress: r.try_get("progress")?,
+        plan: r.try_get("plan")?,
+        params: r.try_get("params")?,
+        lease_owner: r.try_get("lease_owner")?,
+        lease_expires_at_ms: ms("lease_expires_at_ms")?,
+        started_at_ms: ms("started_at_ms")?.unwrap_or(0),
+        completed_at_ms: ms("completed_at_ms")?,
         error: r.try_get("error")?,
     })
 }

@@ -24,6 +24,12 @@ const TENANT_COLS: &str = "tenant_id, replication_factor, read_consistency, writ
 const HINT_COLS: &str = "hint_id, target_node_id, tenant_id, key, payload, \
     (extract(epoch from created_at) * 1000)::bigint AS created_at_ms, replay_count, last_error";
 
+const REPAIR_COLS: &str = "repair_id, tenant_id, status, progress::text AS progress, \
+    plan::text AS plan, params::text AS params, lease_owner, \
+    (extract(epoch from lease_expires_at) * 1000)::bigint AS lease_expires_at_ms, \
+    (extract(epoch from started_at) * 1000)::bigint AS started_at_ms, \
+    (extract(epoch from completed_at) * 1000)::bigint AS completed_at_ms, error";
+
 const CHANGE_COLS: &str = "change_id, type, node_id, status, progress::text AS progress, \
     plan::text AS plan, params::text AS params, lease_owner, \
     (extract(epoch from lease_expires_at) * 1000)::bigint AS lease_expires_at_ms, \
@@ -634,5 +640,137 @@ impl MetaStore for PgMeta {
         }
         tx.commit().await?;
         Ok(v)
+    }
+
+    async fn create_repair(&self, r: &RepairRecord) -> MetaResult<()> {
+        let res = sqlx::query(
+            "INSERT INTO repairs (repair_id, tenant_id, status, progress, plan, params, \
+             started_at, active_slot, updated_at) \
+             VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6::jsonb, \
+                     to_timestamp($7::bigint / 1000.0), 1, now())",
+        )
+        .bind(&r.repair_id)
+        .bind(&r.tenant_id)
+        .bind(&r.status)
+        .bind(&r.progress)
+        .bind(&r.plan)
+        .bind(&r.params)
+        .bind(r.started_at_ms as i64)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => match MetaError::from(e) {
+                MetaError::Conflict(_) => {
+                    let active: Option<String> = sqlx::query_scalar(
+                        "SELECT repair_id FROM repairs WHERE active_slot IS NOT NULL",
+                    )
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    Err(MetaError::Conflict(format!(
+                        "repair {} is already running",
+                        active.unwrap_or_else(|| r.repair_id.clone())
+                    )))
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn get_repair(&self, repair_id: &str) -> MetaResult<Option<RepairRecord>> {
+        let sql = format!("SELECT {REPAIR_COLS} FROM repairs WHERE repair_id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(repair_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(repair_row).transpose()
+    }
+
+    async fn list_repairs(&self, limit: u32) -> MetaResult<Vec<RepairRecord>> {
+        let sql = format!(
+            "SELECT {REPAIR_COLS} FROM repairs ORDER BY started_at DESC, repair_id DESC LIMIT $1"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(repair_row).collect()
+    }
+
+    async fn claim_repair(
+        &self,
+        repair_id: &str,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> MetaResult<bool> {
+        let r = sqlx::query(
+            "UPDATE repairs SET lease_owner = $2, \
+             lease_expires_at = to_timestamp(($3::bigint + $4::bigint) / 1000.0), updated_at = now() \
+             WHERE repair_id = $1 AND status = 'running' \
+               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at IS NULL \
+                    OR lease_expires_at < to_timestamp($3::bigint / 1000.0))",
+        )
+        .bind(repair_id)
+        .bind(owner)
+        .bind(now_ms as i64)
+        .bind(lease_ms as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn save_repair(
+        &self,
+        repair_id: &str,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        plan: Option<&str>,
+        progress: &str,
+        error: Option<&str>,
+    ) -> MetaResult<bool> {
+        let r = sqlx::query(
+            "UPDATE repairs SET plan = COALESCE($5::jsonb, plan), progress = $6::jsonb, \
+             error = $7, lease_expires_at = to_timestamp(($3::bigint + $4::bigint) / 1000.0), \
+             updated_at = now() \
+             WHERE repair_id = $1 AND lease_owner = $2 AND status = 'running'",
+        )
+        .bind(repair_id)
+        .bind(owner)
+        .bind(now_ms as i64)
+        .bind(lease_ms as i64)
+        .bind(plan)
+        .bind(progress)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn finish_repair(
+        &self,
+        repair_id: &str,
+        owner: &str,
+        status: &str,
+        plan: &str,
+        progress: &str,
+        error: Option<&str>,
+    ) -> MetaResult<bool> {
+        let r = sqlx::query(
+            "UPDATE repairs SET status = $3, plan = $4::jsonb, progress = $5::jsonb, error = $6, \
+             completed_at = now(), active_slot = NULL, lease_owner = NULL, \
+             lease_expires_at = NULL, updated_at = now() \
+             WHERE repair_id = $1 AND lease_owner = $2 AND status = 'running'",
+        )
+        .bind(repair_id)
+        .bind(owner)
+        .bind(status)
+        .bind(plan)
+        .bind(progress)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 }

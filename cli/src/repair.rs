@@ -1,0 +1,226 @@
+//! `pairdbctl repair start|status`: anti-entropy repair runs and their live progress (a
+//! progress bar in a terminal, a line per change of progress otherwise, JSON with `--json`).
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use pairdb_common::api::pb;
+use pairdb_common::api::pb::coordinator_service_client::CoordinatorServiceClient;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::client::describe;
+
+type Client = CoordinatorServiceClient<Channel>;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RepairCmd {
+    /// Start a repair of every tenant, or of one (`--tenant`). One repair runs at a time.
+    Start {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only the token range `(start, end]` (decimal tokens).
+        #[arg(long, num_args = 2, value_names = ["START", "END"])]
+        range: Option<Vec<u64>>,
+        /// Follow the repair until it ends; fails unless it completes.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 86_400)]
+        timeout_secs: u64,
+    },
+    /// Status and progress of a repair (default: the newest).
+    Status {
+        repair_id: Option<String>,
+        /// Follow it until it ends.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value_t = 86_400)]
+        timeout_secs: u64,
+    },
+}
+
+pub async fn repair(c: &mut Client, cmd: RepairCmd, json_out: bool) -> Result<()> {
+    match cmd {
+        RepairCmd::Start {
+            tenant,
+            range,
+            wait,
+            timeout_secs,
+        } => {
+            let r = c
+                .start_repair(pb::StartRepairRequest {
+                    tenant_id: tenant.unwrap_or_default(),
+                    range: range.map(|r| pb::TokenRange {
+                        start: r[0],
+                        end: r[1],
+                    }),
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            print(&r, json_out);
+            if wait {
+                follow(c, &r.repair_id, Duration::from_secs(timeout_secs), json_out).await?;
+            }
+            Ok(())
+        }
+        RepairCmd::Status {
+            repair_id,
+            watch,
+            timeout_secs,
+        } => {
+            let id = repair_id.unwrap_or_default();
+            let r = status(c, &id).await?;
+            if watch {
+                follow(c, &r.repair_id, Duration::from_secs(timeout_secs), json_out).await
+            } else {
+                print(&r, json_out);
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn status(c: &mut Client, repair_id: &str) -> Result<pb::RepairStatus> {
+    Ok(c.get_repair_status(pb::GetRepairStatusRequest {
+        repair_id: repair_id.to_string(),
+    })
+    .await
+    .map_err(describe)?
+    .into_inner())
+}
+
+fn progress(r: &pb::RepairStatus) -> Value {
+    serde_json::from_str(&r.progress_json).unwrap_or(Value::Null)
+}
+
+fn to_json(r: &pb::RepairStatus) -> Value {
+    json!({
+        "repair_id": r.repair_id, "status": r.status, "progress": progress(r),
+        "started_at_ms": r.started_at_ms, "completed_at_ms": r.completed_at_ms, "error": r.error,
+        "driver": r.driver,
+    })
+}
+
+/// One line: ranges, differing keys, what moved, corruption, ETA.
+fn summary(r: &pb::RepairStatus) -> String {
+    let p = progress(r);
+    let n = |k: &str| p[k].as_u64().unwrap_or(0);
+    let mut s = format!(
+        "{}/{} ranges ({}%), {} keys differing, {} keys / {:.1} MiB moved, {:.1} MiB of digests",
+        n("ranges_done") + n("ranges_failed"),
+        n("ranges_total"),
+        p["percent"].as_f64().unwrap_or(0.0),
+        n("keys_differing"),
+        n("keys_transferred"),
+        n("bytes_transferred") as f64 / (1 << 20) as f64,
+        n("digest_bytes") as f64 / (1 << 20) as f64,
+    );
+    if n("corrupt") > 0 {
+        s.push_str(&format!(
+            ", {} corrupt ({} recovered, {} lost)",
+            n("corrupt"),
+            n("recovered"),
+            n("lost_total")
+        ));
+    }
+    if n("ranges_failed") > 0 {
+        s.push_str(&format!(", {} failed", n("ranges_failed")));
+    }
+    if n("ranges_unconverged") > 0 {
+        s.push_str(&format!(", {} unconverged", n("ranges_unconverged")));
+    }
+    if let Some(eta) = p["eta_secs"].as_u64() {
+        s.push_str(&format!(", eta {eta}s"));
+    }
+    s
+}
+
+fn print(r: &pb::RepairStatus, json_out: bool) {
+    if json_out {
+        println!("{}", to_json(r));
+        return;
+    }
+    println!(
+        "{:<24} {:<10} {:<20} PROGRESS",
+        "REPAIR", "STATUS", "DRIVER"
+    );
+    println!(
+        "{:<24} {:<10} {:<20} {}",
+        r.repair_id,
+        r.status,
+        r.driver,
+        summary(r)
+    );
+    if !r.error.is_empty() {
+        println!("error: {}", r.error);
+    }
+    if let Some(lost) = progress(r)["lost"].as_array().filter(|l| !l.is_empty()) {
+        println!("lost records (corrupt on every replica):");
+        for k in lost {
+            println!("  {}", k.as_str().unwrap_or_default());
+        }
+    }
+}
+
+/// Follows a repair until it ends. Fails unless it completes.
+async fn follow(c: &mut Client, repair_id: &str, timeout: Duration, json_out: bool) -> Result<()> {
+    let started = Instant::now();
+    let bar = (!json_out && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {prefix} [{bar:30}] {pos}/{len} ranges {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_prefix(repair_id.to_string());
+        b
+    });
+    let mut last = String::new();
+    loop {
+        let r = status(c, repair_id).await?;
+        let p = progress(&r);
+        let line = format!("{} {}", r.status, summary(&r));
+        if let Some(b) = &bar {
+            b.set_length(p["ranges_total"].as_u64().unwrap_or(0));
+            b.set_position(
+                p["ranges_done"].as_u64().unwrap_or(0) + p["ranges_failed"].as_u64().unwrap_or(0),
+            );
+            b.set_message(line.clone());
+            b.tick();
+        } else if line != last {
+            if json_out {
+                println!("{}", to_json(&r));
+            } else {
+                println!("{repair_id}: {line}");
+            }
+        }
+        last = line;
+        match r.status.as_str() {
+            "completed" => {
+                if let Some(b) = &bar {
+                    b.finish_with_message(format!("completed {}", summary(&r)));
+                }
+                return Ok(());
+            }
+            "failed" => {
+                if let Some(b) = &bar {
+                    b.abandon();
+                }
+                bail!("repair {repair_id} failed: {}", r.error);
+            }
+            _ => {}
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "repair {repair_id} still {} after {}s",
+                r.status,
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,1256 @@
+//! Anti-entropy repair (SPEC §5): makes replicas converge whatever hints and read repair missed.
+//!
+//! **Durable state.** A run is a `repairs` row. Its *plan* (JSON) is fixed when the run starts:
+//! one task per ring range (`(previous token, token]`), or the pieces of the one range asked
+//! for, each with its state and counts. At most one run is active (`active_slot`). One
+//! coordinator drives it under a lease renewed with every progress save (each second); any
+//! other coordinator's `repair` worker takes it over once the lease expires and continues with
+//! the ranges not yet done. The same worker starts a cluster-wide run every `interval` after the
+//! last one started.
+//!
+//! **One range.** For each group of tenants sharing a replication factor (one tenant, when the
+//! run is for one tenant), the range is cut at the current ring's tokens and every piece is
+//! compared across its replicas by a Merkle-style descent (`RepairDigest`): the piece's hash
+//! first, then each differing bucket split into sub-buckets sized by its key count, until a
+//! bucket holds few keys. There every replica lists its keys with their state and dot hashes
+//! (`RepairKeys`), and each replica pulls exactly the keys holding a dot it lacks from a replica
+//! holding it (`PullRange` with a key filter; merge, origin ANTI_ENTROPY), so the entries move
+//! both ways and nothing is overwritten. A bucket some replica holds nothing of is pulled whole
+//! when the others agree. Records that fail their checksum are rebuilt from the other replicas
+//! (`Repair`); one no replica holds intact is reported lost. The piece is compared again
+//! afterwards; writes landing meanwhile can leave it differing, then it is repaired again (up to
+//! [`ROUNDS`] times) and otherwise reported unconverged.
+//!
+//! **Throttle.** Ranges run `parallelism` at a time and pulls are limited to
+//! `max_bytes_per_sec` at the source.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use pairdb_common::api::pb;
+use pairdb_common::ring::{self, Ring};
+use pairdb_common::token::{self, TokenRange};
+use pairdb_common::version::KeyState;
+use pairdb_common::{Error as E, convert, now_ms};
+use parking_lot::Mutex;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Cluster, NodeEntry};
+use crate::meta::{MetaError, MetaStore, RepairRecord};
+use crate::metrics::Metrics;
+
+/// Replication factor assumed when no tenant exists yet.
+const DEFAULT_N: usize = 3;
+/// Descent and transfer rounds per piece before it counts as unconverged.
+pub const ROUNDS: usize = 3;
+/// A differing bucket with at most this many keys (on every replica) is compared key by key.
+const LEAF_KEYS: u64 = 8;
+/// Most sub-buckets a differing bucket is split into.
+const MAX_FANOUT: u64 = 64;
+/// Deepest descent (a bucket of width 1 cannot be split anyway).
+const MAX_DEPTH: usize = 16;
+/// Buckets asked for in one `RepairDigest` call, and leaf ranges in one `RepairKeys` call.
+const BUCKETS_PER_CALL: u64 = 1 << 16;
+const LEAVES_PER_CALL: usize = 4096;
+/// Attempts of one range within a run before the run gives up on it.
+const RANGE_ATTEMPTS: u32 = 3;
+const RPC_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest silence from a pull before it is abandoned.
+const PULL_IDLE: Duration = Duration::from_secs(120);
+/// Corrupt keys listed in a run's progress (the count is exact; the list is capped).
+const LOST_LISTED: usize = 100;
+
+/// Repair settings, from the coordinator config.
+#[derive(Debug, Clone)]
+pub struct RepairConfig {
+    /// This coordinator's identity, written as `lease_owner`.
+    pub owner: String,
+    pub lease_ms: u64,
+    pub poll_ms: u64,
+    /// A cluster-wide run starts this long after the last run started (0 = never scheduled).
+    pub interval_ms: u64,
+    /// Ranges repaired at once.
+    pub parallelism: usize,
+    /// Throttle of each pull at its source (0 = unthrottled).
+    pub max_bytes_per_sec: u64,
+}
+
+/// `repairs.params`: what a run covers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    /// `None` = every tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// `manual` or `scheduled`.
+    #[serde(default)]
+    pub trigger: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RangeState {
+    Pending,
+    Done,
+    Failed,
+}
+
+/// One range of a run's plan, with what repairing it found and moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RangeTask {
+    pub start: u64,
+    pub end: u64,
+    pub state: RangeState,
+    /// Keys some replica lacked or held differently.
+    #[serde(default)]
+    pub keys_differing: u64,
+    /// Records pulled between replicas, and their bytes.
+    #[serde(default)]
+    pub keys_transferred: u64,
+    #[serde(default)]
+    pub bytes_transferred: u64,
+    /// Bytes of digests and key listings received.
+    #[serde(default)]
+    pub digest_bytes: u64,
+    /// Corrupt records found, and how many of them were rebuilt from other replicas.
+    #[serde(default)]
+    pub corrupt: u64,
+    #[serde(default)]
+    pub recovered: u64,
+    /// All replicas hashed equal after the repair.
+    #[serde(default)]
+    pub converged: bool,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl RangeTask {
+    fn new(r: TokenRange) -> RangeTask {
+        RangeTask {
+            start: r.start,
+            end: r.end,
+            state: RangeState::Pending,
+            keys_differing: 0,
+            keys_transferred: 0,
+            bytes_transferred: 0,
+            digest_bytes: 0,
+            corrupt: 0,
+            recovered: 0,
+            converged: false,
+            attempts: 0,
+            error: None,
+        }
+    }
+
+    pub fn range(&self) -> TokenRange {
+        TokenRange::new(self.start, self.end)
+    }
+}
+
+/// `repairs.progress`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub ranges_total: usize,
+    pub ranges_done: usize,
+    pub ranges_failed: usize,
+    pub ranges_unconverged: usize,
+    pub percent: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_secs: Option<u64>,
+    pub keys_differing: u64,
+    pub keys_transferred: u64,
+    pub bytes_transferred: u64,
+    pub digest_bytes: u64,
+    pub corrupt: u64,
+    pub recovered: u64,
+    /// Records corrupt on every replica (DATA_LOSS), as `tenant/key`; capped list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<String>,
+    #[serde(default)]
+    pub lost_total: u64,
+}
+
+fn progress_of(plan: &[RangeTask], started: Instant, lost: &[String], lost_total: u64) -> Progress {
+    let total = plan.len();
+    let finished = plan
+        .iter()
+        .filter(|t| t.state != RangeState::Pending)
+        .count();
+    let percent = if total == 0 {
+        100.0
+    } else {
+        (finished as f64 * 1000.0 / total as f64).round() / 10.0
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    Progress {
+        ranges_total: total,
+        ranges_done: plan.iter().filter(|t| t.state == RangeState::Done).count(),
+        ranges_failed: plan
+            .iter()
+            .filter(|t| t.state == RangeState::Failed)
+            .count(),
+        ranges_unconverged: plan
+            .iter()
+            .filter(|t| t.state == RangeState::Done && !t.converged)
+            .count(),
+        percent,
+        eta_secs: (finished > 0 && finished < total)
+            .then(|| (elapsed / finished as f64 * (total - finished) as f64) as u64),
+        keys_differing: plan.iter().map(|t| t.keys_differing).sum(),
+        keys_transferred: plan.iter().map(|t| t.keys_transferred).sum(),
+        bytes_transferred: plan.iter().map(|t| t.bytes_transferred).sum(),
+        digest_bytes: plan.iter().map(|t| t.digest_bytes).sum(),
+        corrupt: plan.iter().map(|t| t.corrupt).sum(),
+        recovered: plan.iter().map(|t| t.recovered).sum(),
+        lost: lost.to_vec(),
+        lost_total,
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
+}
+
+/// The state of a run being driven, saved every second.
+struct Driving {
+    plan: Vec<RangeTask>,
+    started: Instant,
+    lost: Vec<String>,
+    lost_total: u64,
+    waiting: Option<String>,
+}
+
+impl Driving {
+    fn progress(&self) -> Progress {
+        progress_of(&self.plan, self.started, &self.lost, self.lost_total)
+    }
+}
+
+type Shared = Arc<Mutex<Driving>>;
+
+/// What comparing and repairing one piece found and did.
+#[derive(Debug, Default, Clone)]
+struct PieceStats {
+    keys_differing: u64,
+    keys_transferred: u64,
+    bytes_transferred: u64,
+    digest_bytes: u64,
+    corrupt: u64,
+    recovered: u64,
+    lost: Vec<String>,
+    converged: bool,
+}
+
+impl PieceStats {
+    fn add(&mut self, o: &PieceStats) {
+        self.keys_differing += o.keys_differing;
+        self.keys_transferred += o.keys_transferred;
+        self.bytes_transferred += o.bytes_transferred;
+        self.digest_bytes += o.digest_bytes;
+        self.corrupt += o.corrupt;
+        self.recovered += o.recovered;
+        self.lost.extend(o.lost.iter().cloned());
+    }
+}
+
+/// One replica's record of a key as `RepairKeys` lists it. Actors are hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyView {
+    state: u64,
+    /// Live versions' dots `(actor, counter)`, sorted.
+    dots: Vec<(u64, u64)>,
+    /// Causal context entries `(actor, counter)`.
+    context: HashMap<u64, u64>,
+}
+
+impl KeyView {
+    /// Whether merging a version with dot `d` would leave this state as it is.
+    fn covers(&self, d: (u64, u64)) -> bool {
+        self.dots.binary_search(&d).is_ok() || self.context.get(&d.0).is_some_and(|c| *c >= d.1)
+    }
+
+    /// Whether merging `other` would change this state: it has a version this state neither
+    /// holds nor has superseded, or a context entry beyond this state's.
+    fn lacks(&self, other: &KeyView) -> bool {
+        other.dots.iter().any(|d| !self.covers(*d))
+            || other
+                .context
+                .iter()
+                .any(|(a, c)| self.context.get(a).is_none_or(|mine| mine < c))
+    }
+}
+
+/// A key as the replicas listed it: per key hash, each replica's view (`None`: no record).
+type Listing = HashMap<u64, Vec<Option<KeyView>>>;
+
+/// Which replica pulls a key from which: each replica whose state would change by merging
+/// another's, from the first such replica, then from others only for what is still lacking.
+/// A replica without the key pulls it from holders. States that differ although no merge
+/// would change either side (context details the lists do not show) are merged both ways.
+fn plan_key(per: &[Option<KeyView>]) -> Vec<(usize, usize)> {
+    let empty = KeyView {
+        state: 0,
+        dots: Vec::new(),
+        context: HashMap::new(),
+    };
+    let mut out = Vec::new();
+    for dst in 0..per.len() {
+        let mut have = per[dst].clone().unwrap_or_else(|| empty.clone());
+        for src in (0..per.len()).filter(|s| *s != dst) {
+            let Some(theirs) = &per[src] else { continue };
+            let differs = per[dst].as_ref().map(|v| v.state) != Some(theirs.state);
+            if !differs {
+                continue;
+            }
+            if have.lacks(theirs) {
+                out.push((dst, src));
+                have.dots.extend(theirs.dots.iter().copied());
+                have.dots.sort_unstable();
+                have.dots.dedup();
+                for (a, c) in &theirs.context {
+                    let e = have.context.entry(*a).or_insert(0);
+                    *e = (*e).max(*c);
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        // The states differ in what the lists do not show: merge every pair both ways.
+        for dst in 0..per.len() {
+            for src in (0..per.len()).filter(|s| *s != dst) {
+                if per[src].is_some()
+                    && per[src].as_ref().map(|v| v.state) != per[dst].as_ref().map(|v| v.state)
+                {
+                    out.push((dst, src));
+                }
+            }
+        }
+    }
+    out
+}
+
+pub struct Repairs {
+    meta: Arc<dyn MetaStore>,
+    cluster: Arc<Cluster>,
+    metrics: Arc<Metrics>,
+    cfg: RepairConfig,
+    driving: Mutex<Option<String>>,
+    /// When this coordinator started: with no run on record, the first is due an interval later.
+    started_ms: u64,
+}
+
+/// The plan of a run: the ring's ranges, or the pieces of `range` cut at the ring's tokens.
+pub fn plan(ring: &Ring, range: Option<TokenRange>) -> Vec<RangeTask> {
+    match range {
+        Some(r) => ring::cut(r, &[ring])
+            .into_iter()
+            .map(RangeTask::new)
+            .collect(),
+        None => ring
+            .ranges(1)
+            .into_iter()
+            .map(|(r, _)| RangeTask::new(r))
+            .collect(),
+    }
+}
+
+/// A new repair row (running, no lease).
+pub fn new_run(params: &Params, plan: &[RangeTask]) -> RepairRecord {
+    let now = now_ms();
+    RepairRecord {
+        repair_id: format!("repair-{now}"),
+        tenant_id: params.tenant.clone(),
+        status: "running".into(),
+        progress: to_json(&progress_of(plan, Instant::now(), &[], 0)),
+        plan: to_json(&plan),
+        params: to_json(params),
+        lease_owner: None,
+        lease_expires_at_ms: None,
+        started_at_ms: now,
+        completed_at_ms: None,
+        error: None,
+    }
+}
+
+/// Sub-buckets for a differing bucket holding up to `keys` keys.
+fn fanout(keys: u64) -> u32 {
+    keys.div_ceil(LEAF_KEYS)
+        .next_power_of_two()
+        .clamp(2, MAX_FANOUT) as u32
+}
+
+/// Sorts ranges in stream order inside `within` (by distance from its start).
+fn sort_within(within: TokenRange, ranges: &mut [TokenRange]) {
+    ranges.sort_unstable_by_key(|r| r.start.wrapping_sub(within.start));
+}
+
+impl Repairs {
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        cluster: Arc<Cluster>,
+        metrics: Arc<Metrics>,
+        cfg: RepairConfig,
+    ) -> Arc<Repairs> {
+        Arc::new(Repairs {
+            meta,
+            cluster,
+            metrics,
+            cfg,
+            driving: Mutex::new(None),
+            started_ms: now_ms(),
+        })
+    }
+
+    /// Starts a run (`StartRepair`, or the schedule). `Conflict` while another run is active.
+    pub async fn start(
+        &self,
+        params: Params,
+        range: Option<TokenRange>,
+    ) -> Result<RepairRecord, crate::error::Error> {
+        if let Some(t) = &params.tenant
+            && self.meta.get_tenant(t).await?.is_none()
+        {
+            return Err(E::TenantNotFound(format!("tenant {t} does not exist")).into());
+        }
+        self.cluster.refresh().await?;
+        let snap = self.cluster.snapshot();
+        if snap.ring.is_empty() {
+            return Err(E::NodeNotReady("the ring has no storage nodes".into()).into());
+        }
+        let plan = plan(&snap.ring, range);
+        let run = new_run(&params, &plan);
+        match self.meta.create_repair(&run).await {
+            Ok(()) => {
+                tracing::info!(repair_id = %run.repair_id, tenant = ?params.tenant, trigger = %params.trigger, ranges = plan.len(), "repair started");
+                Ok(run)
+            }
+            Err(MetaError::Conflict(msg)) => Err(E::TopologyConflict(msg).into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The `repair` worker: drives the active run when its lease is free, and starts the
+    /// scheduled run when it is due.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.poll_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.clone().tick(&cancel).await {
+                tracing::warn!(error = %e, "repair worker: metadata store unavailable");
+            }
+        }
+    }
+
+    async fn tick(self: Arc<Self>, cancel: &CancellationToken) -> Result<(), MetaError> {
+        if self.driving.lock().is_some() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let recent = self.meta.list_repairs(1).await?;
+        let active = recent.first().filter(|r| r.status == "running").cloned();
+        let Some(r) = active else {
+            let last = recent.first().map_or(self.started_ms, |r| r.started_at_ms);
+            let due = self.cfg.interval_ms > 0 && last + self.cfg.interval_ms <= now;
+            if due && !self.cluster.snapshot().ring.is_empty() {
+                let params = Params {
+                    tenant: None,
+                    trigger: "scheduled".into(),
+                };
+                match self.start(params, None).await {
+                    Ok(_) | Err(crate::error::Error::Pairdb(E::TopologyConflict(_))) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not start the scheduled repair"),
+                }
+            }
+            return Ok(());
+        };
+        if let (Some(owner), Some(exp)) = (&r.lease_owner, r.lease_expires_at_ms)
+            && owner != &self.cfg.owner
+            && exp > now
+        {
+            return Ok(());
+        }
+        if !self
+            .meta
+            .claim_repair(&r.repair_id, &self.cfg.owner, now, self.cfg.lease_ms)
+            .await?
+        {
+            return Ok(());
+        }
+        if r.lease_owner
+            .as_deref()
+            .is_some_and(|o| o != self.cfg.owner)
+        {
+            tracing::warn!(repair_id = %r.repair_id, previous = ?r.lease_owner, "took over a repair whose driver stopped renewing its lease");
+        }
+        *self.driving.lock() = Some(r.repair_id.clone());
+        let me = self.clone();
+        let token = cancel.child_token();
+        tokio::spawn(async move {
+            let id = r.repair_id.clone();
+            if let Err(e) = me.drive(r, token).await {
+                tracing::warn!(repair_id = %id, error = %e, "repair paused; it will be resumed");
+            }
+            *me.driving.lock() = None;
+        });
+        Ok(())
+    }
+
+    async fn save(
+        &self,
+        id: &str,
+        state: &Shared,
+        last_plan: &mut String,
+    ) -> Result<bool, MetaError> {
+        let (plan, progress, waiting) = {
+            let s = state.lock();
+            (to_json(&s.plan), to_json(&s.progress()), s.waiting.clone())
+        };
+        let changed = *last_plan != plan;
+        let saved = self
+            .meta
+            .save_repair(
+                id,
+                &self.cfg.owner,
+                now_ms(),
+                self.cfg.lease_ms,
+                changed.then_some(plan.as_str()),
+                &progress,
+                waiting.as_deref(),
+            )
+            .await?;
+        if saved && changed {
+            *last_plan = plan;
+        }
+        Ok(saved)
+    }
+
+    /// Drives one run until every range is done or failed, or the lease is lost.
+    async fn drive(&self, r: RepairRecord, cancel: CancellationToken) -> Result<(), String> {
+        let params: Params = serde_json::from_str(&r.params).unwrap_or_default();
+        let plan: Vec<RangeTask> = serde_json::from_str(&r.plan)
+            .map_err(|e| format!("bad plan of repair {}: {e}", r.repair_id))?;
+        let prior: Progress = serde_json::from_str(&r.progress).unwrap_or_default();
+        let state: Shared = Arc::new(Mutex::new(Driving {
+            plan,
+            started: Instant::now(),
+            lost: prior.lost,
+            lost_total: prior.lost_total,
+            waiting: None,
+        }));
+        let saver_stop = CancellationToken::new();
+        let saver = {
+            let state = state.clone();
+            let cancel = cancel.clone();
+            let stop = saver_stop.clone();
+            let id = r.repair_id.clone();
+            let mut last_plan = r.plan.clone();
+            let every = Duration::from_millis((self.cfg.lease_ms / 5).clamp(100, 1000));
+            async move {
+                loop {
+                    match self.save(&id, &state, &mut last_plan).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if !stop.is_cancelled() {
+                                tracing::warn!(repair_id = %id, "lost the lease of a repair (taken over); stopping");
+                                cancel.cancel();
+                            }
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(repair_id = %id, error = %e, "saving repair progress failed")
+                        }
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                }
+            }
+        };
+        let work = async {
+            let r = self.run_ranges(&params, &state, &cancel).await;
+            saver_stop.cancel();
+            r
+        };
+        let (result, ()) = tokio::join!(work, saver);
+        result?;
+        let (plan, progress) = {
+            let s = state.lock();
+            (s.plan.clone(), s.progress())
+        };
+        let failed = progress.ranges_failed;
+        let (status, error) = if failed > 0 {
+            let first = plan
+                .iter()
+                .find_map(|t| t.error.clone())
+                .unwrap_or_default();
+            (
+                "failed",
+                Some(format!("{failed} range(s) could not be repaired: {first}")),
+            )
+        } else if progress.lost_total > 0 {
+            (
+                "failed",
+                Some(format!(
+                    "{} record(s) are corrupt on every replica (DATA_LOSS)",
+                    progress.lost_total
+                )),
+            )
+        } else {
+            ("completed", None)
+        };
+        let ok = self
+            .meta
+            .finish_repair(
+                &r.repair_id,
+                &self.cfg.owner,
+                status,
+                &to_json(&plan),
+                &to_json(&progress),
+                error.as_deref(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if !ok {
+            return Err("lost the lease before finishing".into());
+        }
+        self.metrics
+            .repair_runs
+            .get_or_create(&crate::metrics::ResultLabels { result: status })
+            .inc();
+        tracing::info!(repair_id = %r.repair_id, status, ranges = progress.ranges_total, keys_differing = progress.keys_differing, keys_transferred = progress.keys_transferred, bytes_transferred = progress.bytes_transferred, digest_bytes = progress.digest_bytes, "repair finished");
+        Ok(())
+    }
+
+    /// Repairs every pending range, `parallelism` at a time, retrying failed ones.
+    async fn run_ranges(
+        &self,
+        params: &Params,
+        state: &Shared,
+        cancel: &CancellationToken,
+    ) -> Result<(), String> {
+        loop {
+            if cancel.is_cancelled() {
+                return Err("lease lost".into());
+            }
+            let todo: Vec<usize> = {
+                let s = state.lock();
+                (0..s.plan.len())
+                    .filter(|i| s.plan[*i].state == RangeState::Pending)
+                    .collect()
+            };
+            if todo.is_empty() {
+                return Ok(());
+            }
+            self.cluster.refresh().await.map_err(|e| e.to_string())?;
+            let groups = self.groups(params).await.map_err(|e| e.to_string())?;
+            let groups = &groups;
+            let failures = futures::stream::iter(todo)
+                .map(|i| async move {
+                    let range = state.lock().plan[i].range();
+                    let r = tokio::select! {
+                        _ = cancel.cancelled() => Err("lease lost".to_string()),
+                        r = self.repair_range(range, groups) => r,
+                    };
+                    let mut s = state.lock();
+                    let t = &mut s.plan[i];
+                    t.attempts += 1;
+                    match r {
+                        Ok(st) => {
+                            t.state = RangeState::Done;
+                            t.error = None;
+                            t.keys_differing = st.keys_differing;
+                            t.keys_transferred = st.keys_transferred;
+                            t.bytes_transferred = st.bytes_transferred;
+                            t.digest_bytes = st.digest_bytes;
+                            t.corrupt = st.corrupt;
+                            t.recovered = st.recovered;
+                            t.converged = st.converged;
+                            self.metrics
+                                .repair_ranges
+                                .get_or_create(&crate::metrics::ResultLabels {
+                                    result: if st.converged {
+                                        "converged"
+                                    } else {
+                                        "unconverged"
+                                    },
+                                })
+                                .inc();
+                            s.lost_total += st.lost.len() as u64;
+                            for k in st.lost {
+                                if s.lost.len() < LOST_LISTED {
+                                    s.lost.push(k);
+                                }
+                            }
+                            false
+                        }
+                        Err(e) => {
+                            if t.attempts >= RANGE_ATTEMPTS && !cancel.is_cancelled() {
+                                t.state = RangeState::Failed;
+                                self.metrics
+                                    .repair_ranges
+                                    .get_or_create(&crate::metrics::ResultLabels {
+                                        result: "failed",
+                                    })
+                                    .inc();
+                            }
+                            tracing::warn!(range = %range, error = %e, "repair of a range failed");
+                            t.error = Some(e);
+                            true
+                        }
+                    }
+                })
+                .buffer_unordered(self.cfg.parallelism.max(1))
+                .filter(|failed| futures::future::ready(*failed))
+                .count()
+                .await;
+            if failures > 0 {
+                state.lock().waiting = Some(format!("{failures} range(s) failed; retrying"));
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            } else {
+                state.lock().waiting = None;
+            }
+        }
+    }
+
+    /// Tenant groups compared together: `(replication factor, tenants)`; an empty tenant list
+    /// means every record (all tenants share one factor).
+    async fn groups(&self, params: &Params) -> Result<Vec<(usize, Vec<String>)>, MetaError> {
+        let tenants = self.meta.list_tenants().await?;
+        if let Some(t) = &params.tenant {
+            let rf = tenants
+                .iter()
+                .find(|x| &x.tenant_id == t)
+                .map(|x| x.replication_factor as usize)
+                .unwrap_or(DEFAULT_N);
+            return Ok(vec![(rf, vec![t.clone()])]);
+        }
+        let mut by_rf: HashMap<usize, Vec<String>> = HashMap::new();
+        for t in &tenants {
+            by_rf
+                .entry(t.replication_factor as usize)
+                .or_default()
+                .push(t.tenant_id.clone());
+        }
+        Ok(match by_rf.len() {
+            0 => vec![(DEFAULT_N, Vec::new())],
+            1 => vec![(*by_rf.keys().next().unwrap_or(&DEFAULT_N), Vec::new())],
+            _ => by_rf.into_iter().collect(),
+        })
+    }
+
+    /// Repairs one plan range: every piece of it (at the current ring's tokens) for every group.
+    async fn repair_range(
+        &self,
+        range: TokenRange,
+        groups: &[(usize, Vec<String>)],
+    ) -> Result<PieceStats, String> {
+        let snap = self.cluster.snapshot();
+        let mut total = PieceStats {
+            converged: true,
+            ..Default::default()
+        };
+        for (rf, tenants) in groups {
+            for piece in ring::cut(range, &[&snap.ring]) {
+                let replicas: Vec<Arc<NodeEntry>> = snap
+                    .ring
+                    .preference_list(piece.end, *rf)
+                    .iter()
+                    .filter_map(|m| snap.nodes.get(&m.node_id).cloned())
+                    .collect();
+                if let Some(down) = replicas.iter().find(|n| !n.health.is_available()) {
+                    return Err(format!(
+                        "replica {} of {piece} is down; every replica must take part",
+                        down.record.node_id
+                    ));
+                }
+                let st = self.repair_piece(piece, &replicas, tenants).await?;
+                total.converged &= st.converged;
+                total.add(&st);
+            }
+        }
+        self.metrics.repair_keys.inc_by(total.keys_transferred);
+        self.metrics.repair_bytes.inc_by(total.bytes_transferred);
+        self.metrics.repair_digest_bytes.inc_by(total.digest_bytes);
+        Ok(total)
+    }
+
+    /// Compares one piece across its replicas and moves what differs, until the replicas hash
+    /// equal or [`ROUNDS`] rounds ran.
+    async fn repair_piece(
+        &self,
+        piece: TokenRange,
+        replicas: &[Arc<NodeEntry>],
+        tenants: &[String],
+    ) -> Result<PieceStats, String> {
+        let mut st = PieceStats::default();
+        if replicas.len() < 2 {
+            st.converged = true;
+            return Ok(st);
+        }
+        for round in 0..=ROUNDS {
+            // Descent: find the buckets that differ, down to leaves of few keys.
+            let mut level: Vec<(TokenRange, u32)> = vec![(piece, 1)];
+            let mut leaves: Vec<TokenRange> = Vec::new();
+            let mut whole: Vec<(usize, usize, TokenRange)> = Vec::new();
+            for _ in 0..MAX_DEPTH {
+                if level.is_empty() {
+                    break;
+                }
+                let answers = self.digests(replicas, &level, tenants, &mut st).await?;
+                let mut next = Vec::new();
+                let mut i = 0;
+                for (range, n) in &level {
+                    for b in range.split(*n) {
+                        let hashes: Vec<u64> = answers.iter().map(|a| a.0[i]).collect();
+                        let keys: Vec<u64> = answers.iter().map(|a| a.1[i]).collect();
+                        i += 1;
+                        if hashes.iter().all(|h| *h == hashes[0]) {
+                            continue;
+                        }
+                        // Replicas holding nothing here pull the whole bucket when the others agree.
+                        let holders: Vec<usize> =
+                            (0..replicas.len()).filter(|r| keys[*r] > 0).collect();
+                        if holders.len() < replicas.len()
+                            && holders.iter().all(|r| hashes[*r] == hashes[holders[0]])
+                        {
+                            for r in (0..replicas.len()).filter(|r| keys[*r] == 0) {
+                                whole.push((r, holders[0], b));
+                            }
+                            continue;
+                        }
+                        let most = keys.iter().copied().max().unwrap_or(0);
+                        if most <= LEAF_KEYS || b.width() <= 1 {
+                            leaves.push(b);
+                        } else {
+                            next.push((b, fanout(most)));
+                        }
+                    }
+                }
+                level = next;
+            }
+            leaves.extend(level.into_iter().map(|(r, _)| r));
+            if round == ROUNDS || (leaves.is_empty() && whole.is_empty()) {
+                st.converged = leaves.is_empty() && whole.is_empty();
+                return Ok(st);
+            }
+            // Whole buckets to empty replicas.
+            let mut pulls: HashMap<(usize, usize), (Vec<TokenRange>, Vec<u64>)> = HashMap::new();
+            for (dst, src, b) in whole {
+                pulls.entry((dst, src)).or_default().0.push(b);
+            }
+            for ((dst, src), (ranges, _)) in &mut pulls {
+                sort_within(piece, ranges);
+                let p = self
+                    .pull(
+                        &replicas[*dst],
+                        &replicas[*src],
+                        piece,
+                        ranges,
+                        &[],
+                        tenants,
+                    )
+                    .await?;
+                st.keys_differing += p.keys;
+                st.keys_transferred += p.keys;
+                st.bytes_transferred += p.bytes;
+            }
+            // Leaves: key by key.
+            sort_within(piece, &mut leaves);
+            for chunk in leaves.chunks(LEAVES_PER_CALL) {
+                self.repair_leaves(piece, chunk, replicas, tenants, &mut st)
+                    .await?;
+            }
+        }
+        Ok(st)
+    }
+
+    /// One level of the descent on every replica: per replica, bucket hashes and key counts.
+    async fn digests(
+        &self,
+        replicas: &[Arc<NodeEntry>],
+        level: &[(TokenRange, u32)],
+        tenants: &[String],
+        st: &mut PieceStats,
+    ) -> Result<Vec<(Vec<u64>, Vec<u64>)>, String> {
+        let mut out: Vec<(Vec<u64>, Vec<u64>)> = vec![Default::default(); replicas.len()];
+        let mut start = 0;
+        while start < level.len() {
+            let mut end = start;
+            let mut buckets = 0u64;
+            while end < level.len()
+                && (end == start || buckets + u64::from(level[end].1) <= BUCKETS_PER_CALL)
+            {
+                buckets += u64::from(level[end].1);
+                end += 1;
+            }
+            let queries: Vec<pb::DigestQuery> = level[start..end]
+                .iter()
+                .map(|(r, n)| pb::DigestQuery {
+                    range: Some(convert::range_to_pb(*r)),
+                    buckets: *n,
+                })
+                .collect();
+            let expected: usize = level[start..end]
+                .iter()
+                .map(|(r, n)| r.split(*n).len())
+                .sum();
+            let calls = replicas.iter().map(|n| {
+                let mut c = n.client.clone();
+                let req = pb::RepairDigestRequest {
+                    queries: queries.clone(),
+                    tenant_ids: tenants.to_vec(),
+                };
+                async move {
+                    let r = tokio::time::timeout(RPC_TIMEOUT, c.repair_digest(req))
+                        .await
+                        .map_err(|_| format!("digest on {} timed out", n.record.node_id))?
+                        .map_err(|s| {
+                            format!("digest on {}: {}", n.record.node_id, E::from_status(&s))
+                        })?
+                        .into_inner();
+                    if r.hashes.len() != expected || r.keys.len() != expected {
+                        return Err(format!(
+                            "digest on {} answered {} buckets, not {expected}",
+                            n.record.node_id,
+                            r.hashes.len()
+                        ));
+                    }
+                    Ok(r)
+                }
+            });
+            for (i, r) in futures::future::join_all(calls)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                let r = r?;
+                st.digest_bytes += r.encoded_len() as u64;
+                out[i].0.extend(r.hashes);
+                out[i].1.extend(r.keys);
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    /// Compares `leaves` key by key and has each replica pull the keys it lacks; rebuilds
+    /// corrupt records from the other replicas.
+    async fn repair_leaves(
+        &self,
+        piece: TokenRange,
+        leaves: &[TokenRange],
+        replicas: &[Arc<NodeEntry>],
+        tenants: &[String],
+        st: &mut PieceStats,
+    ) -> Result<(), String> {
+        let ranges: Vec<pb::TokenRange> = leaves.iter().map(|r| convert::range_to_pb(*r)).collect();
+        let calls = replicas.iter().map(|n| {
+            let mut c = n.client.clone();
+            let req = pb::RepairKeysRequest {
+                ranges: ranges.clone(),
+                tenant_ids: tenants.to_vec(),
+            };
+            async move {
+                tokio::time::timeout(RPC_TIMEOUT, c.repair_keys(req))
+                    .await
+                    .map_err(|_| format!("key listing on {} timed out", n.record.node_id))?
+                    .map_err(|s| {
+                        format!(
+                            "key listing on {}: {}",
+                            n.record.node_id,
+                            E::from_status(&s)
+                        )
+                    })
+                    .map(|r| r.into_inner())
+            }
+        });
+        let mut listing: Listing = HashMap::new();
+        let mut corrupt: Vec<(usize, String, Vec<u8>)> = Vec::new();
+        let n = replicas.len();
+        for (i, r) in futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let r = r?;
+            st.digest_bytes += r.encoded_len() as u64;
+            let mut dots = r
+                .dot_actors
+                .iter()
+                .copied()
+                .zip(r.dot_counters.iter().copied());
+            let mut ctx = r
+                .context_actors
+                .iter()
+                .copied()
+                .zip(r.context_counters.iter().copied());
+            for (k, kh) in r.key_hashes.iter().enumerate() {
+                let (Some(sh), Some(dc), Some(cc)) = (
+                    r.state_hashes.get(k),
+                    r.dot_counts.get(k),
+                    r.context_counts.get(k),
+                ) else {
+                    return Err(format!(
+                        "key listing on {} is inconsistent",
+                        replicas[i].record.node_id
+                    ));
+                };
+                let mut view = KeyView {
+                    state: *sh,
+                    dots: dots.by_ref().take(*dc as usize).collect(),
+                    context: ctx.by_ref().take(*cc as usize).collect(),
+                };
+                view.dots.sort_unstable();
+                listing.entry(*kh).or_insert_with(|| vec![None; n])[i] = Some(view);
+            }
+            for c in r.corrupt {
+                corrupt.push((i, c.tenant_id, c.key.to_vec()));
+            }
+        }
+        // Corrupt records are rebuilt through Repair, never pulled into (merges refuse them).
+        let corrupt_hashes: HashSet<(usize, u64)> = corrupt
+            .iter()
+            .map(|(i, t, k)| (*i, token::key_hash(&token::data_key(t, k))))
+            .collect();
+        let mut pulls: HashMap<(usize, usize), Vec<u64>> = HashMap::new();
+        for (kh, per) in &listing {
+            let first = per.iter().flatten().next().map(|v| v.state);
+            if per.iter().all(|v| v.as_ref().map(|v| v.state) == first) {
+                continue;
+            }
+            st.keys_differing += 1;
+            for (dst, src) in plan_key(per) {
+                if !corrupt_hashes.contains(&(dst, *kh)) {
+                    pulls.entry((dst, src)).or_default().push(*kh);
+                }
+            }
+        }
+        let mut pulls: Vec<_> = pulls.into_iter().collect();
+        pulls.sort_unstable_by_key(|((d, s), _)| (*d, *s));
+        for ((dst, src), keys) in pulls {
+            let p = self
+                .pull(
+                    &replicas[dst],
+                    &replicas[src],
+                    piece,
+                    leaves,
+                    &keys,
+                    tenants,
+                )
+                .await?;
+            st.keys_transferred += p.keys;
+            st.bytes_transferred += p.bytes;
+        }
+        for (i, tenant, key) in corrupt {
+            st.corrupt += 1;
+            self.metrics.corrupted_entries.inc();
+            match self.recover(&replicas[i], replicas, &tenant, &key).await? {
+                true => st.recovered += 1,
+                false => st.lost.push(token::display_key(&tenant, &key)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds `node`'s corrupt record of `(tenant, key)` from the other replicas' intact
+    /// states. `Ok(false)`: no other replica holds it intact (lost; the record stays as is and
+    /// reads of it answer DATA_LOSS).
+    async fn recover(
+        &self,
+        node: &Arc<NodeEntry>,
+        replicas: &[Arc<NodeEntry>],
+        tenant: &str,
+        key: &[u8],
+    ) -> Result<bool, String> {
+        let mut merged = KeyState::new();
+        let mut found = false;
+        for other in replicas
+            .iter()
+            .filter(|r| r.record.node_id != node.record.node_id)
+        {
+            let mut c = other.client.clone();
+            let req = pb::KeyRef {
+                tenant_id: tenant.to_string(),
+                key: key.to_vec(),
+            };
+            // A replica that is corrupt too (or unreachable) cannot help.
+            if let Ok(Ok(r)) = tokio::time::timeout(RPC_TIMEOUT, c.read(req)).await {
+                let r = r.into_inner();
+                if let Some(s) = r.state.filter(|_| r.exists)
+                    && let Ok(s) = convert::state_from_pb(s)
+                {
+                    merged.merge(&s);
+                    found = true;
+                }
+            }
+        }
+        if !found {
+            self.metrics.repair_lost.inc();
+            tracing::error!(node_id = %node.record.node_id, key = %token::display_key(tenant, key), "record is corrupt on every replica that answered: data lost");
+            return Ok(false);
+        }
+        let mut c = node.client.clone();
+        let req = pb::KeyVersions {
+            tenant_id: tenant.to_string(),
+            key: key.to_vec(),
+            state: Some(convert::state_to_pb(&merged)),
+            origin: pb::ApplyOrigin::AntiEntropy as i32,
+            ..Default::default()
+        };
+        tokio::time::timeout(RPC_TIMEOUT, c.repair(req))
+            .await
+            .map_err(|_| format!("repair on {} timed out", node.record.node_id))?
+            .map_err(|s| format!("repair on {}: {}", node.record.node_id, E::from_status(&s)))?;
+        self.metrics.data_recovery_operations.inc();
+        tracing::warn!(node_id = %node.record.node_id, key = %token::display_key(tenant, key), "rebuilt a corrupt record from the other replicas");
+        Ok(true)
+    }
+
+    /// Has `dst` pull from `src` the records of `sub_ranges` of `piece` (only `keys` when given).
+    async fn pull(
+        &self,
+        dst: &NodeEntry,
+        src: &NodeEntry,
+        piece: TokenRange,
+        sub_ranges: &[TokenRange],
+        keys: &[u64],
+        tenants: &[String],
+    ) -> Result<pb::PullProgress, String> {
+        let mut c = dst.client.clone();
+        let req = pb::PullRangeRequest {
+            range: Some(convert::range_to_pb(piece)),
+            source_address: format!("{}:{}", src.record.host, src.record.port),
+            max_bytes_per_sec: self.cfg.max_bytes_per_sec,
+            sub_ranges: sub_ranges
+                .iter()
+                .map(|r| convert::range_to_pb(*r))
+                .collect(),
+            tenant_ids: tenants.to_vec(),
+            key_hashes: keys.to_vec(),
+            origin: pb::ApplyOrigin::AntiEntropy as i32,
+            ..Default::default()
+        };
+        let what = || {
+            format!(
+                "pull of {piece} by {} from {}",
+                dst.record.node_id, src.record.node_id
+            )
+        };
+        let mut stream = tokio::time::timeout(RPC_TIMEOUT, c.pull_range(req))
+            .await
+            .map_err(|_| format!("{} did not start in time", what()))?
+            .map_err(|s| format!("{}: {}", what(), E::from_status(&s)))?
+            .into_inner();
+        loop {
+            match tokio::time::timeout(PULL_IDLE, stream.message()).await {
+                Err(_) => return Err(format!("{} stalled", what())),
+                Ok(Err(s)) => return Err(format!("{}: {}", what(), E::from_status(&s))),
+                Ok(Ok(None)) => return Err(format!("{} ended before its last batch", what())),
+                Ok(Ok(Some(p))) if p.done => return Ok(p),
+                Ok(Ok(Some(_))) => {}
+            }
+        }
+    }
+
+    /// The run `GetRepairStatus` describes: `repair_id`, or the newest.
+    pub async fn status(&self, repair_id: &str) -> Result<RepairRecord, crate::error::Error> {
+        let r = if repair_id.is_empty() {
+            self.meta.list_repairs(1).await?.into_iter().next()
+        } else {
+            self.meta.get_repair(repair_id).await?
+        };
+        r.ok_or_else(|| {
+            E::InvalidArgument(if repair_id.is_empty() {
+                "no repair has run yet".into()
+            } else {
+                format!("no repair {repair_id}")
+            })
+            .into()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fanout_sizes_sub_buckets_to_the_leaf_size_within_bounds() {
+        assert_eq!(fanout(9), 2);
+        assert_eq!(fanout(35), 8);
+        assert_eq!(fanout(100_000), 64);
+    }
+
+    fn view(state: u64, dots: &[(u64, u64)], context: &[(u64, u64)]) -> Option<KeyView> {
+        let mut dots = dots.to_vec();
+        dots.sort_unstable();
+        Some(KeyView {
+            state,
+            dots,
+            context: context.iter().copied().collect(),
+        })
+    }
+
+    #[test]
+    fn a_missing_key_is_pulled_by_the_replica_lacking_it_only() {
+        let per = vec![view(1, &[(7, 1)], &[]), view(1, &[(7, 1)], &[]), None];
+        assert_eq!(plan_key(&per), vec![(2, 0)]);
+    }
+
+    #[test]
+    fn a_stale_version_moves_only_towards_the_replica_that_has_not_superseded_it() {
+        // Replicas 0 and 1 hold (7,2), written over (7,1); replica 2 still holds (7,1).
+        let new = view(2, &[(7, 2)], &[(7, 1)]);
+        let per = vec![new.clone(), new, view(1, &[(7, 1)], &[])];
+        assert_eq!(plan_key(&per), vec![(2, 0)]);
+    }
+
+    #[test]
+    fn concurrent_versions_move_both_ways() {
+        let per = vec![view(1, &[(7, 1)], &[]), view(2, &[(8, 1)], &[])];
+        assert_eq!(plan_key(&per), vec![(0, 1), (1, 0)]);
+    }
+
+    #[test]
+    fn a_replica_lacking_versions_from_two_others_pulls_from_both() {
+        let per = vec![view(1, &[(7, 1)], &[]), view(2, &[(8, 1)], &[]), None];
+        let plan = plan_key(&per);
+        assert!(plan.contains(&(2, 0)) && plan.contains(&(2, 1)), "{plan:?}");
+    }
+
+    #[test]
+    fn states_differing_only_in_unlisted_detail_are_merged_both_ways() {
+        let per = vec![view(1, &[(7, 1)], &[]), view(2, &[(7, 1)], &[])];
+        assert_eq!(plan_key(&per), vec![(0, 1), (1, 0)]);
+    }
+
+    #[test]
+    fn progress_counts_finished_ranges_and_sums_their_counts() {
+        let mut plan = vec![
+            RangeTask::new(TokenRange::new(0, 10)),
+            RangeTask::new(TokenRange::new(10, 20)),
+        ];
+        plan[0].state = RangeState::Done;
+        plan[0].keys_transferred = 5;
+        plan[0].converged = true;
+        plan[1].state = RangeState::Failed;
+        let p = progress_of(&plan, Instant::now(), &[], 0);
+        assert_eq!((p.ranges_done, p.ranges_failed, p.percent), (1, 1, 100.0));
+        assert_eq!(p.keys_transferred, 5);
+        assert_eq!(p.ranges_unconverged, 0);
+    }
+}

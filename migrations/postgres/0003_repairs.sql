@@ -1,0 +1,8 @@
+-- Anti-entropy repair runs: parameters (scope), the plan with per-range progress, and a slot
+-- that makes at most one run active (NULL once finished; NULLs never collide in a unique index).
+ALTER TABLE repairs ADD COLUMN params JSONB NOT NULL DEFAULT '{}'::jsonb;
+ALTER TABLE repairs ADD COLUMN plan JSONB NOT NULL DEFAULT '[]'::jsonb;
+ALTER TABLE repairs ADD COLUMN active_slot INTEGER;
+ALTER TABLE repairs ADD COLUMN updated_at TIMESTAMPTZ NOT NULL DEFAULT now();
+CREATE UNIQUE INDEX repairs_one_active ON repairs (active_slot);
+CREATE INDEX repairs_started_idx ON repairs (started_at);

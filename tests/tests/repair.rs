@@ -1,0 +1,298 @@
+//! Anti-entropy repair through `pairdb.CoordinatorService` (StartRepair / GetRepairStatus):
+//! replicas that diverged while one was cut off (hints disabled, so nothing else repairs them)
+//! converge after one repair, and a repair whose coordinator dies is finished by another.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use pairdb_common::api::pb;
+use pairdb_common::api::pb::Consistency::{All, Quorum};
+use pairdb_coordinator::meta::NodeStatus;
+use pairdb_tests::cluster::*;
+use pairdb_tests::serial_async;
+use serde_json::Value;
+
+/// Every node's 256-bucket digest of the whole ring.
+async fn digests(c: &TestCluster) -> Vec<Vec<u64>> {
+    let mut out = Vec::new();
+    for i in 0..c.node_cfgs.len() {
+        let mut s = c.storage(i).await.unwrap();
+        let d = s
+            .range_digest(pb::RangeDigestRequest {
+                range: None,
+                buckets: 256,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.push(d.buckets.iter().map(|b| b.hash).collect());
+    }
+    out
+}
+
+/// The raw state (tombstones included) each node holds for `(t1, key)`.
+async fn states(c: &TestCluster, key: &[u8]) -> Vec<Option<pb::KeyState>> {
+    let mut out = Vec::new();
+    for i in 0..c.node_cfgs.len() {
+        let r = c
+            .storage(i)
+            .await
+            .unwrap()
+            .read(pb::KeyRef {
+                tenant_id: "t1".into(),
+                key: key.to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.push(r.state.filter(|_| r.exists));
+    }
+    out
+}
+
+async fn start_repair(c: &TestCluster, coordinator: usize) -> pb::RepairStatus {
+    c.client(coordinator)
+        .await
+        .unwrap()
+        .start_repair(pb::StartRepairRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn status(c: &TestCluster, coordinator: usize, id: &str) -> pb::RepairStatus {
+    c.client(coordinator)
+        .await
+        .unwrap()
+        .get_repair_status(pb::GetRepairStatusRequest {
+            repair_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls until the run ends; returns its final status and progress.
+async fn wait_repair(c: &TestCluster, coordinator: usize, id: &str) -> (pb::RepairStatus, Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = status(c, coordinator, id).await;
+        if s.status != "running" {
+            let p: Value = serde_json::from_str(&s.progress_json).unwrap();
+            return (s, p);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "repair still running: {}",
+            s.progress_json
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("key-{i:04}").into_bytes()
+}
+
+/// Writes 300 keys everywhere, then cuts node 3 off and writes 200 new keys, updates 100,
+/// deletes 50 and adds a concurrent sibling to 20. Returns the cluster with node 3 back up.
+async fn diverge(
+    backend: Backend,
+    coordinators: usize,
+    tweak: Option<fn(&mut pairdb_coordinator::config::Config)>,
+) -> TestCluster {
+    let mut c = TestCluster::start(ClusterOptions {
+        backend,
+        nodes: 3,
+        coordinators,
+        hints: false,
+        tweak,
+    })
+    .await
+    .unwrap();
+    let mut a = c.client(0).await.unwrap();
+    let value = |tag: &str, i: usize| format!("{tag}-{i}-{}", "x".repeat(200)).into_bytes();
+    for i in 0..300 {
+        a.write(write_req(&key(i), &value("v0", i), vec![], All))
+            .await
+            .unwrap();
+    }
+    c.stop_node(2).await;
+    c.wait_status(2, NodeStatus::Down).await.unwrap();
+    for i in 300..500 {
+        a.write(write_req(&key(i), &value("new", i), vec![], Quorum))
+            .await
+            .unwrap();
+    }
+    for i in 0..150 {
+        let ctx = a
+            .read(read_req(&key(i), Quorum))
+            .await
+            .unwrap()
+            .into_inner()
+            .context;
+        if i < 100 {
+            a.write(write_req(&key(i), &value("v1", i), ctx, Quorum))
+                .await
+                .unwrap();
+        } else {
+            a.delete(pb::DeleteRequest {
+                tenant_id: "t1".into(),
+                key: key(i),
+                context: ctx,
+                consistency: Quorum as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+    }
+    for i in 150..170 {
+        a.write(write_req(&key(i), &value("sibling", i), vec![], Quorum))
+            .await
+            .unwrap();
+    }
+    c.restart_node(2).await.unwrap();
+    c.wait_status(2, NodeStatus::Up).await.unwrap();
+    c
+}
+
+/// Keys node 3 missed: 200 new, 100 updated, 50 deleted, 20 with a new sibling.
+const MISSED: u64 = 370;
+
+async fn repair_converges_diverged_replicas(backend: Backend) {
+    let c = diverge(backend, 1, None).await;
+    let before = digests(&c).await;
+    assert_eq!(
+        before[0], before[1],
+        "the two live replicas took every write"
+    );
+    assert_ne!(before[0], before[2], "node 3 missed writes");
+
+    let run = start_repair(&c, 0).await;
+    assert_eq!(run.status, "running");
+    // Only one repair at a time.
+    let err = c
+        .client(0)
+        .await
+        .unwrap()
+        .start_repair(pb::StartRepairRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err).0, "TOPOLOGY_CONFLICT", "{err:?}");
+    let (done, p) = wait_repair(&c, 0, &run.repair_id).await;
+    assert_eq!(done.status, "completed", "{done:?}");
+    assert_eq!(p["ranges_done"], p["ranges_total"]);
+    assert_eq!(p["ranges_unconverged"], 0);
+    // Exactly the keys node 3 missed differ, and each moves once: to node 3 only (the stale
+    // versions node 3 held are superseded on the others, so they do not travel back).
+    assert_eq!(p["keys_differing"], MISSED, "{p}");
+    assert_eq!(p["keys_transferred"], MISSED, "{p}");
+
+    let after = digests(&c).await;
+    assert!(
+        after.iter().all(|d| *d == after[0]),
+        "digests differ after repair"
+    );
+    for i in 0..500 {
+        let s = states(&c, &key(i)).await;
+        assert!(s[0].is_some(), "key {i} missing");
+        assert!(s.iter().all(|x| *x == s[0]), "key {i} differs: {s:?}");
+        let versions = &s[0].as_ref().unwrap().versions;
+        match i {
+            100..150 => assert!(versions.iter().all(|v| v.tombstone), "key {i} came back"),
+            150..170 => assert_eq!(versions.len(), 2, "key {i} lost a sibling"),
+            _ => assert_eq!(versions.len(), 1),
+        }
+    }
+
+    // A second run finds nothing to do.
+    let again = start_repair(&c, 0).await;
+    let (done, p) = wait_repair(&c, 0, &again.repair_id).await;
+    assert_eq!(done.status, "completed");
+    assert_eq!(
+        (p["keys_differing"].as_u64(), p["keys_transferred"].as_u64()),
+        (Some(0), Some(0)),
+        "{p}"
+    );
+    // The newest run is the default status.
+    assert_eq!(status(&c, 0, "").await.repair_id, again.repair_id);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repair_converges_diverged_replicas_postgres() {
+    let _g = serial_async().await;
+    repair_converges_diverged_replicas(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repair_converges_diverged_replicas_sqlite() {
+    let _g = serial_async().await;
+    repair_converges_diverged_replicas(Backend::Sqlite).await;
+}
+
+/// The driving coordinator stops mid-run (its lease is left behind, as after a crash); the
+/// other takes the run over when the lease expires and finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repair_whose_coordinator_dies_is_resumed_by_another() {
+    let _g = serial_async().await;
+    let mut c = diverge(
+        Backend::Postgres,
+        2,
+        Some(|cfg| {
+            cfg.change_lease_ms = 2_000;
+            cfg.change_poll_ms = 200;
+            cfg.repair_parallelism = 1;
+            // ~100 KiB of missed records at 20 KB/s: the run lasts several seconds.
+            cfg.repair_max_bytes_per_sec = 20_000;
+        }),
+    )
+    .await;
+    let run = start_repair(&c, 0).await;
+    // Wait until a coordinator drives it and has finished some ranges, not all.
+    let driver = loop {
+        let s = status(&c, 0, &run.repair_id).await;
+        assert_eq!(
+            s.status, "running",
+            "the run ended before it could be interrupted: {s:?}"
+        );
+        let p: Value = serde_json::from_str(&s.progress_json).unwrap();
+        if !s.driver.is_empty() && p["keys_transferred"].as_u64().unwrap_or(0) > 0 {
+            break s.driver;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let victim = if driver == "coord-0" { 0 } else { 1 };
+    let survivor = 1 - victim;
+    c.coordinators.remove(victim).shutdown().await;
+    let survivor = if survivor > victim {
+        survivor - 1
+    } else {
+        survivor
+    };
+    let (done, p) = wait_repair(&c, survivor, &run.repair_id).await;
+    assert_eq!(done.status, "completed", "{done:?}");
+    assert_eq!(p["ranges_done"], p["ranges_total"]);
+    let completed = c.coordinators[survivor]
+        .data
+        .metrics
+        .repair_runs
+        .get_or_create(&pairdb_coordinator::metrics::ResultLabels {
+            result: "completed",
+        })
+        .get();
+    assert_eq!(completed, 1, "the surviving coordinator finished the run");
+    let after = digests(&c).await;
+    assert!(
+        after.iter().all(|d| *d == after[0]),
+        "digests differ after the resumed repair"
+    );
+    // Ranges the first driver finished count; one it was in the middle of is compared again.
+    let moved = p["keys_transferred"].as_u64().unwrap();
+    assert!(
+        moved > 0 && moved <= MISSED,
+        "no missed key moved twice: {p}"
+    );
+    c.shutdown().await;
+}
