@@ -31,6 +31,10 @@ use crate::tenants::Tenants;
 
 type Nodes = Vec<Arc<NodeEntry>>;
 
+/// One replica's answer to a read: its state (`None`: no record), or whether it failed with
+/// a checksum failure and why.
+type ReplicaRead = std::result::Result<Option<KeyState>, (bool, String)>;
+
 /// Data-path settings, from the coordinator config.
 #[derive(Debug, Clone)]
 pub struct DataConfig {
@@ -397,8 +401,7 @@ impl DataPlane {
         let replicas = self.replicas(&tenant, &req.key)?;
         let required = level.required(tenant.replication_factor as usize);
         let deadline = self.deadline(req.timeout_ms);
-        let (tx, mut rx) =
-            mpsc::unbounded_channel::<(String, std::result::Result<Option<KeyState>, String>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, ReplicaRead)>();
         let me = self.clone();
         let (tenant_id, key) = (req.tenant.clone(), req.key.clone());
         tokio::spawn(async move { me.read_and_repair(tenant_id, key, replicas, tx).await });
@@ -406,6 +409,7 @@ impl DataPlane {
         let mut merged = KeyState::new();
         let mut good = 0usize;
         let mut failures = Vec::new();
+        let mut corrupt = 0usize;
         let wait = async {
             while let Some((node, r)) = rx.recv().await {
                 match r {
@@ -418,7 +422,10 @@ impl DataPlane {
                             return;
                         }
                     }
-                    Err(m) => failures.push(format!("{node}: {m}")),
+                    Err((data_loss, m)) => {
+                        corrupt += usize::from(data_loss);
+                        failures.push(format!("{node}: {m}"));
+                    }
                 }
             }
         };
@@ -426,6 +433,15 @@ impl DataPlane {
             return Err(E::Timeout(format!(
                 "read timed out after {} ms with {good} of {required} responses",
                 deadline.as_millis()
+            ))
+            .into());
+        }
+        // Corrupt replicas alone keep the read from its quorum (the others answered): the
+        // data is damaged, not unreachable. Anti-entropy rebuilds it where a copy survives.
+        if good < required && corrupt > 0 && good + (failures.len() - corrupt) < required {
+            return Err(E::ChecksumFailed(format!(
+                "the record is corrupt on {corrupt} replica(s) and only {good} of {required} required replicas answered intact ({})",
+                failures.join("; ")
             ))
             .into());
         }
@@ -465,7 +481,7 @@ impl DataPlane {
         tenant: String,
         key: Vec<u8>,
         replicas: Vec<Arc<NodeEntry>>,
-        tx: mpsc::UnboundedSender<(String, std::result::Result<Option<KeyState>, String>)>,
+        tx: mpsc::UnboundedSender<(String, ReplicaRead)>,
     ) {
         let mut pending: FuturesUnordered<_> = replicas
             .iter()
@@ -525,7 +541,7 @@ impl DataPlane {
                     if data_loss {
                         corrupt.push(node.clone());
                     }
-                    let _ = tx.send((id.clone(), Err(m)));
+                    let _ = tx.send((id.clone(), Err((data_loss, m))));
                 }
             }
             nodes.insert(id, node);

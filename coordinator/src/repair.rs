@@ -979,7 +979,8 @@ impl Repairs {
             }
         });
         let mut listing: Listing = HashMap::new();
-        let mut corrupt: Vec<(usize, String, Vec<u8>)> = Vec::new();
+        // Per corrupt key, the replicas whose record of it failed its checksum.
+        let mut corrupt: HashMap<(String, Vec<u8>), Vec<usize>> = HashMap::new();
         let n = replicas.len();
         for (i, r) in futures::future::join_all(calls)
             .await
@@ -1018,13 +1019,16 @@ impl Repairs {
                 listing.entry(*kh).or_insert_with(|| vec![None; n])[i] = Some(view);
             }
             for c in r.corrupt {
-                corrupt.push((i, c.tenant_id, c.key.to_vec()));
+                corrupt.entry((c.tenant_id, c.key)).or_default().push(i);
             }
         }
         // Corrupt records are rebuilt through Repair, never pulled into (merges refuse them).
         let corrupt_hashes: HashSet<(usize, u64)> = corrupt
             .iter()
-            .map(|(i, t, k)| (*i, token::key_hash(&token::data_key(t, k))))
+            .flat_map(|((t, k), on)| {
+                let kh = token::key_hash(&token::data_key(t, k));
+                on.iter().map(move |i| (*i, kh))
+            })
             .collect();
         let mut pulls: HashMap<(usize, usize), Vec<u64>> = HashMap::new();
         for (kh, per) in &listing {
@@ -1055,39 +1059,44 @@ impl Repairs {
             st.keys_transferred += p.keys;
             st.bytes_transferred += p.bytes;
         }
-        for (i, tenant, key) in corrupt {
-            st.corrupt += 1;
-            self.metrics.corrupted_entries.inc();
-            match self.recover(&replicas[i], replicas, &tenant, &key).await? {
-                true => st.recovered += 1,
+        let mut corrupt: Vec<_> = corrupt.into_iter().collect();
+        corrupt.sort_unstable();
+        for ((tenant, key), on) in corrupt {
+            // A lost record is met again in every round; it is reported once.
+            if st.lost.contains(&token::display_key(&tenant, &key)) {
+                continue;
+            }
+            st.corrupt += on.len() as u64;
+            self.metrics.corrupted_entries.inc_by(on.len() as u64);
+            let bad: Vec<&Arc<NodeEntry>> = on.iter().map(|i| &replicas[*i]).collect();
+            match self.recover(&bad, replicas, &tenant, &key).await? {
+                true => st.recovered += on.len() as u64,
                 false => st.lost.push(token::display_key(&tenant, &key)),
             }
         }
         Ok(())
     }
 
-    /// Rebuilds `node`'s corrupt record of `(tenant, key)` from the other replicas' intact
-    /// states. `Ok(false)`: no other replica holds it intact (lost; the record stays as is and
-    /// reads of it answer DATA_LOSS).
+    /// Rebuilds the corrupt records of `(tenant, key)` on `bad` from the other replicas'
+    /// intact states (`Repair`). `Ok(false)`: no other replica holds it intact: it is lost, and
+    /// the records stay as they are (reads of the key answer DATA_LOSS).
     async fn recover(
         &self,
-        node: &Arc<NodeEntry>,
+        bad: &[&Arc<NodeEntry>],
         replicas: &[Arc<NodeEntry>],
         tenant: &str,
         key: &[u8],
     ) -> Result<bool, String> {
         let mut merged = KeyState::new();
         let mut found = false;
-        for other in replicas
-            .iter()
-            .filter(|r| r.record.node_id != node.record.node_id)
-        {
+        let is_bad = |n: &NodeEntry| bad.iter().any(|b| b.record.node_id == n.record.node_id);
+        for other in replicas.iter().filter(|r| !is_bad(r)) {
             let mut c = other.client.clone();
             let req = pb::KeyRef {
                 tenant_id: tenant.to_string(),
                 key: key.to_vec(),
             };
-            // A replica that is corrupt too (or unreachable) cannot help.
+            // A replica that is unreachable, or corrupt by now, cannot help.
             if let Ok(Ok(r)) = tokio::time::timeout(RPC_TIMEOUT, c.read(req)).await {
                 let r = r.into_inner();
                 if let Some(s) = r.state.filter(|_| r.exists)
@@ -1100,23 +1109,27 @@ impl Repairs {
         }
         if !found {
             self.metrics.repair_lost.inc();
-            tracing::error!(node_id = %node.record.node_id, key = %token::display_key(tenant, key), "record is corrupt on every replica that answered: data lost");
+            tracing::error!(key = %token::display_key(tenant, key), corrupt_on = bad.len(), "record is corrupt on every replica holding it: data lost (left in place, reads answer DATA_LOSS)");
             return Ok(false);
         }
-        let mut c = node.client.clone();
-        let req = pb::KeyVersions {
-            tenant_id: tenant.to_string(),
-            key: key.to_vec(),
-            state: Some(convert::state_to_pb(&merged)),
-            origin: pb::ApplyOrigin::AntiEntropy as i32,
-            ..Default::default()
-        };
-        tokio::time::timeout(RPC_TIMEOUT, c.repair(req))
-            .await
-            .map_err(|_| format!("repair on {} timed out", node.record.node_id))?
-            .map_err(|s| format!("repair on {}: {}", node.record.node_id, E::from_status(&s)))?;
-        self.metrics.data_recovery_operations.inc();
-        tracing::warn!(node_id = %node.record.node_id, key = %token::display_key(tenant, key), "rebuilt a corrupt record from the other replicas");
+        for node in bad {
+            let mut c = node.client.clone();
+            let req = pb::KeyVersions {
+                tenant_id: tenant.to_string(),
+                key: key.to_vec(),
+                state: Some(convert::state_to_pb(&merged)),
+                origin: pb::ApplyOrigin::AntiEntropy as i32,
+                ..Default::default()
+            };
+            tokio::time::timeout(RPC_TIMEOUT, c.repair(req))
+                .await
+                .map_err(|_| format!("repair on {} timed out", node.record.node_id))?
+                .map_err(|s| {
+                    format!("repair on {}: {}", node.record.node_id, E::from_status(&s))
+                })?;
+            self.metrics.data_recovery_operations.inc();
+            tracing::warn!(node_id = %node.record.node_id, key = %token::display_key(tenant, key), "rebuilt a corrupt record from the other replicas");
+        }
         Ok(true)
     }
 

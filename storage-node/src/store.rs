@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use pairdb_common::framing::{self, encode_state};
 use pairdb_common::token::{self, TOKEN_BYTES, TokenRange};
@@ -31,6 +32,8 @@ use crate::identity::Identity;
 use crate::metrics::Metrics;
 
 const LOCK_STRIPES: usize = 4096;
+/// Mixed into the digest of a bucket holding a corrupt record (see `digest_into`).
+static CORRUPT_SALT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Default hard cap on siblings per key.
 pub const DEFAULT_MAX_SIBLINGS: usize = 100;
 /// Siblings above which a write is logged and counted.
@@ -1034,8 +1037,13 @@ impl Store {
                     match framing::unframe(framing::RECORD_FORMAT_V1, v) {
                         Ok(payload) => h.0.update(payload),
                         Err(_) => {
+                            // Never equal to another replica's bucket (nor to this one's next
+                            // digest), so comparisons always descend to a corrupt record, even
+                            // one corrupt on every replica.
                             corrupt += 1;
                             h.0.update(b"\xffcorrupt");
+                            h.0.update(self.identity.actor().node_id.as_bytes());
+                            h.0.update(&CORRUPT_SALT.fetch_add(1, Ordering::Relaxed).to_le_bytes());
                         }
                     }
                     h.1 += 1;
