@@ -32,6 +32,8 @@ pub struct Health {
     status: AtomicU32,
     last_seen_ms: AtomicU64,
     down_since_ms: AtomicU64,
+    /// The node's unrepaired outage as its last heartbeat reported it.
+    outage_ms: AtomicU64,
 }
 
 impl Health {
@@ -46,6 +48,11 @@ impl Health {
     /// Whether requests should be sent (unknown counts as up: a fresh coordinator tries).
     pub fn is_available(&self) -> bool {
         self.status() != NodeStatus::Down
+    }
+
+    /// How long the node was away since its last full repair (from its heartbeat).
+    pub fn outage_ms(&self) -> u64 {
+        self.outage_ms.load(Ordering::Relaxed)
     }
 
     pub fn last_seen_ms(&self) -> u64 {
@@ -298,10 +305,19 @@ impl Cluster {
                 let e = e.clone();
                 async move {
                     let mut c = e.client.clone();
-                    let ok = matches!(
-                        tokio::time::timeout(timeout, c.node_info(pb::NodeInfoRequest {})).await,
-                        Ok(Ok(_))
-                    );
+                    let ok =
+                        match tokio::time::timeout(timeout, c.node_info(pb::NodeInfoRequest {}))
+                            .await
+                        {
+                            Ok(Ok(info)) => {
+                                e.health.outage_ms.store(
+                                    info.into_inner().unrepaired_outage_ms,
+                                    Ordering::Relaxed,
+                                );
+                                true
+                            }
+                            _ => false,
+                        };
                     (e, ok)
                 }
             });

@@ -73,6 +73,9 @@ pub struct Config {
     pub repair_parallelism: usize,
     /// Throttle of each repair transfer at its source, bytes per second (0 = unthrottled).
     pub repair_max_bytes_per_sec: u64,
+    /// Tombstones are purged only when this old and only by a repair that found every replica
+    /// of their range holding them (default 10 days; must exceed `hint_ttl_secs`).
+    pub tombstone_gc_grace_secs: u64,
 }
 
 impl Default for Config {
@@ -118,6 +121,7 @@ impl Default for Config {
             repair_interval_secs: 6 * 3600,
             repair_parallelism: 2,
             repair_max_bytes_per_sec: 64 << 20,
+            tombstone_gc_grace_secs: 10 * 24 * 3600,
         }
     }
 }
@@ -158,6 +162,11 @@ pub struct Args {
     /// Per-transfer repair throttle in bytes per second (0 = unthrottled).
     #[arg(long, env = "PAIRDB_REPAIR_MAX_BYTES_PER_SEC")]
     pub repair_max_bytes_per_sec: Option<u64>,
+    /// Tombstone GC grace in seconds (must exceed the hint TTL).
+    #[arg(long, env = "PAIRDB_TOMBSTONE_GC_GRACE_SECS")]
+    pub tombstone_gc_grace_secs: Option<u64>,
+    #[arg(long, env = "PAIRDB_HINT_TTL_SECS")]
+    pub hint_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +222,12 @@ impl Config {
         }
         if let Some(v) = args.repair_max_bytes_per_sec {
             c.repair_max_bytes_per_sec = v;
+        }
+        if let Some(v) = args.tombstone_gc_grace_secs {
+            c.tombstone_gc_grace_secs = v;
+        }
+        if let Some(v) = args.hint_ttl_secs {
+            c.hint_ttl_secs = v;
         }
         c.validate()?;
         Ok(c)
@@ -270,6 +285,12 @@ impl Config {
         if self.change_lease_ms < 1_000 {
             return Err(ConfigError(
                 "change_lease_ms must be at least 1000 (progress is saved every second)".into(),
+            ));
+        }
+        if self.tombstone_gc_grace_secs <= self.hint_ttl_secs {
+            return Err(ConfigError(
+                "tombstone_gc_grace_secs must exceed hint_ttl_secs (a hint must never outlive the tombstones it could undo)"
+                    .into(),
             ));
         }
         if self.max_hint_window_secs > self.hint_ttl_secs {

@@ -42,6 +42,8 @@ pub struct DataConfig {
     pub request_timeout_ms: u64,
     /// Deadline of one replica RPC.
     pub replica_timeout_ms: u64,
+    /// A replica away longer than this since its last full repair serves no reads.
+    pub gc_grace_ms: u64,
 }
 
 pub struct DataPlane {
@@ -488,6 +490,7 @@ impl DataPlane {
             .cloned()
             .map(|node| {
                 let timeout = self.replica_timeout();
+                let gc_grace_ms = self.cfg.gc_grace_ms;
                 let kr = pb::KeyRef {
                     tenant_id: tenant.clone(),
                     key: key.clone(),
@@ -500,6 +503,14 @@ impl DataPlane {
                             Err((false, false, "node is down".to_string())),
                             started,
                         );
+                    }
+                    let outage = node.health.outage_ms();
+                    if outage > gc_grace_ms {
+                        let why = format!(
+                            "was away {} s, longer than the tombstone GC grace: it serves no reads until a repair completes",
+                            outage / 1000
+                        );
+                        return (node, Err((false, false, why)), started);
                     }
                     let r = match tokio::time::timeout(timeout, node.batcher.read(kr)).await {
                         Ok(Ok(resp)) => match resp.state.map(convert::state_from_pb).transpose() {

@@ -170,7 +170,15 @@ impl Hints {
                     self.cfg.replay_batch,
                 )
                 .await?;
+            let expired_before = now_ms().saturating_sub(self.cfg.hint_ttl_secs * 1000);
             for h in hints {
+                // Past its TTL (which the config keeps below the tombstone GC grace) a hint is
+                // dropped, never replayed: it could carry a value whose tombstone is gone.
+                if h.created_at_ms < expired_before {
+                    self.meta.delete_hint(h.hint_id).await?;
+                    self.metrics.hints_cleanup_deleted.inc();
+                    continue;
+                }
                 let state = match framing::decode_state(&h.payload) {
                     Ok(s) => s,
                     Err(e) => {

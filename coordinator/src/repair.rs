@@ -61,6 +61,8 @@ const RANGE_ATTEMPTS: u32 = 3;
 const RPC_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest silence from a pull before it is abandoned.
 const PULL_IDLE: Duration = Duration::from_secs(120);
+/// Least time between repairs started for a node back from a long outage.
+const OUTAGE_RETRY_MS: u64 = 60_000;
 /// Corrupt keys listed in a run's progress (the count is exact; the list is capped).
 const LOST_LISTED: usize = 100;
 
@@ -77,6 +79,8 @@ pub struct RepairConfig {
     pub parallelism: usize,
     /// Throttle of each pull at its source (0 = unthrottled).
     pub max_bytes_per_sec: u64,
+    /// Tombstones older than this are purged from a piece once its replicas hash equal.
+    pub gc_grace_ms: u64,
 }
 
 /// `repairs.params`: what a run covers.
@@ -88,6 +92,9 @@ pub struct Params {
     /// `manual` or `scheduled`.
     #[serde(default)]
     pub trigger: String,
+    /// Every tenant over the whole ring (such a run, completed, forgives node outages).
+    #[serde(default)]
+    pub whole: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +127,9 @@ pub struct RangeTask {
     pub corrupt: u64,
     #[serde(default)]
     pub recovered: u64,
+    /// Tombstones purged (per replica) once every replica held them and the grace passed.
+    #[serde(default)]
+    pub tombstones_purged: u64,
     /// All replicas hashed equal after the repair.
     #[serde(default)]
     pub converged: bool,
@@ -141,6 +151,7 @@ impl RangeTask {
             digest_bytes: 0,
             corrupt: 0,
             recovered: 0,
+            tombstones_purged: 0,
             converged: false,
             attempts: 0,
             error: None,
@@ -168,6 +179,7 @@ pub struct Progress {
     pub digest_bytes: u64,
     pub corrupt: u64,
     pub recovered: u64,
+    pub tombstones_purged: u64,
     /// Records corrupt on every replica (DATA_LOSS), as `tenant/key`; capped list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lost: Vec<String>,
@@ -207,6 +219,7 @@ fn progress_of(plan: &[RangeTask], started: Instant, lost: &[String], lost_total
         digest_bytes: plan.iter().map(|t| t.digest_bytes).sum(),
         corrupt: plan.iter().map(|t| t.corrupt).sum(),
         recovered: plan.iter().map(|t| t.recovered).sum(),
+        tombstones_purged: plan.iter().map(|t| t.tombstones_purged).sum(),
         lost: lost.to_vec(),
         lost_total,
     }
@@ -244,6 +257,7 @@ struct PieceStats {
     recovered: u64,
     lost: Vec<String>,
     converged: bool,
+    tombstones_purged: u64,
 }
 
 impl PieceStats {
@@ -254,6 +268,7 @@ impl PieceStats {
         self.digest_bytes += o.digest_bytes;
         self.corrupt += o.corrupt;
         self.recovered += o.recovered;
+        self.tombstones_purged += o.tombstones_purged;
         self.lost.extend(o.lost.iter().cloned());
     }
 }
@@ -423,6 +438,10 @@ impl Repairs {
             return Err(E::NodeNotReady("the ring has no storage nodes".into()).into());
         }
         let plan = plan(&snap.ring, range);
+        let params = Params {
+            whole: params.tenant.is_none() && range.is_none(),
+            ..params
+        };
         let run = new_run(&params, &plan);
         match self.meta.create_repair(&run).await {
             Ok(()) => {
@@ -460,10 +479,24 @@ impl Repairs {
         let Some(r) = active else {
             let last = recent.first().map_or(self.started_ms, |r| r.started_at_ms);
             let due = self.cfg.interval_ms > 0 && last + self.cfg.interval_ms <= now;
-            if due && !self.cluster.snapshot().ring.is_empty() {
+            // A node back from an outage longer than the grace serves no reads until a full
+            // repair completes: start one (at most once a minute while it keeps failing) —
+            // unless repairs are on demand only (`interval` 0).
+            let snap = self.cluster.snapshot();
+            let outage = self.cfg.interval_ms > 0
+                && snap
+                    .nodes
+                    .values()
+                    .any(|n| n.health.outage_ms() > self.cfg.gc_grace_ms)
+                && snap.nodes.values().all(|n| n.health.is_available())
+                && recent
+                    .first()
+                    .is_none_or(|r| r.started_at_ms + OUTAGE_RETRY_MS <= now);
+            if (due || outage) && !snap.ring.is_empty() {
                 let params = Params {
                     tenant: None,
-                    trigger: "scheduled".into(),
+                    trigger: if due { "scheduled" } else { "outage" }.into(),
+                    whole: true,
                 };
                 match self.start(params, None).await {
                     Ok(_) | Err(crate::error::Error::Pairdb(E::TopologyConflict(_))) => {}
@@ -628,6 +661,9 @@ impl Repairs {
             .repair_runs
             .get_or_create(&crate::metrics::ResultLabels { result: status })
             .inc();
+        if status == "completed" && params.whole {
+            self.forgive_outages(r.started_at_ms).await;
+        }
         tracing::info!(repair_id = %r.repair_id, status, ranges = progress.ranges_total, keys_differing = progress.keys_differing, keys_transferred = progress.keys_transferred, bytes_transferred = progress.bytes_transferred, digest_bytes = progress.digest_bytes, "repair finished");
         Ok(())
     }
@@ -675,6 +711,7 @@ impl Repairs {
                             t.digest_bytes = st.digest_bytes;
                             t.corrupt = st.corrupt;
                             t.recovered = st.recovered;
+                            t.tombstones_purged = st.tombstones_purged;
                             t.converged = st.converged;
                             self.metrics
                                 .repair_ranges
@@ -845,6 +882,9 @@ impl Repairs {
             leaves.extend(level.into_iter().map(|(r, _)| r));
             if round == ROUNDS || (leaves.is_empty() && whole.is_empty()) {
                 st.converged = leaves.is_empty() && whole.is_empty();
+                if st.converged {
+                    st.tombstones_purged += self.purge(piece, replicas, tenants).await?;
+                }
                 return Ok(st);
             }
             // Whole buckets to empty replicas.
@@ -876,6 +916,68 @@ impl Repairs {
             }
         }
         Ok(st)
+    }
+
+    /// After a complete cluster-wide run: every node that came back before the run started
+    /// had each of its ranges compared and repaired, so its outage no longer keeps it from
+    /// serving reads.
+    async fn forgive_outages(&self, started_ms: u64) {
+        let snap = self.cluster.snapshot();
+        for n in snap.nodes.values() {
+            if n.health.outage_ms() == 0 {
+                continue;
+            }
+            let mut c = n.client.clone();
+            let req = pb::MarkRepairedRequest {
+                repair_started_at_ms: started_ms,
+            };
+            match tokio::time::timeout(RPC_TIMEOUT, c.mark_repaired(req)).await {
+                Ok(Ok(r)) if r.get_ref().cleared => {
+                    tracing::info!(node_id = %n.record.node_id, "node repaired after its outage; it serves reads again")
+                }
+                Ok(Ok(_)) => {
+                    tracing::info!(node_id = %n.record.node_id, "node came back after this repair started; the next one clears it")
+                }
+                _ => tracing::warn!(node_id = %n.record.node_id, "could not mark node repaired"),
+            }
+        }
+    }
+
+    /// Tombstone GC on a piece every replica was just found to hold identically: each replica
+    /// drops the tombstones older than the grace, the same ones everywhere.
+    async fn purge(
+        &self,
+        piece: TokenRange,
+        replicas: &[Arc<NodeEntry>],
+        tenants: &[String],
+    ) -> Result<u64, String> {
+        let before = now_ms().saturating_sub(self.cfg.gc_grace_ms);
+        let calls = replicas.iter().map(|n| {
+            let mut c = n.client.clone();
+            let req = pb::PurgeTombstonesRequest {
+                range: Some(convert::range_to_pb(piece)),
+                tenant_ids: tenants.to_vec(),
+                written_before_ms: before,
+            };
+            async move {
+                tokio::time::timeout(RPC_TIMEOUT, c.purge_tombstones(req))
+                    .await
+                    .map_err(|_| format!("tombstone purge on {} timed out", n.record.node_id))?
+                    .map_err(|s| {
+                        format!(
+                            "tombstone purge on {}: {}",
+                            n.record.node_id,
+                            E::from_status(&s)
+                        )
+                    })
+                    .map(|r| r.into_inner().purged)
+            }
+        });
+        let mut most = 0;
+        for r in futures::future::join_all(calls).await {
+            most = most.max(r?);
+        }
+        Ok(most)
     }
 
     /// One level of the descent on every replica: per replica, bucket hashes and key counts.

@@ -119,6 +119,7 @@ pub async fn start_with(
             interval_ms: cfg.repair_interval_secs.saturating_mul(1000),
             parallelism: cfg.repair_parallelism,
             max_bytes_per_sec: cfg.repair_max_bytes_per_sec,
+            gc_grace_ms: cfg.tombstone_gc_grace_secs.saturating_mul(1000),
         },
     );
     let data = Arc::new(DataPlane {
@@ -129,6 +130,7 @@ pub async fn start_with(
         cfg: DataConfig {
             request_timeout_ms: cfg.request_timeout_ms,
             replica_timeout_ms: cfg.replica_timeout_ms,
+            gc_grace_ms: cfg.tombstone_gc_grace_secs.saturating_mul(1000),
         },
     });
 

@@ -490,6 +490,36 @@ impl StorageNodeService for StorageApi {
         }))
     }
 
+    async fn purge_tombstones(
+        &self,
+        req: Request<pb::PurgeTombstonesRequest>,
+    ) -> Result<Response<pb::PurgeTombstonesResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let range = convert::range_from_pb(req.range);
+        let tenants = req.tenant_ids.into_iter().collect();
+        let before = req.written_before_ms;
+        let r = self
+            .blocking(move |s| s.purge_tombstones(range, &tenants, before))
+            .await
+            .and_then(|d| d);
+        self.observe("purge_tombstones", started, &r);
+        Ok(Response::new(pb::PurgeTombstonesResponse { purged: r? }))
+    }
+
+    async fn mark_repaired(
+        &self,
+        req: Request<pb::MarkRepairedRequest>,
+    ) -> Result<Response<pb::MarkRepairedResponse>, Status> {
+        let at = req.into_inner().repair_started_at_ms;
+        let outage = self.node.outage.clone();
+        let cleared = tokio::task::spawn_blocking(move || outage.mark_repaired(at))
+            .await
+            .map_err(|e| Common::Internal(format!("mark repaired: {e}")).to_status())?
+            .map_err(|e| Status::from(Error::Engine(e)))?;
+        Ok(Response::new(pb::MarkRepairedResponse { cleared }))
+    }
+
     type PullRangeStream = ReceiverStream<Result<pb::PullProgress, Status>>;
 
     async fn pull_range(
@@ -539,6 +569,7 @@ impl StorageNodeService for StorageApi {
             maintenance: self.node.maintenance(),
             uptime_secs: self.node.started.elapsed().as_secs(),
             data_dir: self.node.data_dir.display().to_string(),
+            unrepaired_outage_ms: self.node.outage.outage_ms(),
         }))
     }
 }

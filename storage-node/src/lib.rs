@@ -17,6 +17,7 @@ pub mod identity;
 pub mod join;
 pub mod metrics;
 pub mod node;
+pub mod outage;
 pub mod pull;
 pub mod recent;
 pub mod server;

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub latency: Family<OpLabels, Histogram, fn() -> Histogram>,
     pub checksum_failures: Counter,
     pub corrupted_entries: Counter,
+    pub tombstones_purged: Counter,
     pub data_recovery_operations: Counter,
     pub disk_usage_percent: Gauge<f64, AtomicU64>,
     pub disk_available_bytes: Gauge,
@@ -82,6 +83,7 @@ impl Metrics {
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             checksum_failures: Counter::default(),
             corrupted_entries: Counter::default(),
+            tombstones_purged: Counter::default(),
             data_recovery_operations: Counter::default(),
             disk_usage_percent: Gauge::default(),
             disk_available_bytes: Gauge::default(),
@@ -133,6 +135,11 @@ impl Metrics {
             "corrupted_entries",
             "Corrupt records found by integrity scans",
             m.corrupted_entries.clone(),
+        );
+        r.register(
+            "tombstones_purged",
+            "Tombstones garbage-collected after every replica was found to hold them",
+            m.tombstones_purged.clone(),
         );
         r.register(
             "data_recovery_operations",

@@ -17,6 +17,8 @@ pub struct Node {
     pub store: Arc<Store>,
     pub disk: Arc<DiskMonitor>,
     pub metrics: Arc<Metrics>,
+    /// Time away since the last full repair (coordinators keep reads off a node away too long).
+    pub outage: Arc<crate::outage::Outage>,
     pub started: Instant,
     /// Recent rates and latencies for `/health`.
     pub recent: Recent,
@@ -37,6 +39,7 @@ impl Node {
         store: Arc<Store>,
         disk: Arc<DiskMonitor>,
         metrics: Arc<Metrics>,
+        outage: Arc<crate::outage::Outage>,
     ) -> Node {
         Node {
             node_id,
@@ -44,6 +47,7 @@ impl Node {
             store,
             disk,
             metrics,
+            outage,
             started: Instant::now(),
             recent: Recent::default(),
             maintenance: AtomicBool::new(false),

@@ -131,12 +131,21 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
             .await
             .map_err(|e| StartError::Task(e.to_string()))??
     };
+    let outage = {
+        let engine = store.engine().clone();
+        tokio::task::spawn_blocking(move || crate::outage::Outage::open(engine))
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))?
+            .map_err(|e| StartError::Task(format!("record liveness: {e}")))?
+    };
+    let outage = Arc::new(outage);
     let node = Arc::new(Node::new(
         cfg.node_id.clone(),
         cfg.data_dir.clone(),
         store,
         disk.clone(),
         metrics,
+        outage.clone(),
     ));
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -211,6 +220,7 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         "disk-manager",
         tokio::spawn(disk.run(interval, cancel.clone())),
     ));
+    tasks.push(("liveness", tokio::spawn(outage.run(cancel.clone()))));
 
     tracing::info!(
         node_id = %cfg.node_id,

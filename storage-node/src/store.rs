@@ -1127,6 +1127,62 @@ impl Store {
         Ok(out)
     }
 
+    /// Tombstone garbage collection: deletes the records of `range` (of `tenants`, empty = all)
+    /// whose every version is a tombstone written before `written_before_ms`. Only anti-entropy
+    /// calls it, right after every replica of the range was found to hold the same records, so
+    /// each replica drops the same tombstones. Each record is re-checked under its stripe lock;
+    /// one a write touched meanwhile (a live version, or a newer tombstone) stays.
+    pub fn purge_tombstones(
+        &self,
+        range: TokenRange,
+        tenants: &HashSet<String>,
+        written_before_ms: u64,
+    ) -> Result<u64> {
+        let purgeable = |record: &[u8]| {
+            framing::decode_state(record).is_ok_and(|s| {
+                !s.versions().is_empty()
+                    && s.all_tombstones()
+                    && s.versions()
+                        .iter()
+                        .all(|v| v.written_at_ms < written_before_ms)
+            })
+        };
+        let mut candidates: Vec<Vec<u8>> = Vec::new();
+        for (lo, hi) in range.pieces() {
+            let (from, to) = piece_bounds(lo, hi);
+            self.engine
+                .scan(Space::Data, &from, to.as_deref(), &mut |k, v| {
+                    if admits_tenant(tenants, k) && purgeable(v) {
+                        candidates.push(k.to_vec());
+                    }
+                    Scan::Continue
+                })?;
+        }
+        let mut purged = 0u64;
+        for chunk in candidates.chunks(512) {
+            let _guards = self.lock_all(chunk.iter().map(Vec::as_slice));
+            let registry = self.fences.read();
+            let _gates = enter_fences(&registry, chunk.iter().map(Vec::as_slice));
+            let mut ops = Vec::new();
+            for dk in chunk {
+                if let Some(v) = self.engine.get(Space::Data, dk)?
+                    && purgeable(&v)
+                {
+                    ops.push(BatchOp::Delete(Space::Data, dk.clone()));
+                }
+            }
+            purged += ops.len() as u64;
+            if !ops.is_empty() {
+                self.engine.write(ops, self.cfg.sync_writes)?;
+            }
+        }
+        if purged > 0 {
+            self.metrics.tombstones_purged.inc_by(purged);
+            tracing::debug!(%range, purged, "purged tombstones every replica holds");
+        }
+        Ok(purged)
+    }
+
     /// Deletes every record of `range` with range deletes; returns how many records there were.
     /// (The API schedules a compaction afterwards so the space is reclaimed.)
     pub fn drop_range(&self, range: TokenRange) -> Result<u64> {

@@ -30,22 +30,27 @@ async fn digests(c: &TestCluster) -> Vec<Vec<u64>> {
     out
 }
 
-/// The raw state (tombstones included) each node holds for `(t1, key)`.
+/// The raw state (tombstones included) node `i` holds for `(t1, key)`.
+async fn state_on(c: &TestCluster, i: usize, key: &[u8]) -> Option<pb::KeyState> {
+    let r = c
+        .storage(i)
+        .await
+        .unwrap()
+        .read(pb::KeyRef {
+            tenant_id: "t1".into(),
+            key: key.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.state.filter(|_| r.exists)
+}
+
+/// The raw state each node holds for `(t1, key)`.
 async fn states(c: &TestCluster, key: &[u8]) -> Vec<Option<pb::KeyState>> {
     let mut out = Vec::new();
     for i in 0..c.node_cfgs.len() {
-        let r = c
-            .storage(i)
-            .await
-            .unwrap()
-            .read(pb::KeyRef {
-                tenant_id: "t1".into(),
-                key: key.to_vec(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        out.push(r.state.filter(|_| r.exists));
+        out.push(state_on(c, i, key).await);
     }
     out
 }
@@ -436,5 +441,131 @@ async fn repair_rebuilds_corrupt_records_and_reports_the_unrecoverable() {
         .unwrap()
         .into_inner();
     assert_eq!(got.value, b"value-8");
+    c.shutdown().await;
+}
+
+/// A key deleted while a replica is down, then garbage-collected after the grace, never comes
+/// back: not through hint replay (the hint outlived its TTL), not through reads (the returning
+/// node was away longer than the grace and serves no reads until repaired), not through
+/// anti-entropy (the purge waits until every replica holds the tombstone), not when the node
+/// restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_deleted_while_a_replica_was_down_never_reappears_after_gc() {
+    let _g = serial_async().await;
+    let mut c = TestCluster::start(ClusterOptions {
+        backend: Backend::Postgres,
+        nodes: 3,
+        coordinators: 1,
+        hints: true,
+        tweak: Some(|cfg| {
+            cfg.tombstone_gc_grace_secs = 4;
+            cfg.hint_ttl_secs = 2;
+            cfg.max_hint_window_secs = 2;
+            // Only the runs this test starts.
+            cfg.repair_interval_secs = 0;
+        }),
+    })
+    .await
+    .unwrap();
+    let mut a = c.client(0).await.unwrap();
+    let gone = b"gone".to_vec();
+    a.write(write_req(&gone, b"old value", vec![], All))
+        .await
+        .unwrap();
+    for i in 0..50 {
+        a.write(write_req(&key(i), b"kept", vec![], All))
+            .await
+            .unwrap();
+    }
+    c.stop_node(2).await;
+    c.wait_status(2, NodeStatus::Down).await.unwrap();
+    let ctx = a
+        .read(read_req(&gone, Quorum))
+        .await
+        .unwrap()
+        .into_inner()
+        .context;
+    a.delete(pb::DeleteRequest {
+        tenant_id: "t1".into(),
+        key: gone.clone(),
+        context: ctx,
+        consistency: Quorum as i32,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Past the grace, but a replica is missing: the repair fails and purges nothing.
+    let run = start_repair(&c, 0).await;
+    let (done, _) = wait_repair(&c, 0, &run.repair_id).await;
+    assert_eq!(done.status, "failed", "{done:?}");
+    for i in 0..2 {
+        let s = state_on(&c, i, &gone).await;
+        assert!(
+            s.as_ref()
+                .is_some_and(|s| s.versions.iter().all(|v| v.tombstone)),
+            "{s:?}"
+        );
+    }
+
+    // Node 3 returns with the old value; its hint (the tombstone) is past its TTL: dropped.
+    c.restart_node(2).await.unwrap();
+    c.wait_status(2, NodeStatus::Up).await.unwrap();
+    let m = c.coordinators[0].data.metrics.clone();
+    wait_async(
+        "the expired hint dropped",
+        Duration::from_secs(10),
+        || async { m.hints_cleanup_deleted.get() >= 1 },
+    )
+    .await
+    .unwrap();
+    assert_eq!(m.hints_replayed.get(), 0, "an expired hint was replayed");
+    assert_eq!(
+        c.node_values(2, &gone).await.unwrap(),
+        vec![b"old value".to_vec()]
+    );
+    // It was away longer than the grace: no read is served from it.
+    for _ in 0..20 {
+        let err = a
+            .read(read_req(&gone, pb::Consistency::One))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&err).0, "KEY_NOT_FOUND", "{err:?}");
+    }
+    let err = a.read(read_req(&key(1), All)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    // A full repair gives node 3 the tombstone, then every replica holds it: purged everywhere.
+    let run = start_repair(&c, 0).await;
+    let (done, p) = wait_repair(&c, 0, &run.repair_id).await;
+    assert_eq!(done.status, "completed", "{done:?}");
+    assert!(p["tombstones_purged"].as_u64().unwrap() >= 1, "{p}");
+    assert_eq!(
+        states(&c, &gone).await,
+        vec![None, None, None],
+        "purged on every replica"
+    );
+    // Node 3 serves reads again.
+    wait_async("node 3 forgiven", Duration::from_secs(5), || async {
+        a.clone().read(read_req(&key(1), All)).await.is_ok()
+    })
+    .await
+    .unwrap();
+    let assert_gone = |s: Vec<Option<pb::KeyState>>| assert_eq!(s, vec![None, None, None]);
+    for consistency in [pb::Consistency::One, Quorum, All] {
+        let err = a.read(read_req(&gone, consistency)).await.unwrap_err();
+        assert_eq!(reason(&err).0, "KEY_NOT_FOUND");
+    }
+    let run = start_repair(&c, 0).await;
+    let (done, _) = wait_repair(&c, 0, &run.repair_id).await;
+    assert_eq!(done.status, "completed");
+    assert_gone(states(&c, &gone).await);
+    c.stop_node(2).await;
+    c.restart_node(2).await.unwrap();
+    c.wait_status(2, NodeStatus::Up).await.unwrap();
+    let err = a.read(read_req(&gone, All)).await.unwrap_err();
+    assert_eq!(reason(&err).0, "KEY_NOT_FOUND");
+    assert_gone(states(&c, &gone).await);
     c.shutdown().await;
 }
