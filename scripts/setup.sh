@@ -30,6 +30,8 @@ apt_install() {
 }
 
 apt_install libclang-dev
+# curl: runbooks call the storage nodes' admin HTTP API with it (runbooks/repair.md).
+command -v curl >/dev/null || apt_install curl
 
 if [ ! -x "$PAIRDB_VENV/bin/grpcurl" ] || ! "$PAIRDB_VENV/bin/python" -c "import grpc, grpc_tools, grpc_status" 2>/dev/null; then
   echo "setup: creating Python tool venv in $PAIRDB_VENV"

@@ -174,3 +174,38 @@ pub fn b64(data: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(data)
 }
+
+/// The `sh` code blocks of a markdown file (a runbook), in order.
+pub fn sh_blocks(md: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in md.lines() {
+        match (&mut cur, line.trim_start()) {
+            (None, "```sh") => cur = Some(String::new()),
+            (Some(_), "```") => out.push(cur.take().unwrap_or_default()),
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `PATH` with `pairdbctl` and `grpcurl` first, for runbook scripts.
+pub fn runbook_path() -> Result<String> {
+    let pairdbctl = binary("pairdbctl")?;
+    let grpcurl = grpcurl()?;
+    let parent = |p: &std::path::Path| {
+        p.parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default()
+    };
+    Ok(format!(
+        "{}:{}:{}",
+        parent(&pairdbctl),
+        parent(&grpcurl),
+        std::env::var("PATH").unwrap_or_default()
+    ))
+}

@@ -10,24 +10,6 @@ use pairdb_common::ring::NodeState;
 use pairdb_tests::procs::{ProcCluster, ProcOptions, preload};
 use pairdb_tests::*;
 
-/// The `sh` code blocks of a markdown file, in order.
-fn sh_blocks(md: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur: Option<String> = None;
-    for line in md.lines() {
-        match (&mut cur, line.trim_start()) {
-            (None, "```sh") => cur = Some(String::new()),
-            (Some(_), "```") => out.push(cur.take().unwrap_or_default()),
-            (Some(b), _) => {
-                b.push_str(line);
-                b.push('\n');
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_of_the_topology_runbook_runs_against_a_live_cluster() {
     let _s = serial_async().await;
@@ -46,14 +28,7 @@ async fn every_command_of_the_topology_runbook_runs_against_a_live_cluster() {
         n.start().unwrap();
         addrs.insert(id, n.addr());
     }
-    let pairdbctl = binary("pairdbctl").unwrap();
-    let grpcurl = grpcurl().unwrap();
-    let path = format!(
-        "{}:{}:{}",
-        pairdbctl.parent().unwrap().display(),
-        grpcurl.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = runbook_path().unwrap();
     let script = format!("set -euo pipefail\nset -x\n{}", blocks.join("\n"));
     let coord = c.coords[0].addr();
     let db_url = c.db_url.clone();
