@@ -29,6 +29,8 @@ pub enum BenchCmd {
     Workload(crate::workload::WorkloadArgs),
     /// Range streaming (one stream and a whole bootstrap) beside a raw RocksDB scan.
     Stream(crate::streambench::StreamArgs),
+    /// Anti-entropy repair of diverged replicas beside a naive full-range stream.
+    Repair(crate::repairbench::RepairArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -308,6 +310,7 @@ pub async fn run(cmd: BenchCmd, coordinator: &str, json: bool) -> anyhow::Result
         BenchCmd::Storage(a) => storage(a, json).await,
         BenchCmd::Workload(a) => crate::workload::run(coordinator, a, json).await,
         BenchCmd::Stream(a) => crate::streambench::run(a, json).await,
+        BenchCmd::Repair(a) => crate::repairbench::run(a, json).await,
     }
 }
 

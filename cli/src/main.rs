@@ -16,6 +16,7 @@ mod bench;
 mod client;
 mod dev;
 mod repair;
+mod repairbench;
 mod streambench;
 mod topology;
 mod workload;

@@ -39,7 +39,7 @@ pub struct StreamArgs {
     pub out: Option<std::path::PathBuf>,
 }
 
-async fn node(id: &str, dir: &std::path::Path) -> anyhow::Result<RunningNode> {
+pub(crate) async fn node(id: &str, dir: &std::path::Path) -> anyhow::Result<RunningNode> {
     let cfg = pairdb_storage_node::Config {
         node_id: id.into(),
         data_dir: dir.join(id),

@@ -839,6 +839,8 @@ impl Repairs {
             return Ok(st);
         }
         for round in 0..=ROUNDS {
+            // Each round is a fresh session: the nodes rescan the piece once for its descent.
+            let session = format!("{}/{}/{round}", now_ms(), piece.start);
             // Descent: find the buckets that differ, down to leaves of few keys.
             let mut level: Vec<(TokenRange, u32)> = vec![(piece, 1)];
             let mut leaves: Vec<TokenRange> = Vec::new();
@@ -847,7 +849,9 @@ impl Repairs {
                 if level.is_empty() {
                     break;
                 }
-                let answers = self.digests(replicas, &level, tenants, &mut st).await?;
+                let answers = self
+                    .digests(replicas, &level, tenants, (&session, piece), &mut st)
+                    .await?;
                 let mut next = Vec::new();
                 let mut i = 0;
                 for (range, n) in &level {
@@ -986,6 +990,7 @@ impl Repairs {
         replicas: &[Arc<NodeEntry>],
         level: &[(TokenRange, u32)],
         tenants: &[String],
+        (session, scope): (&str, TokenRange),
         st: &mut PieceStats,
     ) -> Result<Vec<(Vec<u64>, Vec<u64>)>, String> {
         let mut out: Vec<(Vec<u64>, Vec<u64>)> = vec![Default::default(); replicas.len()];
@@ -1015,6 +1020,8 @@ impl Repairs {
                 let req = pb::RepairDigestRequest {
                     queries: queries.clone(),
                     tenant_ids: tenants.to_vec(),
+                    session: session.to_string(),
+                    scope: Some(convert::range_to_pb(scope)),
                 };
                 async move {
                     let r = tokio::time::timeout(RPC_TIMEOUT, c.repair_digest(req))

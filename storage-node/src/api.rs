@@ -442,8 +442,15 @@ impl StorageNodeService for StorageApi {
             .map(|q| (convert::range_from_pb(q.range), q.buckets.max(1)))
             .collect();
         let tenants = req.tenant_ids.into_iter().collect();
+        let scope = req.scope.map(|r| convert::range_from_pb(Some(r)));
+        let session = req.session;
         let r = self
-            .blocking(move |s| s.repair_digest(&queries, &tenants))
+            .blocking(move |s| {
+                let session = scope
+                    .filter(|_| !session.is_empty())
+                    .map(|sc| (session.as_str(), sc));
+                s.repair_digest(&queries, &tenants, session)
+            })
             .await
             .and_then(|d| d);
         self.observe("repair_digest", started, &r);

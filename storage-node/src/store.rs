@@ -298,6 +298,85 @@ pub struct KeyListing {
     pub corrupt: Vec<(String, Vec<u8>)>,
 }
 
+/// Descent sessions whose record hashes are kept, how long, and the largest scope kept.
+const DIGEST_CACHE_ENTRIES: usize = 16;
+const DIGEST_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+const DIGEST_CACHE_MAX_RECORDS: usize = 4 << 20;
+
+/// One record as digests see it.
+#[derive(Debug, Clone, Copy)]
+struct Leaf {
+    token: u64,
+    hash: u64,
+    bytes: u64,
+}
+
+/// A record's digest hash: XXH64 over its data key and record payload.
+fn record_hash(data_key: &[u8], payload: &[u8]) -> u64 {
+    let mut h = Xxh64::new(0);
+    h.update(data_key);
+    h.update(payload);
+    h.digest()
+}
+
+/// Where `token` lies in `scope`, counted from just after its start (1 ..= width).
+fn offset(scope: TokenRange, token: u64) -> u128 {
+    match token.wrapping_sub(scope.start) {
+        0 => 1u128 << 64,
+        o => u128::from(o),
+    }
+}
+
+/// Buckets of a range: each bucket's hash is XXH64 over its records' [`record_hash`]es (LE) in
+/// data-key order, so it can be computed from a scan or from kept record hashes alike.
+struct Digester {
+    ranges: Vec<TokenRange>,
+    hashers: Vec<(Xxh64, u64, u64)>,
+    start: u64,
+    width: u128,
+}
+
+impl Digester {
+    fn new(range: TokenRange, buckets: u32) -> Digester {
+        let ranges = range.split(buckets.clamp(1, MAX_DIGEST_BUCKETS));
+        let hashers = ranges.iter().map(|_| (Xxh64::new(0), 0, 0)).collect();
+        Digester {
+            ranges,
+            hashers,
+            start: range.start,
+            width: range.width(),
+        }
+    }
+
+    fn add(&mut self, l: &Leaf) {
+        let count = self.ranges.len() as u128;
+        let off = u128::from(l.token.wrapping_sub(self.start).wrapping_sub(1));
+        let mut idx = (off * count / self.width) as usize;
+        // Rounding can put a token one bucket early; the bucket ranges are authoritative.
+        while idx + 1 < self.ranges.len() && !self.ranges[idx].contains(l.token) {
+            idx += 1;
+        }
+        let h = &mut self.hashers[idx.min(self.ranges.len() - 1)];
+        h.0.update(&l.hash.to_le_bytes());
+        h.1 += 1;
+        h.2 += l.bytes;
+    }
+
+    fn finish(self, out: &mut Vec<DigestBucket>) {
+        out.extend(
+            self.ranges
+                .into_iter()
+                .zip(self.hashers)
+                .map(|(range, (h, keys, bytes))| DigestBucket {
+                    range,
+                    hash: if keys == 0 { 0 } else { h.digest() },
+                    keys,
+                    bytes,
+                }),
+        );
+    }
+}
+
 /// The keyspace of one storage node.
 pub struct Store {
     engine: Arc<dyn Engine>,
@@ -309,6 +388,8 @@ pub struct Store {
     fences: Arc<RwLock<Vec<Arc<FenceState>>>>,
     /// Finds this node's id inside a record: a record without it carries no dot of ours.
     own_id: memchr::memmem::Finder<'static>,
+    /// Record hashes of recent anti-entropy descent sessions (see `repair_digest`).
+    digest_cache: Mutex<Vec<(String, std::time::Instant, Arc<(Vec<Leaf>, u64)>)>>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -352,6 +433,7 @@ impl Store {
             cfg,
             fences: Default::default(),
             own_id,
+            digest_cache: Mutex::new(Vec::new()),
         }
     }
 
@@ -976,8 +1058,8 @@ impl Store {
     }
 
     /// Bucket hashes of `range` split into `buckets` equal-width sub-ranges. A bucket's hash is
-    /// XXH64 over `(data key, record payload)` of its records in order; records are canonical, so
-    /// replicas holding equal states hash equal.
+    /// XXH64 over its records' hashes (XXH64 of data key and record payload, LE) in order;
+    /// records are canonical, so replicas holding equal states hash equal.
     pub fn range_digest(&self, range: TokenRange, buckets: u32) -> Result<Digest> {
         let mut out = Vec::new();
         let corrupt = self.digest_into(range, buckets, &HashSet::new(), &mut out)?;
@@ -988,18 +1070,124 @@ impl Store {
     }
 
     /// One level of an anti-entropy descent: the buckets of every `(range, buckets)` query in
-    /// order, counting only `tenants`' records (empty = all), and the corrupt records met.
+    /// order, counting only `tenants`' records (empty = all), and the corrupt records met. With
+    /// a `session` (an id and a scope holding every query), the scope is scanned once and its
+    /// record hashes kept for the session's next levels (a descent asks for ever finer buckets
+    /// of the same piece), instead of one scan per level.
     pub fn repair_digest(
         &self,
         queries: &[(TokenRange, u32)],
         tenants: &HashSet<String>,
+        session: Option<(&str, TokenRange)>,
     ) -> Result<(Vec<DigestBucket>, u64)> {
         let mut out = Vec::new();
         let mut corrupt = 0;
+        let cached = match session {
+            Some((id, scope))
+                if queries.iter().all(|(r, _)| {
+                    scope.contains(r.end) && (r.start == scope.start || scope.contains(r.start))
+                }) =>
+            {
+                Some((scope, self.session_leaves(id, scope, tenants)?))
+            }
+            _ => None,
+        };
         for (range, buckets) in queries {
-            corrupt += self.digest_into(*range, *buckets, tenants, &mut out)?;
+            match &cached {
+                Some((scope, leaves)) => {
+                    let (lo, hi) = (offset(*scope, range.start), offset(*scope, range.end));
+                    let lo = if range.start == scope.start { 0 } else { lo };
+                    let from = leaves.0.partition_point(|l| offset(*scope, l.token) <= lo);
+                    let to = leaves.0.partition_point(|l| offset(*scope, l.token) <= hi);
+                    let mut d = Digester::new(*range, *buckets);
+                    for l in &leaves.0[from.min(to)..to] {
+                        d.add(l);
+                    }
+                    d.finish(&mut out);
+                }
+                None => corrupt += self.digest_into(*range, *buckets, tenants, &mut out)?,
+            }
+        }
+        if let Some((_, leaves)) = &cached {
+            corrupt += leaves.1;
         }
         Ok((out, corrupt))
+    }
+
+    /// The record hashes of `scope` for a descent session: from the cache, or one scan.
+    fn session_leaves(
+        &self,
+        id: &str,
+        scope: TokenRange,
+        tenants: &HashSet<String>,
+    ) -> Result<Arc<(Vec<Leaf>, u64)>> {
+        let mut names: Vec<&str> = tenants.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        let key = format!("{id}|{}|{}|{}", scope.start, scope.end, names.join(","));
+        {
+            let mut cache = self.digest_cache.lock();
+            cache.retain(|(_, at, _)| at.elapsed() < DIGEST_CACHE_TTL);
+            if let Some((_, _, leaves)) = cache.iter().find(|(k, _, _)| *k == key) {
+                return Ok(leaves.clone());
+            }
+        }
+        let mut leaves = Vec::new();
+        let mut corrupt = 0u64;
+        for (lo, hi) in scope.pieces() {
+            let (from, to) = piece_bounds(lo, hi);
+            self.engine
+                .scan(Space::Data, &from, to.as_deref(), &mut |k, v| {
+                    if let Some(l) = self.leaf(k, v, tenants, &mut corrupt) {
+                        leaves.push(l);
+                    }
+                    Scan::Continue
+                })?;
+        }
+        if corrupt > 0 {
+            self.metrics.checksum_failures.inc_by(corrupt);
+        }
+        let leaves = Arc::new((leaves, corrupt));
+        if leaves.0.len() <= DIGEST_CACHE_MAX_RECORDS {
+            let mut cache = self.digest_cache.lock();
+            if cache.len() >= DIGEST_CACHE_ENTRIES {
+                cache.remove(0);
+            }
+            cache.push((key, std::time::Instant::now(), leaves.clone()));
+        }
+        Ok(leaves)
+    }
+
+    /// A record as digests see it: its token, [`record_hash`] and size; `None` when filtered
+    /// out or not a data key. A corrupt record gets a hash no other digest will match.
+    fn leaf(
+        &self,
+        k: &[u8],
+        v: &[u8],
+        tenants: &HashSet<String>,
+        corrupt: &mut u64,
+    ) -> Option<Leaf> {
+        let token = token_of_data_key(k)?;
+        if !admits_tenant(tenants, k) {
+            return None;
+        }
+        let hash = match framing::unframe(framing::RECORD_FORMAT_V1, v) {
+            Ok(payload) => record_hash(k, payload),
+            Err(_) => {
+                // Never equal to another replica's bucket (nor to this one's next digest), so
+                // comparisons always descend to a corrupt record, even one corrupt everywhere.
+                *corrupt += 1;
+                let mut h = Xxh64::new(0);
+                h.update(b"\xffcorrupt");
+                h.update(self.identity.actor().node_id.as_bytes());
+                h.update(&CORRUPT_SALT.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+                h.digest()
+            }
+        };
+        Some(Leaf {
+            token,
+            hash,
+            bytes: v.len() as u64,
+        })
     }
 
     fn digest_into(
@@ -1009,62 +1197,22 @@ impl Store {
         tenants: &HashSet<String>,
         out: &mut Vec<DigestBucket>,
     ) -> Result<u64> {
-        let n = buckets.clamp(1, MAX_DIGEST_BUCKETS);
-        let ranges = range.split(n);
-        let mut hashers: Vec<(Xxh64, u64, u64)> =
-            ranges.iter().map(|_| (Xxh64::new(0), 0, 0)).collect();
-        let width = range.width();
-        let count = ranges.len() as u128;
+        let mut d = Digester::new(range, buckets);
         let mut corrupt = 0u64;
         for (lo, hi) in range.pieces() {
             let (from, to) = piece_bounds(lo, hi);
             self.engine
                 .scan(Space::Data, &from, to.as_deref(), &mut |k, v| {
-                    let Some(tok) = token_of_data_key(k) else {
-                        return Scan::Continue;
-                    };
-                    if !admits_tenant(tenants, k) {
-                        return Scan::Continue;
+                    if let Some(l) = self.leaf(k, v, tenants, &mut corrupt) {
+                        d.add(&l);
                     }
-                    let offset = u128::from(tok.wrapping_sub(range.start).wrapping_sub(1));
-                    let mut idx = (offset * count / width) as usize;
-                    // Rounding can put a token one bucket early; the bucket ranges are authoritative.
-                    while idx + 1 < ranges.len() && !ranges[idx].contains(tok) {
-                        idx += 1;
-                    }
-                    let h = &mut hashers[idx.min(ranges.len() - 1)];
-                    h.0.update(k);
-                    match framing::unframe(framing::RECORD_FORMAT_V1, v) {
-                        Ok(payload) => h.0.update(payload),
-                        Err(_) => {
-                            // Never equal to another replica's bucket (nor to this one's next
-                            // digest), so comparisons always descend to a corrupt record, even
-                            // one corrupt on every replica.
-                            corrupt += 1;
-                            h.0.update(b"\xffcorrupt");
-                            h.0.update(self.identity.actor().node_id.as_bytes());
-                            h.0.update(&CORRUPT_SALT.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-                        }
-                    }
-                    h.1 += 1;
-                    h.2 += v.len() as u64;
                     Scan::Continue
                 })?;
         }
         if corrupt > 0 {
             self.metrics.checksum_failures.inc_by(corrupt);
         }
-        out.extend(
-            ranges
-                .into_iter()
-                .zip(hashers)
-                .map(|(range, (h, keys, bytes))| DigestBucket {
-                    range,
-                    hash: if keys == 0 { 0 } else { h.digest() },
-                    keys,
-                    bytes,
-                }),
-        );
+        d.finish(out);
         Ok(corrupt)
     }
 
