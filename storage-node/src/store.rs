@@ -303,6 +303,9 @@ const DIGEST_CACHE_ENTRIES: usize = 16;
 const DIGEST_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 const DIGEST_CACHE_MAX_RECORDS: usize = 4 << 20;
 
+/// A descent session's record hashes in scope order, and the corrupt records among them.
+type SessionLeaves = (Vec<Leaf>, u64);
+
 /// One record as digests see it.
 #[derive(Debug, Clone, Copy)]
 struct Leaf {
@@ -389,7 +392,7 @@ pub struct Store {
     /// Finds this node's id inside a record: a record without it carries no dot of ours.
     own_id: memchr::memmem::Finder<'static>,
     /// Record hashes of recent anti-entropy descent sessions (see `repair_digest`).
-    digest_cache: Mutex<Vec<(String, std::time::Instant, Arc<(Vec<Leaf>, u64)>)>>,
+    digest_cache: Mutex<Vec<(String, std::time::Instant, Arc<SessionLeaves>)>>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -1120,7 +1123,7 @@ impl Store {
         id: &str,
         scope: TokenRange,
         tenants: &HashSet<String>,
-    ) -> Result<Arc<(Vec<Leaf>, u64)>> {
+    ) -> Result<Arc<SessionLeaves>> {
         let mut names: Vec<&str> = tenants.iter().map(String::as_str).collect();
         names.sort_unstable();
         let key = format!("{id}|{}|{}|{}", scope.start, scope.end, names.join(","));
