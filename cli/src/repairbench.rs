@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use pairdb_common::api::pb;
-use pairdb_common::api::pb::coordinator_service_client::CoordinatorServiceClient;
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
 use pairdb_common::framing;
 use pairdb_common::ring::NodeState;
@@ -156,19 +155,7 @@ pub async fn run(a: RepairArgs, json: bool) -> anyhow::Result<()> {
     }
     meta.create_tenant(&TenantRecord::with_defaults("bench"))
         .await?;
-    let ccfg = pairdb_coordinator::config::Config {
-        coordinator_id: "bench-coordinator".into(),
-        database_url: url,
-        grpc_addr: ([127, 0, 0, 1], 0).into(),
-        admin_addr: ([127, 0, 0, 1], 0).into(),
-        repair_interval_secs: 0,
-        repair_max_bytes_per_sec: 0,
-        change_poll_ms: 200,
-        ..Default::default()
-    };
-    let coordinator = pairdb_coordinator::server::start_with(ccfg, meta.clone()).await?;
-    let mut cc =
-        CoordinatorServiceClient::connect(format!("http://{}", coordinator.grpc_addr)).await?;
+    let (coordinator, mut cc) = crate::streambench::coordinator(url, meta.clone()).await?;
     // Let the failure detector see every node up.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (t, cpu) = (Instant::now(), cpu_secs());

@@ -52,6 +52,31 @@ pub(crate) async fn node(id: &str, dir: &std::path::Path) -> anyhow::Result<Runn
         .with_context(|| format!("start storage node {id}"))
 }
 
+/// An in-process coordinator for a benchmark (unthrottled streams and repairs, no scheduled
+/// repair, fast change polling) and a client to it.
+pub(crate) async fn coordinator(
+    url: String,
+    meta: std::sync::Arc<dyn meta::MetaStore>,
+) -> anyhow::Result<(
+    pairdb_coordinator::server::RunningCoordinator,
+    CoordinatorServiceClient<tonic::transport::Channel>,
+)> {
+    let ccfg = pairdb_coordinator::config::Config {
+        coordinator_id: "bench-coordinator".into(),
+        database_url: url,
+        grpc_addr: ([127, 0, 0, 1], 0).into(),
+        admin_addr: ([127, 0, 0, 1], 0).into(),
+        stream_max_bytes_per_sec: 0,
+        repair_interval_secs: 0,
+        repair_max_bytes_per_sec: 0,
+        change_poll_ms: 200,
+        ..Default::default()
+    };
+    let c = pairdb_coordinator::server::start_with(ccfg, meta).await?;
+    let client = CoordinatorServiceClient::connect(format!("http://{}", c.grpc_addr)).await?;
+    Ok((c, client))
+}
+
 fn mbps(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs.max(1e-9)
 }
@@ -172,18 +197,7 @@ pub async fn run(a: StreamArgs, json: bool) -> anyhow::Result<()> {
     let mut t2 = TenantRecord::with_defaults("bench");
     t2.replication_factor = 2;
     meta.create_tenant(&t2).await?;
-    let ccfg = pairdb_coordinator::config::Config {
-        coordinator_id: "bench-coordinator".into(),
-        database_url: url,
-        grpc_addr: ([127, 0, 0, 1], 0).into(),
-        admin_addr: ([127, 0, 0, 1], 0).into(),
-        stream_max_bytes_per_sec: 0,
-        change_poll_ms: 200,
-        ..Default::default()
-    };
-    let coordinator = pairdb_coordinator::server::start_with(ccfg, meta.clone()).await?;
-    let mut cc =
-        CoordinatorServiceClient::connect(format!("http://{}", coordinator.grpc_addr)).await?;
+    let (coordinator, mut cc) = coordinator(url, meta.clone()).await?;
     let t = Instant::now();
     let r = cc
         .add_storage_node(pb::AddStorageNodeRequest {
