@@ -298,8 +298,8 @@ pub struct KeyListing {
     pub corrupt: Vec<(String, Vec<u8>)>,
 }
 
-/// Descent sessions whose record hashes are kept, how long, and the largest scope kept.
-const DIGEST_CACHE_ENTRIES: usize = 16;
+/// How long a descent session's record hashes are kept, and how many record hashes all kept
+/// sessions hold together (24 bytes each: ~100 MiB). A larger scope is scanned per level.
 const DIGEST_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 const DIGEST_CACHE_MAX_RECORDS: usize = 4 << 20;
 
@@ -1152,7 +1152,13 @@ impl Store {
         let leaves = Arc::new((leaves, corrupt));
         if leaves.0.len() <= DIGEST_CACHE_MAX_RECORDS {
             let mut cache = self.digest_cache.lock();
-            if cache.len() >= DIGEST_CACHE_ENTRIES {
+            // A new session of the same scope supersedes older ones; then the oldest go first.
+            let prefix = format!("|{}|{}|", scope.start, scope.end);
+            cache.retain(|(k, _, _)| !k.contains(&prefix));
+            let held = |c: &Vec<(String, std::time::Instant, Arc<SessionLeaves>)>| {
+                c.iter().map(|(_, _, l)| l.0.len()).sum::<usize>()
+            };
+            while !cache.is_empty() && held(&cache) + leaves.0.len() > DIGEST_CACHE_MAX_RECORDS {
                 cache.remove(0);
             }
             cache.push((key, std::time::Instant::now(), leaves.clone()));
