@@ -55,6 +55,10 @@ impl Health {
         self.outage_ms.load(Ordering::Relaxed)
     }
 
+    pub fn set_outage_ms(&self, ms: u64) {
+        self.outage_ms.store(ms, Ordering::Relaxed);
+    }
+
     pub fn last_seen_ms(&self) -> u64 {
         self.last_seen_ms.load(Ordering::Relaxed)
     }
@@ -310,10 +314,8 @@ impl Cluster {
                             .await
                         {
                             Ok(Ok(info)) => {
-                                e.health.outage_ms.store(
-                                    info.into_inner().unrepaired_outage_ms,
-                                    Ordering::Relaxed,
-                                );
+                                e.health
+                                    .set_outage_ms(info.into_inner().unrepaired_outage_ms);
                                 true
                             }
                             _ => false,

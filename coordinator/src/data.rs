@@ -513,6 +513,14 @@ impl DataPlane {
                         return (node, Err((false, false, why)), started);
                     }
                     let r = match tokio::time::timeout(timeout, node.batcher.read(kr)).await {
+                        // Back from a long outage (no heartbeat told us yet): not an answer.
+                        Ok(Ok(resp)) if resp.unrepaired_outage_ms > gc_grace_ms => {
+                            node.health.set_outage_ms(resp.unrepaired_outage_ms);
+                            Err((false, false, format!(
+                                "was away {} s, longer than the tombstone GC grace: it serves no reads until a repair completes",
+                                resp.unrepaired_outage_ms / 1000
+                            )))
+                        }
                         Ok(Ok(resp)) => match resp.state.map(convert::state_from_pb).transpose() {
                             Ok(s) => Ok(if resp.exists {
                                 s.or_else(|| Some(KeyState::new()))

@@ -349,6 +349,61 @@ fn plan_key(per: &[Option<KeyView>]) -> Vec<(usize, usize)> {
     out
 }
 
+/// A bucket under comparison, and the replicas grouped by identical contents there: only the
+/// first member of each group is asked for finer hashes or key listings on its group's behalf.
+#[derive(Debug, Clone)]
+struct Probe {
+    range: TokenRange,
+    buckets: u32,
+    groups: Vec<Vec<usize>>,
+}
+
+/// What one bucket's hashes say.
+#[derive(Debug, PartialEq, Eq)]
+enum Compared {
+    Equal,
+    /// Some groups hold nothing here and the others agree: those replicas pull it whole.
+    PullWhole {
+        src: usize,
+        dsts: Vec<usize>,
+    },
+    /// The replicas regrouped by their hash here, and the most keys one holds.
+    Differ {
+        groups: Vec<Vec<usize>>,
+        most: u64,
+    },
+}
+
+/// Regroups replicas by the `(hash, keys)` each group answered for one bucket (groups only
+/// split or join: members of a group hold identical contents).
+fn regroup(groups: &[Vec<usize>], answers: &[(u64, u64)]) -> Compared {
+    let mut by: Vec<((u64, u64), Vec<usize>)> = Vec::new();
+    for (members, a) in groups.iter().zip(answers) {
+        match by.iter_mut().find(|(v, _)| v == a) {
+            Some((_, m)) => m.extend(members.iter().copied()),
+            None => by.push((*a, members.clone())),
+        }
+    }
+    if by.len() <= 1 {
+        return Compared::Equal;
+    }
+    let holders: Vec<&((u64, u64), Vec<usize>)> = by.iter().filter(|(v, _)| v.1 > 0).collect();
+    if holders.len() == 1 {
+        return Compared::PullWhole {
+            src: holders[0].1[0],
+            dsts: by
+                .iter()
+                .filter(|(v, _)| v.1 == 0)
+                .flat_map(|(_, m)| m.iter().copied())
+                .collect(),
+        };
+    }
+    Compared::Differ {
+        most: by.iter().map(|(v, _)| v.1).max().unwrap_or(0),
+        groups: by.into_iter().map(|(_, m)| m).collect(),
+    }
+}
+
 pub struct Repairs {
     meta: Arc<dyn MetaStore>,
     cluster: Arc<Cluster>,
@@ -839,51 +894,54 @@ impl Repairs {
             return Ok(st);
         }
         for round in 0..=ROUNDS {
-            // Each round is a fresh session: the nodes rescan the piece once for its descent.
+            // Each round is a fresh session: the nodes rescan the piece once for its descent,
+            // and short hashes get a new salt.
             let session = format!("{}/{}/{round}", now_ms(), piece.start);
-            // Descent: find the buckets that differ, down to leaves of few keys.
-            let mut level: Vec<(TokenRange, u32)> = vec![(piece, 1)];
-            let mut leaves: Vec<TokenRange> = Vec::new();
+            let alone: Vec<Vec<usize>> = (0..replicas.len()).map(|r| vec![r]).collect();
+            let mut level = vec![Probe {
+                range: piece,
+                buckets: 1,
+                groups: alone,
+            }];
+            let mut leaves: Vec<Probe> = Vec::new();
             let mut whole: Vec<(usize, usize, TokenRange)> = Vec::new();
+            // The whole piece is compared with full 64-bit hashes (convergence is decided
+            // there); deeper levels with short ones.
+            let mut short = false;
             for _ in 0..MAX_DEPTH {
                 if level.is_empty() {
                     break;
                 }
                 let answers = self
-                    .digests(replicas, &level, tenants, (&session, piece), &mut st)
+                    .digests(replicas, &level, tenants, (&session, piece), short, &mut st)
                     .await?;
+                short = true;
                 let mut next = Vec::new();
-                let mut i = 0;
-                for (range, n) in &level {
-                    for b in range.split(*n) {
-                        let hashes: Vec<u64> = answers.iter().map(|a| a.0[i]).collect();
-                        let keys: Vec<u64> = answers.iter().map(|a| a.1[i]).collect();
-                        i += 1;
-                        if hashes.iter().all(|h| *h == hashes[0]) {
-                            continue;
-                        }
-                        // Replicas holding nothing here pull the whole bucket when the others agree.
-                        let holders: Vec<usize> =
-                            (0..replicas.len()).filter(|r| keys[*r] > 0).collect();
-                        if holders.len() < replicas.len()
-                            && holders.iter().all(|r| hashes[*r] == hashes[holders[0]])
-                        {
-                            for r in (0..replicas.len()).filter(|r| keys[*r] == 0) {
-                                whole.push((r, holders[0], b));
+                for (p, buckets) in level.iter().zip(answers) {
+                    for (b, per_group) in p.range.split(p.buckets).into_iter().zip(buckets) {
+                        match regroup(&p.groups, &per_group) {
+                            Compared::Equal => {}
+                            Compared::PullWhole { src, dsts } => {
+                                whole.extend(dsts.into_iter().map(|d| (d, src, b)));
                             }
-                            continue;
-                        }
-                        let most = keys.iter().copied().max().unwrap_or(0);
-                        if most <= LEAF_KEYS || b.width() <= 1 {
-                            leaves.push(b);
-                        } else {
-                            next.push((b, fanout(most)));
+                            Compared::Differ { groups, most } => {
+                                let probe = Probe {
+                                    range: b,
+                                    buckets: fanout(most),
+                                    groups,
+                                };
+                                if most <= LEAF_KEYS || b.width() <= 1 {
+                                    leaves.push(probe);
+                                } else {
+                                    next.push(probe);
+                                }
+                            }
                         }
                     }
                 }
                 level = next;
             }
-            leaves.extend(level.into_iter().map(|(r, _)| r));
+            leaves.extend(level);
             if round == ROUNDS || (leaves.is_empty() && whole.is_empty()) {
                 st.converged = leaves.is_empty() && whole.is_empty();
                 if st.converged {
@@ -891,12 +949,12 @@ impl Repairs {
                 }
                 return Ok(st);
             }
-            // Whole buckets to empty replicas.
-            let mut pulls: HashMap<(usize, usize), (Vec<TokenRange>, Vec<u64>)> = HashMap::new();
+            // Whole buckets to replicas holding nothing there.
+            let mut pulls: HashMap<(usize, usize), Vec<TokenRange>> = HashMap::new();
             for (dst, src, b) in whole {
-                pulls.entry((dst, src)).or_default().0.push(b);
+                pulls.entry((dst, src)).or_default().push(b);
             }
-            for ((dst, src), (ranges, _)) in &mut pulls {
+            for ((dst, src), ranges) in &mut pulls {
                 sort_within(piece, ranges);
                 let p = self
                     .pull(
@@ -913,9 +971,9 @@ impl Repairs {
                 st.bytes_transferred += p.bytes;
             }
             // Leaves: key by key.
-            sort_within(piece, &mut leaves);
+            leaves.sort_unstable_by_key(|p| p.range.start.wrapping_sub(piece.start));
             for chunk in leaves.chunks(LEAVES_PER_CALL) {
-                self.repair_leaves(piece, chunk, replicas, tenants, &mut st)
+                self.repair_leaves(piece, chunk, replicas, tenants, &session, &mut st)
                     .await?;
             }
         }
@@ -984,46 +1042,62 @@ impl Repairs {
         Ok(most)
     }
 
-    /// One level of the descent on every replica: per replica, bucket hashes and key counts.
+    /// One level of the descent: each probe's buckets from one replica per group (its first
+    /// member). Per probe, per bucket, per group: `(hash, keys)` (short hashes widened).
     async fn digests(
         &self,
         replicas: &[Arc<NodeEntry>],
-        level: &[(TokenRange, u32)],
+        level: &[Probe],
         tenants: &[String],
         (session, scope): (&str, TokenRange),
+        short: bool,
         st: &mut PieceStats,
-    ) -> Result<Vec<(Vec<u64>, Vec<u64>)>, String> {
-        let mut out: Vec<(Vec<u64>, Vec<u64>)> = vec![Default::default(); replicas.len()];
+    ) -> Result<Vec<Vec<Vec<(u64, u64)>>>, String> {
+        let mut out: Vec<Vec<Vec<(u64, u64)>>> = level
+            .iter()
+            .map(|p| vec![vec![(0, 0); p.groups.len()]; p.range.split(p.buckets).len()])
+            .collect();
         let mut start = 0;
         while start < level.len() {
             let mut end = start;
             let mut buckets = 0u64;
             while end < level.len()
-                && (end == start || buckets + u64::from(level[end].1) <= BUCKETS_PER_CALL)
+                && (end == start || buckets + u64::from(level[end].buckets) <= BUCKETS_PER_CALL)
             {
-                buckets += u64::from(level[end].1);
+                buckets += u64::from(level[end].buckets);
                 end += 1;
             }
-            let queries: Vec<pb::DigestQuery> = level[start..end]
-                .iter()
-                .map(|(r, n)| pb::DigestQuery {
-                    range: Some(convert::range_to_pb(*r)),
-                    buckets: *n,
-                })
-                .collect();
-            let expected: usize = level[start..end]
-                .iter()
-                .map(|(r, n)| r.split(*n).len())
-                .sum();
-            let calls = replicas.iter().map(|n| {
+            // Per replica: the (probe, group) pairs it answers for.
+            let mut asked: Vec<Vec<(usize, usize)>> = vec![Vec::new(); replicas.len()];
+            for (pi, p) in level.iter().enumerate().take(end).skip(start) {
+                for (g, members) in p.groups.iter().enumerate() {
+                    asked[members[0]].push((pi, g));
+                }
+            }
+            let calls = asked.iter().enumerate().map(|(r, pairs)| {
+                let n = &replicas[r];
                 let mut c = n.client.clone();
                 let req = pb::RepairDigestRequest {
-                    queries: queries.clone(),
+                    queries: pairs
+                        .iter()
+                        .map(|(pi, _)| pb::DigestQuery {
+                            range: Some(convert::range_to_pb(level[*pi].range)),
+                            buckets: level[*pi].buckets,
+                        })
+                        .collect(),
                     tenant_ids: tenants.to_vec(),
                     session: session.to_string(),
                     scope: Some(convert::range_to_pb(scope)),
+                    short_hashes: short,
                 };
+                let expected: usize = pairs
+                    .iter()
+                    .map(|(pi, _)| level[*pi].range.split(level[*pi].buckets).len())
+                    .sum();
                 async move {
+                    if pairs.is_empty() {
+                        return Ok(None);
+                    }
                     let r = tokio::time::timeout(RPC_TIMEOUT, c.repair_digest(req))
                         .await
                         .map_err(|_| format!("digest on {} timed out", n.record.node_id))?
@@ -1031,25 +1105,39 @@ impl Repairs {
                             format!("digest on {}: {}", n.record.node_id, E::from_status(&s))
                         })?
                         .into_inner();
-                    if r.hashes.len() != expected || r.keys.len() != expected {
+                    let got = if short {
+                        r.short_hashes.len()
+                    } else {
+                        r.hashes.len()
+                    };
+                    if got != expected || r.keys.len() != expected {
                         return Err(format!(
-                            "digest on {} answered {} buckets, not {expected}",
-                            n.record.node_id,
-                            r.hashes.len()
+                            "digest on {} answered {got} buckets, not {expected}",
+                            n.record.node_id
                         ));
                     }
-                    Ok(r)
+                    Ok(Some(r))
                 }
             });
-            for (i, r) in futures::future::join_all(calls)
+            for (r, resp) in futures::future::join_all(calls)
                 .await
                 .into_iter()
                 .enumerate()
             {
-                let r = r?;
-                st.digest_bytes += r.encoded_len() as u64;
-                out[i].0.extend(r.hashes);
-                out[i].1.extend(r.keys);
+                let Some(resp) = resp? else { continue };
+                st.digest_bytes += resp.encoded_len() as u64;
+                let hashes: Vec<u64> = if short {
+                    resp.short_hashes.iter().map(|h| u64::from(*h)).collect()
+                } else {
+                    resp.hashes
+                };
+                let mut i = 0;
+                for (pi, g) in &asked[r] {
+                    for slot in out[*pi].iter_mut() {
+                        slot[*g] = (hashes[i], resp.keys[i]);
+                        i += 1;
+                    }
+                }
             }
             start = end;
         }
@@ -1057,78 +1145,137 @@ impl Repairs {
     }
 
     /// Compares `leaves` key by key and has each replica pull the keys it lacks; rebuilds
-    /// corrupt records from the other replicas.
+    /// corrupt records from the other replicas. First pass: short key and state hashes from
+    /// one replica per group; second pass: full entries (dots, context) of the differing keys.
     async fn repair_leaves(
         &self,
         piece: TokenRange,
-        leaves: &[TokenRange],
+        leaves: &[Probe],
         replicas: &[Arc<NodeEntry>],
         tenants: &[String],
+        session: &str,
         st: &mut PieceStats,
     ) -> Result<(), String> {
-        let ranges: Vec<pb::TokenRange> = leaves.iter().map(|r| convert::range_to_pb(*r)).collect();
-        let calls = replicas.iter().map(|n| {
-            let mut c = n.client.clone();
-            let req = pb::RepairKeysRequest {
-                ranges: ranges.clone(),
-                tenant_ids: tenants.to_vec(),
-            };
-            async move {
-                tokio::time::timeout(RPC_TIMEOUT, c.repair_keys(req))
-                    .await
-                    .map_err(|_| format!("key listing on {} timed out", n.record.node_id))?
-                    .map_err(|s| {
-                        format!(
-                            "key listing on {}: {}",
-                            n.record.node_id,
-                            E::from_status(&s)
-                        )
-                    })
-                    .map(|r| r.into_inner())
+        let n = replicas.len();
+        // Per replica: the (leaf, group) pairs it lists for.
+        let mut asked: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
+        for (li, l) in leaves.iter().enumerate() {
+            for (g, members) in l.groups.iter().enumerate() {
+                asked[members[0]].push((li, g));
             }
-        });
-        let mut listing: Listing = HashMap::new();
+        }
+        let first = self
+            .list_keys(replicas, leaves, &asked, tenants, session, None, st)
+            .await?;
+        // Per leaf: short key → per group its short state (None: the group lacks the key).
+        let mut shorts: Vec<HashMap<u32, Vec<Option<u32>>>> = vec![HashMap::new(); leaves.len()];
         // Per corrupt key, the replicas whose record of it failed its checksum.
         let mut corrupt: HashMap<(String, Vec<u8>), Vec<usize>> = HashMap::new();
-        let n = replicas.len();
-        for (i, r) in futures::future::join_all(calls)
-            .await
-            .into_iter()
-            .enumerate()
-        {
-            let r = r?;
-            st.digest_bytes += r.encoded_len() as u64;
-            let mut dots = r
+        for (r, resp) in first.into_iter().enumerate() {
+            let Some(resp) = resp else { continue };
+            let mut at = 0usize;
+            for ((li, g), count) in asked[r].iter().zip(&resp.range_counts) {
+                let groups = leaves[*li].groups.len();
+                for k in at..at + *count as usize {
+                    let (Some(key), Some(state)) =
+                        (resp.short_keys.get(k), resp.short_states.get(k))
+                    else {
+                        return Err(format!(
+                            "key listing on {} is inconsistent",
+                            replicas[r].record.node_id
+                        ));
+                    };
+                    shorts[*li]
+                        .entry(*key)
+                        .or_insert_with(|| vec![None; groups])[*g] = Some(*state);
+                }
+                at += *count as usize;
+            }
+            for c in resp.corrupt {
+                let tok = token::token(&c.tenant_id, &c.key);
+                // The group holding a corrupt record is that replica alone (its hash is unique).
+                let on = asked[r]
+                    .iter()
+                    .find(|(li, _)| leaves[*li].range.contains(tok))
+                    .map(|(li, g)| leaves[*li].groups[*g].clone())
+                    .unwrap_or_else(|| vec![r]);
+                corrupt.entry((c.tenant_id, c.key)).or_default().extend(on);
+            }
+        }
+        // Second pass: full entries of the keys whose state differs between groups.
+        let mut wanted: Vec<HashSet<u32>> = vec![HashSet::new(); n];
+        let mut differing = 0u64;
+        for (li, keys) in shorts.iter().enumerate() {
+            for (k, per_group) in keys {
+                let first = per_group.iter().flatten().next();
+                if per_group.iter().all(|s| s.as_ref() == first) {
+                    continue;
+                }
+                differing += 1;
+                for (g, s) in per_group.iter().enumerate() {
+                    if s.is_some() {
+                        wanted[leaves[li].groups[g][0]].insert(*k);
+                    }
+                }
+            }
+        }
+        st.keys_differing += differing;
+        let mut second_asked: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n];
+        for r in 0..n {
+            if !wanted[r].is_empty() {
+                second_asked[r] = asked[r].clone();
+            }
+        }
+        let full = self
+            .list_keys(
+                replicas,
+                leaves,
+                &second_asked,
+                tenants,
+                session,
+                Some(wanted.as_slice()),
+                st,
+            )
+            .await?;
+        let mut listing: Listing = HashMap::new();
+        for (r, resp) in full.into_iter().enumerate() {
+            let Some(resp) = resp else { continue };
+            let mut dots = resp
                 .dot_actors
                 .iter()
                 .copied()
-                .zip(r.dot_counters.iter().copied());
-            let mut ctx = r
+                .zip(resp.dot_counters.iter().copied());
+            let mut ctx = resp
                 .context_actors
                 .iter()
                 .copied()
-                .zip(r.context_counters.iter().copied());
-            for (k, kh) in r.key_hashes.iter().enumerate() {
-                let (Some(sh), Some(dc), Some(cc)) = (
-                    r.state_hashes.get(k),
-                    r.dot_counts.get(k),
-                    r.context_counts.get(k),
-                ) else {
-                    return Err(format!(
-                        "key listing on {} is inconsistent",
-                        replicas[i].record.node_id
-                    ));
-                };
-                let mut view = KeyView {
-                    state: *sh,
-                    dots: dots.by_ref().take(*dc as usize).collect(),
-                    context: ctx.by_ref().take(*cc as usize).collect(),
-                };
-                view.dots.sort_unstable();
-                listing.entry(*kh).or_insert_with(|| vec![None; n])[i] = Some(view);
-            }
-            for c in r.corrupt {
-                corrupt.entry((c.tenant_id, c.key)).or_default().push(i);
+                .zip(resp.context_counters.iter().copied());
+            let mut at = 0usize;
+            for ((li, g), count) in second_asked[r].iter().zip(&resp.range_counts) {
+                for k in at..at + *count as usize {
+                    let (Some(kh), Some(sh), Some(dc), Some(cc)) = (
+                        resp.key_hashes.get(k),
+                        resp.state_hashes.get(k),
+                        resp.dot_counts.get(k),
+                        resp.context_counts.get(k),
+                    ) else {
+                        return Err(format!(
+                            "key listing on {} is inconsistent",
+                            replicas[r].record.node_id
+                        ));
+                    };
+                    let mut view = KeyView {
+                        state: *sh,
+                        dots: dots.by_ref().take(*dc as usize).collect(),
+                        context: ctx.by_ref().take(*cc as usize).collect(),
+                    };
+                    view.dots.sort_unstable();
+                    let per = listing.entry(*kh).or_insert_with(|| vec![None; n]);
+                    for m in &leaves[*li].groups[*g] {
+                        per[*m] = Some(view.clone());
+                    }
+                }
+                at += *count as usize;
             }
         }
         // Corrupt records are rebuilt through Repair, never pulled into (merges refuse them).
@@ -1145,13 +1292,13 @@ impl Repairs {
             if per.iter().all(|v| v.as_ref().map(|v| v.state) == first) {
                 continue;
             }
-            st.keys_differing += 1;
             for (dst, src) in plan_key(per) {
                 if !corrupt_hashes.contains(&(dst, *kh)) {
                     pulls.entry((dst, src)).or_default().push(*kh);
                 }
             }
         }
+        let ranges: Vec<TokenRange> = leaves.iter().map(|l| l.range).collect();
         let mut pulls: Vec<_> = pulls.into_iter().collect();
         pulls.sort_unstable_by_key(|((d, s), _)| (*d, *s));
         for ((dst, src), keys) in pulls {
@@ -1160,7 +1307,7 @@ impl Repairs {
                     &replicas[dst],
                     &replicas[src],
                     piece,
-                    leaves,
+                    &ranges,
                     &keys,
                     tenants,
                 )
@@ -1170,11 +1317,13 @@ impl Repairs {
         }
         let mut corrupt: Vec<_> = corrupt.into_iter().collect();
         corrupt.sort_unstable();
-        for ((tenant, key), on) in corrupt {
+        for ((tenant, key), mut on) in corrupt {
             // A lost record is met again in every round; it is reported once.
             if st.lost.contains(&token::display_key(&tenant, &key)) {
                 continue;
             }
+            on.sort_unstable();
+            on.dedup();
             st.corrupt += on.len() as u64;
             self.metrics.corrupted_entries.inc_by(on.len() as u64);
             let bad: Vec<&Arc<NodeEntry>> = on.iter().map(|i| &replicas[*i]).collect();
@@ -1184,6 +1333,71 @@ impl Repairs {
             }
         }
         Ok(())
+    }
+
+    /// `RepairKeys` on each replica for the leaves it is asked for (in that order): short
+    /// hashes when `wanted` is `None`, else full entries of the wanted short keys.
+    #[allow(clippy::too_many_arguments)]
+    async fn list_keys(
+        &self,
+        replicas: &[Arc<NodeEntry>],
+        leaves: &[Probe],
+        asked: &[Vec<(usize, usize)>],
+        tenants: &[String],
+        session: &str,
+        wanted: Option<&[HashSet<u32>]>,
+        st: &mut PieceStats,
+    ) -> Result<Vec<Option<pb::RepairKeysResponse>>, String> {
+        let calls = asked.iter().enumerate().map(|(r, pairs)| {
+            let n = &replicas[r];
+            let mut c = n.client.clone();
+            let req = pb::RepairKeysRequest {
+                ranges: pairs
+                    .iter()
+                    .map(|(li, _)| convert::range_to_pb(leaves[*li].range))
+                    .collect(),
+                tenant_ids: tenants.to_vec(),
+                short: wanted.is_none(),
+                session: session.to_string(),
+                only_short_keys: wanted
+                    .map(|w| w[r].iter().copied().collect())
+                    .unwrap_or_default(),
+            };
+            async move {
+                if pairs.is_empty() {
+                    return Ok(None);
+                }
+                let resp = tokio::time::timeout(RPC_TIMEOUT, c.repair_keys(req))
+                    .await
+                    .map_err(|_| format!("key listing on {} timed out", n.record.node_id))?
+                    .map_err(|s| {
+                        format!(
+                            "key listing on {}: {}",
+                            n.record.node_id,
+                            E::from_status(&s)
+                        )
+                    })?
+                    .into_inner();
+                if resp.range_counts.len() != pairs.len() {
+                    return Err(format!(
+                        "key listing on {} answered {} ranges, not {}",
+                        n.record.node_id,
+                        resp.range_counts.len(),
+                        pairs.len()
+                    ));
+                }
+                Ok(Some(resp))
+            }
+        });
+        let mut out = Vec::with_capacity(replicas.len());
+        for r in futures::future::join_all(calls).await {
+            let r = r?;
+            if let Some(resp) = &r {
+                st.digest_bytes += resp.encoded_len() as u64;
+            }
+            out.push(r);
+        }
+        Ok(out)
     }
 
     /// Rebuilds the corrupt records of `(tenant, key)` on `bad` from the other replicas'
@@ -1358,6 +1572,34 @@ mod tests {
     fn states_differing_only_in_unlisted_detail_are_merged_both_ways() {
         let per = vec![view(1, &[(7, 1)], &[]), view(2, &[(7, 1)], &[])];
         assert_eq!(plan_key(&per), vec![(0, 1), (1, 0)]);
+    }
+
+    #[test]
+    fn regroup_joins_equal_answers_and_spots_empty_groups() {
+        let g = vec![vec![0, 1], vec![2]];
+        assert_eq!(regroup(&g, &[(5, 3), (5, 3)]), Compared::Equal);
+        assert_eq!(
+            regroup(&g, &[(5, 3), (0, 0)]),
+            Compared::PullWhole {
+                src: 0,
+                dsts: vec![2]
+            }
+        );
+        assert_eq!(
+            regroup(&g, &[(5, 3), (6, 4)]),
+            Compared::Differ {
+                groups: vec![vec![0, 1], vec![2]],
+                most: 4
+            }
+        );
+        let alone = vec![vec![0], vec![1], vec![2]];
+        assert_eq!(
+            regroup(&alone, &[(5, 3), (6, 4), (5, 3)]),
+            Compared::Differ {
+                groups: vec![vec![0, 2], vec![1]],
+                most: 4
+            }
+        );
     }
 
     #[test]

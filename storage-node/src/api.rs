@@ -144,10 +144,11 @@ fn apply_result(r: ApplyReply) -> pb::ApplyResult {
     }
 }
 
-fn read_result(state: Option<pairdb_common::version::KeyState>) -> pb::ReadResult {
+fn read_result(state: Option<pairdb_common::version::KeyState>, outage_ms: u64) -> pb::ReadResult {
     pb::ReadResult {
         exists: state.is_some(),
         state: state.map(|s| convert::state_to_pb(&s)),
+        unrepaired_outage_ms: outage_ms,
         error: None,
     }
 }
@@ -289,7 +290,7 @@ impl StorageNodeService for StorageApi {
             self.node.store.read(&k.tenant_id, &k.key)
         })();
         self.observe("read", started, &r);
-        Ok(Response::new(read_result(r?)))
+        Ok(Response::new(read_result(r?, self.node.outage.outage_ms())))
     }
 
     async fn batch_read(
@@ -301,10 +302,11 @@ impl StorageNodeService for StorageApi {
             self.serving_clients()?;
             let keys = req.into_inner().keys;
             check_batch(keys.len())?;
+            let outage = self.node.outage.outage_ms();
             let results = keys
                 .into_iter()
                 .map(|k| match self.node.store.read(&k.tenant_id, &k.key) {
-                    Ok(s) => read_result(s),
+                    Ok(s) => read_result(s, outage),
                     Err(e) => pb::ReadResult {
                         error: item_error(&e),
                         ..Default::default()
@@ -443,6 +445,8 @@ impl StorageNodeService for StorageApi {
             .collect();
         let tenants = req.tenant_ids.into_iter().collect();
         let scope = req.scope.map(|r| convert::range_from_pb(Some(r)));
+        let salt = session_salt(&req.session);
+        let short = req.short_hashes;
         let session = req.session;
         let r = self
             .blocking(move |s| {
@@ -455,8 +459,18 @@ impl StorageNodeService for StorageApi {
             .and_then(|d| d);
         self.observe("repair_digest", started, &r);
         let (buckets, corrupt) = r?;
+        let (hashes, short_hashes) = if short {
+            let short = |b: &crate::store::DigestBucket| match b.keys {
+                0 => 0,
+                _ => crate::store::short_hash(b.hash, salt),
+            };
+            (Vec::new(), buckets.iter().map(short).collect())
+        } else {
+            (buckets.iter().map(|b| b.hash).collect(), Vec::new())
+        };
         Ok(Response::new(pb::RepairDigestResponse {
-            hashes: buckets.iter().map(|b| b.hash).collect(),
+            hashes,
+            short_hashes,
             keys: buckets.iter().map(|b| b.keys).collect(),
             corrupt,
         }))
@@ -474,8 +488,18 @@ impl StorageNodeService for StorageApi {
             .map(|r| convert::range_from_pb(Some(r)))
             .collect();
         let tenants = req.tenant_ids.into_iter().collect();
+        let salt = session_salt(&req.session);
+        let short = req.short;
+        let only: std::collections::HashSet<u32> = req.only_short_keys.into_iter().collect();
         let r = self
-            .blocking(move |s| s.repair_keys(&ranges, &tenants))
+            .blocking(move |s| {
+                let mode = if short {
+                    crate::store::Listing::Short { salt }
+                } else {
+                    crate::store::Listing::Full { salt, only: &only }
+                };
+                s.repair_keys(&ranges, &tenants, mode)
+            })
             .await
             .and_then(|d| d);
         self.observe("repair_keys", started, &r);
@@ -489,6 +513,9 @@ impl StorageNodeService for StorageApi {
             context_counts: l.context_counts,
             context_actors: l.context_actors,
             context_counters: l.context_counters,
+            short_keys: l.short_keys,
+            short_states: l.short_states,
+            range_counts: l.range_counts,
             corrupt: l
                 .corrupt
                 .into_iter()
@@ -598,4 +625,9 @@ pub(crate) fn filter_from(
         tenants: tenant_ids.into_iter().collect(),
         key_hashes: key_hashes.into_iter().collect(),
     }
+}
+
+/// The salt of a descent session's short hashes.
+fn session_salt(session: &str) -> u64 {
+    xxhash_rust::xxh64::xxh64(session.as_bytes(), 0)
 }

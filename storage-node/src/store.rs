@@ -274,6 +274,21 @@ fn admits_tenant(tenants: &HashSet<String>, data_key: &[u8]) -> bool {
 
 pub use pairdb_common::token::{display_key, key_hash};
 
+/// A 64-bit hash shortened to 32 bits, salted (a descent session's salt): a collision between
+/// two different values is rare and, with another salt next round, not repeated.
+pub fn short_hash(h: u64, salt: u64) -> u32 {
+    (xxhash_rust::xxh64::xxh64(&h.to_le_bytes(), salt) >> 32) as u32
+}
+
+/// How `Store::repair_keys` lists keys.
+#[derive(Debug, Clone, Copy)]
+pub enum Listing<'a> {
+    /// Short key and state hashes only (salted).
+    Short { salt: u64 },
+    /// Full entries, of only the keys whose short key hash is in the set (empty = all).
+    Full { salt: u64, only: &'a HashSet<u32> },
+}
+
 /// An actor as anti-entropy names it: XXH64 of node id, a zero byte and the epoch (LE).
 pub fn actor_hash(actor: &pairdb_common::version::Actor) -> u64 {
     let mut h = Xxh64::new(0);
@@ -294,6 +309,9 @@ pub struct KeyListing {
     pub context_counts: Vec<u32>,
     pub context_actors: Vec<u64>,
     pub context_counters: Vec<u64>,
+    pub short_keys: Vec<u32>,
+    pub short_states: Vec<u32>,
+    pub range_counts: Vec<u32>,
     /// `(tenant, key)` of records that failed their checksum.
     pub corrupt: Vec<(String, Vec<u8>)>,
 }
@@ -1232,10 +1250,12 @@ impl Store {
         &self,
         ranges: &[TokenRange],
         tenants: &HashSet<String>,
+        mode: Listing,
     ) -> Result<KeyListing> {
         let mut out = KeyListing::default();
         let mut corrupt = 0u64;
         for range in ranges {
+            let listed = out.key_hashes.len() + out.short_keys.len();
             for (lo, hi) in range.pieces() {
                 let (from, to) = piece_bounds(lo, hi);
                 self.engine
@@ -1252,9 +1272,16 @@ impl Store {
                                 let s = framing::decode_state(v).ok()?;
                                 Some((xxhash_rust::xxh64::xxh64(payload, 0), s))
                             });
-                        match state {
-                            Some((state_hash, s)) => {
-                                out.key_hashes.push(key_hash(k));
+                        let kh = key_hash(k);
+                        match (state, mode) {
+                            (Some((state_hash, _)), Listing::Short { salt }) => {
+                                out.short_keys.push(short_hash(kh, salt));
+                                out.short_states.push(short_hash(state_hash, salt));
+                            }
+                            (Some(_), Listing::Full { salt, only })
+                                if !only.is_empty() && !only.contains(&short_hash(kh, salt)) => {}
+                            (Some((state_hash, s)), Listing::Full { .. }) => {
+                                out.key_hashes.push(kh);
                                 out.state_hashes.push(state_hash);
                                 out.dot_counts.push(s.versions().len() as u32);
                                 for v in s.versions() {
@@ -1269,7 +1296,7 @@ impl Store {
                                 out.context_counts
                                     .push((out.context_actors.len() - before) as u32);
                             }
-                            None => {
+                            (None, _) => {
                                 corrupt += 1;
                                 out.corrupt.push((tenant.to_string(), key.to_vec()));
                             }
@@ -1277,6 +1304,8 @@ impl Store {
                         Scan::Continue
                     })?;
             }
+            out.range_counts
+                .push((out.key_hashes.len() + out.short_keys.len() - listed) as u32);
         }
         if corrupt > 0 {
             self.metrics.checksum_failures.inc_by(corrupt);
