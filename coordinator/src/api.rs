@@ -787,7 +787,7 @@ impl CoordinatorService for CoordinatorApi {
         let params = crate::repair::Params {
             tenant,
             trigger: "manual".into(),
-            whole: false,
+            ..Default::default()
         };
         let range = q.range.map(|r| convert::range_from_pb(Some(r)));
         let run = self.repairs.start(params, range).await?;

@@ -24,7 +24,7 @@
 //! **Throttle.** Ranges run `parallelism` at a time and pulls are limited to
 //! `max_bytes_per_sec` at the source.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,10 @@ pub struct Params {
     /// Every tenant over the whole ring (such a run, completed, forgives node outages).
     #[serde(default)]
     pub whole: bool,
+    /// Per node, the start it was in when the run began (`NodeInfo.started_at_ms`): a node
+    /// still in that start when the run completes had every range compared while up.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_starts: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -447,6 +451,27 @@ pub fn new_run(params: &Params, plan: &[RangeTask]) -> RepairRecord {
     }
 }
 
+/// Each reachable node's current start (`NodeInfo.started_at_ms`), asked when a run begins.
+async fn node_starts(nodes: &HashMap<String, Arc<NodeEntry>>) -> BTreeMap<String, u64> {
+    let asks = nodes.values().map(|n| {
+        let mut c = n.client.clone();
+        async move {
+            let r =
+                tokio::time::timeout(Duration::from_secs(5), c.node_info(pb::NodeInfoRequest {}))
+                    .await;
+            match r {
+                Ok(Ok(info)) => Some((n.record.node_id.clone(), info.into_inner().started_at_ms)),
+                _ => None,
+            }
+        }
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// Sub-buckets for a differing bucket holding up to `keys` keys.
 fn fanout(keys: u64) -> u32 {
     keys.div_ceil(LEAF_KEYS)
@@ -493,8 +518,14 @@ impl Repairs {
             return Err(E::NodeNotReady("the ring has no storage nodes".into()).into());
         }
         let plan = plan(&snap.ring, range);
+        let whole = params.tenant.is_none() && range.is_none();
         let params = Params {
-            whole: params.tenant.is_none() && range.is_none(),
+            whole,
+            node_starts: if whole {
+                node_starts(&snap.nodes).await
+            } else {
+                BTreeMap::new()
+            },
             ..params
         };
         let run = new_run(&params, &plan);
@@ -551,7 +582,7 @@ impl Repairs {
                 let params = Params {
                     tenant: None,
                     trigger: if due { "scheduled" } else { "outage" }.into(),
-                    whole: true,
+                    ..Default::default()
                 };
                 match self.start(params, None).await {
                     Ok(_) | Err(crate::error::Error::Pairdb(E::TopologyConflict(_))) => {}
@@ -717,7 +748,7 @@ impl Repairs {
             .get_or_create(&crate::metrics::ResultLabels { result: status })
             .inc();
         if status == "completed" && params.whole {
-            self.forgive_outages(r.started_at_ms).await;
+            self.forgive_outages(&params.node_starts).await;
         }
         tracing::info!(repair_id = %r.repair_id, status, ranges = progress.ranges_total, keys_differing = progress.keys_differing, keys_transferred = progress.keys_transferred, bytes_transferred = progress.bytes_transferred, digest_bytes = progress.digest_bytes, "repair finished");
         Ok(())
@@ -983,22 +1014,25 @@ impl Repairs {
     /// After a complete cluster-wide run: every node that came back before the run started
     /// had each of its ranges compared and repaired, so its outage no longer keeps it from
     /// serving reads.
-    async fn forgive_outages(&self, started_ms: u64) {
+    async fn forgive_outages(&self, node_starts: &BTreeMap<String, u64>) {
         let snap = self.cluster.snapshot();
         for n in snap.nodes.values() {
             if n.health.outage_ms() == 0 {
                 continue;
             }
+            let Some(started) = node_starts.get(&n.record.node_id) else {
+                continue;
+            };
             let mut c = n.client.clone();
             let req = pb::MarkRepairedRequest {
-                repair_started_at_ms: started_ms,
+                node_started_at_ms: *started,
             };
             match tokio::time::timeout(RPC_TIMEOUT, c.mark_repaired(req)).await {
                 Ok(Ok(r)) if r.get_ref().cleared => {
                     tracing::info!(node_id = %n.record.node_id, "node repaired after its outage; it serves reads again")
                 }
                 Ok(Ok(_)) => {
-                    tracing::info!(node_id = %n.record.node_id, "node came back after this repair started; the next one clears it")
+                    tracing::info!(node_id = %n.record.node_id, "node restarted during this repair; the next one clears it")
                 }
                 _ => tracing::warn!(node_id = %n.record.node_id, "could not mark node repaired"),
             }

@@ -545,7 +545,7 @@ impl StorageNodeService for StorageApi {
         &self,
         req: Request<pb::MarkRepairedRequest>,
     ) -> Result<Response<pb::MarkRepairedResponse>, Status> {
-        let at = req.into_inner().repair_started_at_ms;
+        let at = req.into_inner().node_started_at_ms;
         let outage = self.node.outage.clone();
         let cleared = tokio::task::spawn_blocking(move || outage.mark_repaired(at))
             .await
@@ -604,6 +604,7 @@ impl StorageNodeService for StorageApi {
             uptime_secs: self.node.started.elapsed().as_secs(),
             data_dir: self.node.data_dir.display().to_string(),
             unrepaired_outage_ms: self.node.outage.outage_ms(),
+            started_at_ms: self.node.outage.started_ms(),
         }))
     }
 }

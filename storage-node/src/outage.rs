@@ -2,8 +2,9 @@
 //!
 //! The node records that it is alive every few seconds (`last_alive_ms` in the meta space). At
 //! start, the time since then is added to `unrepaired_outage_ms`, which survives restarts and
-//! is reset only when a cluster-wide repair that started after this start completes
-//! (`MarkRepaired`). Coordinators read it from `NodeInfo` and send no client reads to a node
+//! is reset only when a cluster-wide repair that began during this start completes
+//! (`MarkRepaired` names the start, as `NodeInfo` reported it when the run began, so no clocks
+//! are compared). Coordinators read it from `NodeInfo` and send no client reads to a node
 //! whose unrepaired outage exceeds the tombstone GC grace: it may hold values whose tombstones
 //! the others have since purged, so only a repair may bring it back.
 
@@ -82,11 +83,16 @@ impl Outage {
         self.outage_ms.load(Ordering::SeqCst)
     }
 
-    /// A cluster-wide repair that started at `repair_started_ms` completed. It covered every
-    /// range of this node while it was up only if it started after this start; then the outage
-    /// is forgiven. Returns whether it was.
-    pub fn mark_repaired(&self, repair_started_ms: u64) -> Result<bool, EngineError> {
-        if repair_started_ms < self.started_ms {
+    /// When this start happened (this node's clock).
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    /// A cluster-wide repair completed that began while this node was up since `started_ms`
+    /// (as `NodeInfo` reported it then). If that is this start, the repair compared every range
+    /// of this node after it came back, and the outage is forgiven. Returns whether it was.
+    pub fn mark_repaired(&self, started_ms: u64) -> Result<bool, EngineError> {
+        if started_ms != self.started_ms {
             return Ok(false);
         }
         let was = self.outage_ms.swap(0, Ordering::SeqCst);
