@@ -1,14 +1,14 @@
 //! Anti-entropy with real processes: a storage node is SIGKILLed while writes continue (hints
 //! off, so only repair can bring it back in line), a repair starts, and the coordinator driving
 //! it is SIGKILLed mid-run. The other coordinator takes the run over after the lease expires and
-//! completes it; afterwards every acknowledged write reads back and the node's ranges hash equal
-//! to their other replicas.
+//! completes it while writes go on; afterwards (and one more run) every acknowledged write,
+//! before and during the repair, reads back and the node's ranges hash equal to their replicas.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
 use pairdb_common::api::pb;
-use pairdb_tests::procs::{ProcCluster, ProcOptions, preload};
+use pairdb_tests::procs::{ProcCluster, ProcOptions, Writer, preload};
 use pairdb_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,6 +41,8 @@ async fn a_repair_survives_kill9_of_its_driving_coordinator() {
         "n3 missed the writes made while it was down"
     );
 
+    // Writes go on through both coordinators for the whole run.
+    let writer = Writer::start(c.coord_addrs(), "during", 100_000, Duration::from_secs(150));
     let mut client = c.coord().await.unwrap();
     let run = client
         .start_repair(pb::StartRepairRequest::default())
@@ -89,6 +91,35 @@ async fn a_repair_survives_kill9_of_its_driving_coordinator() {
     assert_eq!(done.status, "completed", "{done:?}");
     let row = c.meta.get_repair(&run.repair_id).await.unwrap().unwrap();
     assert!(row.lease_owner.is_none());
+    let (during, _) = writer.finish().await.unwrap();
+    assert!(
+        !during.is_empty(),
+        "no write was acknowledged during the repair"
+    );
+    acked.extend(during);
+    // A write cut short by the SIGKILL may have reached only some replicas (hints are off):
+    // one more run repairs that too.
+    let again = other
+        .start_repair(pb::StartRepairRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = other
+            .get_repair_status(pb::GetRepairStatusRequest {
+                repair_id: again.repair_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if s.status != "running" {
+            assert_eq!(s.status, "completed", "{s:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not finished: {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     c.check_digests("n3").await.unwrap();
     c.check_quorum_reads(&acked).await.unwrap();
 }
