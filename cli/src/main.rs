@@ -15,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod client;
 mod dev;
+mod follow;
 mod repair;
 mod repairbench;
 mod streambench;

@@ -1,10 +1,9 @@
 //! `pairdbctl repair start|status`: anti-entropy repair runs and their live progress (a
 //! progress bar in a terminal, a line per change of progress otherwise, JSON with `--json`).
 
-use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::coordinator_service_client::CoordinatorServiceClient;
 use serde_json::{Value, json};
@@ -164,63 +163,23 @@ fn print(r: &pb::RepairStatus, json_out: bool) {
     }
 }
 
-/// Follows a repair until it ends. Fails unless it completes.
+/// Follows a repair until it ends (`crate::follow`). Fails unless it completes.
 async fn follow(c: &mut Client, repair_id: &str, timeout: Duration, json_out: bool) -> Result<()> {
-    let started = Instant::now();
-    let bar = (!json_out && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {prefix} [{bar:30}] {pos}/{len} ranges {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_prefix(repair_id.to_string());
-        b
-    });
-    let mut last = String::new();
-    loop {
-        let r = status(c, repair_id).await?;
-        let p = progress(&r);
-        let line = format!("{} {}", r.status, summary(&r));
-        if let Some(b) = &bar {
-            b.set_length(p["ranges_total"].as_u64().unwrap_or(0));
-            b.set_position(
-                p["ranges_done"].as_u64().unwrap_or(0) + p["ranges_failed"].as_u64().unwrap_or(0),
-            );
-            b.set_message(line.clone());
-            b.tick();
-        } else if line != last {
-            if json_out {
-                println!("{}", to_json(&r));
-            } else {
-                println!("{repair_id}: {line}");
-            }
+    crate::follow::follow("repair", repair_id, timeout, json_out, || {
+        let mut c = c.clone();
+        async move {
+            let r = status(&mut c, repair_id).await?;
+            let p = progress(&r);
+            let n = |k: &str| p[k].as_u64().unwrap_or(0);
+            Ok(crate::follow::Seen {
+                status: r.status.clone(),
+                ranges_done: n("ranges_done") + n("ranges_failed"),
+                ranges_total: n("ranges_total"),
+                summary: summary(&r),
+                error: r.error.clone(),
+                json: to_json(&r),
+            })
         }
-        last = line;
-        match r.status.as_str() {
-            "completed" => {
-                if let Some(b) = &bar {
-                    b.finish_with_message(format!("completed {}", summary(&r)));
-                }
-                return Ok(());
-            }
-            "failed" => {
-                if let Some(b) = &bar {
-                    b.abandon();
-                }
-                bail!("repair {repair_id} failed: {}", r.error);
-            }
-            _ => {}
-        }
-        if started.elapsed() > timeout {
-            bail!(
-                "repair {repair_id} still {} after {}s",
-                r.status,
-                timeout.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await
 }

@@ -203,27 +203,8 @@ pub async fn run(a: RepairArgs, json: bool) -> anyhow::Result<()> {
 
     // 4. Naive: one replica's worth of a full-range stream.
     let fresh = node("n4", &dir).await?;
-    let mut tc = StorageNodeServiceClient::connect(format!("http://{}", fresh.grpc_addr))
-        .await?
-        .max_decoding_message_size(64 << 20);
     let (t, cpu) = (Instant::now(), cpu_secs());
-    let mut s = tc
-        .pull_range(pb::PullRangeRequest {
-            range: Some(pairdb_common::convert::range_to_pb(
-                pairdb_common::token::TokenRange::FULL,
-            )),
-            source_address: nodes[0].grpc_addr.to_string(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let mut last = pb::PullProgress::default();
-    while let Some(m) = s.message().await? {
-        last = m;
-        if last.done {
-            break;
-        }
-    }
+    let last = crate::streambench::pull_whole_ring(fresh.grpc_addr, nodes[0].grpc_addr).await?;
     let (naive_secs, naive_cpu) = (t.elapsed().as_secs_f64(), cpu_secs() - cpu);
     if !last.done {
         bail!("the naive stream did not finish");

@@ -77,6 +77,35 @@ pub(crate) async fn coordinator(
     Ok((c, client))
 }
 
+/// Has the node at `target` pull the whole ring from `source` (`PullRange`, unthrottled) and
+/// waits for the last progress report.
+pub(crate) async fn pull_whole_ring(
+    target: std::net::SocketAddr,
+    source: std::net::SocketAddr,
+) -> anyhow::Result<pb::PullProgress> {
+    let mut tc = StorageNodeServiceClient::connect(format!("http://{target}"))
+        .await?
+        .max_decoding_message_size(64 << 20);
+    let mut s = tc
+        .pull_range(pb::PullRangeRequest {
+            range: Some(pairdb_common::convert::range_to_pb(
+                pairdb_common::token::TokenRange::FULL,
+            )),
+            source_address: source.to_string(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut last = pb::PullProgress::default();
+    while let Some(p) = s.message().await? {
+        last = p;
+        if last.done {
+            break;
+        }
+    }
+    Ok(last)
+}
+
 fn mbps(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs.max(1e-9)
 }
@@ -151,28 +180,8 @@ pub async fn run(a: StreamArgs, json: bool) -> anyhow::Result<()> {
     let scan_all_secs: Vec<f64> = scans.iter().map(|s| s.2).collect();
 
     // 3. One stream, source → target.
-    let mut tc = StorageNodeServiceClient::connect(format!("http://{}", target.grpc_addr))
-        .await?
-        .max_decoding_message_size(64 << 20);
     let t = Instant::now();
-    let mut s = tc
-        .pull_range(pb::PullRangeRequest {
-            range: Some(pairdb_common::convert::range_to_pb(
-                pairdb_common::token::TokenRange::FULL,
-            )),
-            source_address: source.grpc_addr.to_string(),
-            resume_after: vec![],
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let mut last = pb::PullProgress::default();
-    while let Some(p) = s.message().await? {
-        last = p;
-        if last.done {
-            break;
-        }
-    }
+    let last = pull_whole_ring(target.grpc_addr, source.grpc_addr).await?;
     let stream_secs = t.elapsed().as_secs_f64();
     if !last.done || last.keys != scan_keys {
         bail!(

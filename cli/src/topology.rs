@@ -2,8 +2,7 @@
 //! changes and their live progress (a progress bar in a terminal, plain lines otherwise,
 //! JSON lines with `--json`).
 
-use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use pairdb_common::api::pb;
@@ -294,77 +293,37 @@ pub fn print_changes(cs: &[pb::PendingChange], json_out: bool) {
     }
 }
 
-/// Follows a change until it ends: a progress bar in a terminal, a line per change of
-/// progress otherwise, JSON lines with `--json`. Fails unless it completes.
+/// Follows a change until it ends (`crate::follow`). Fails unless it completes.
 pub async fn watch(
     c: &mut Client,
     change_id: &str,
     timeout: Duration,
     json_out: bool,
 ) -> Result<()> {
-    let started = Instant::now();
-    let bar = (!json_out && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {prefix} [{bar:30}] {pos}/{len} ranges {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_prefix(change_id.to_string());
-        b
-    });
-    let mut last = String::new();
-    loop {
-        let cs = c
-            .list_pending_changes(pb::ListPendingChangesRequest {
-                include_finished: true,
+    crate::follow::follow("change", change_id, timeout, json_out, || {
+        let mut c = c.clone();
+        async move {
+            let cs = c
+                .list_pending_changes(pb::ListPendingChangesRequest {
+                    include_finished: true,
+                })
+                .await
+                .map_err(describe)?
+                .into_inner()
+                .changes;
+            let Some(ch) = cs.into_iter().find(|ch| ch.change_id == change_id) else {
+                bail!("no topology change {change_id}");
+            };
+            let p = progress(&ch);
+            Ok(crate::follow::Seen {
+                status: ch.status.clone(),
+                ranges_done: p["ranges_done"].as_u64().unwrap_or(0),
+                ranges_total: p["ranges_total"].as_u64().unwrap_or(0),
+                summary: summary(&ch),
+                error: ch.error.clone(),
+                json: change_json(&ch),
             })
-            .await
-            .map_err(describe)?
-            .into_inner()
-            .changes;
-        let Some(ch) = cs.into_iter().find(|ch| ch.change_id == change_id) else {
-            bail!("no topology change {change_id}");
-        };
-        let p = progress(&ch);
-        let line = format!("{} {}", ch.status, summary(&ch));
-        if let Some(b) = &bar {
-            b.set_length(p["ranges_total"].as_u64().unwrap_or(0));
-            b.set_position(p["ranges_done"].as_u64().unwrap_or(0));
-            b.set_message(line.clone());
-            b.tick();
-        } else if line != last {
-            if json_out {
-                println!("{}", change_json(&ch));
-            } else {
-                println!("{change_id}: {line}");
-            }
         }
-        last = line;
-        match ch.status.as_str() {
-            "completed" => {
-                if let Some(b) = &bar {
-                    b.finish_with_message(format!("completed {}", summary(&ch)));
-                }
-                return Ok(());
-            }
-            "failed" | "aborted" => {
-                if let Some(b) = &bar {
-                    b.abandon();
-                }
-                bail!("change {change_id} {}: {}", ch.status, ch.error);
-            }
-            _ => {}
-        }
-        if started.elapsed() > timeout {
-            bail!(
-                "change {change_id} still {} after {}s",
-                ch.status,
-                timeout.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod hints;
+pub mod lease;
 pub mod meta;
 pub mod metrics;
 pub mod repair;

@@ -542,17 +542,11 @@ impl Repairs {
     /// The `repair` worker: drives the active run when its lease is free, and starts the
     /// scheduled run when it is due.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.poll_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = self.clone().tick(&cancel).await {
-                tracing::warn!(error = %e, "repair worker: metadata store unavailable");
-            }
-        }
+        let every = Duration::from_millis(self.cfg.poll_ms);
+        crate::lease::every(every, cancel.clone(), "repair", || {
+            self.clone().tick(&cancel)
+        })
+        .await
     }
 
     async fn tick(self: Arc<Self>, cancel: &CancellationToken) -> Result<(), MetaError> {
@@ -627,13 +621,13 @@ impl Repairs {
         &self,
         id: &str,
         state: &Shared,
-        last_plan: &mut String,
+        last_plan: &Mutex<String>,
     ) -> Result<bool, MetaError> {
         let (plan, progress, waiting) = {
             let s = state.lock();
             (to_json(&s.plan), to_json(&s.progress()), s.waiting.clone())
         };
-        let changed = *last_plan != plan;
+        let changed = *last_plan.lock() != plan;
         let saved = self
             .meta
             .save_repair(
@@ -647,7 +641,7 @@ impl Repairs {
             )
             .await?;
         if saved && changed {
-            *last_plan = plan;
+            *last_plan.lock() = plan;
         }
         Ok(saved)
     }
@@ -666,36 +660,15 @@ impl Repairs {
             waiting: None,
         }));
         let saver_stop = CancellationToken::new();
-        let saver = {
-            let state = state.clone();
-            let cancel = cancel.clone();
-            let stop = saver_stop.clone();
-            let id = r.repair_id.clone();
-            let mut last_plan = r.plan.clone();
-            let every = Duration::from_millis((self.cfg.lease_ms / 5).clamp(100, 1000));
-            async move {
-                loop {
-                    match self.save(&id, &state, &mut last_plan).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            if !stop.is_cancelled() {
-                                tracing::warn!(repair_id = %id, "lost the lease of a repair (taken over); stopping");
-                                cancel.cancel();
-                            }
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(repair_id = %id, error = %e, "saving repair progress failed")
-                        }
-                    }
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(every) => {}
-                    }
-                }
-            }
-        };
+        let last_plan = Mutex::new(r.plan.clone());
+        let every = Duration::from_millis((self.cfg.lease_ms / 5).clamp(100, 1000));
+        let saver = crate::lease::keep(
+            || self.save(&r.repair_id, &state, &last_plan),
+            every,
+            cancel.clone(),
+            saver_stop.clone(),
+            &r.repair_id,
+        );
         let work = async {
             let r = self.run_ranges(&params, &state, &cancel).await;
             saver_stop.cancel();

@@ -388,17 +388,11 @@ impl Topology {
     /// The `topology-changes` worker: claims active changes whose lease is free and drives
     /// each in its own task.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.poll_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(e) = self.clone().tick(&cancel).await {
-                tracing::warn!(error = %e, "topology worker: metadata store unavailable");
-            }
-        }
+        let every = Duration::from_millis(self.cfg.poll_ms);
+        crate::lease::every(every, cancel.clone(), "topology", || {
+            self.clone().tick(&cancel)
+        })
+        .await
     }
 
     async fn tick(self: Arc<Self>, cancel: &CancellationToken) -> Result<(), MetaError> {
@@ -487,26 +481,8 @@ impl Topology {
             let stop = saver_stop.clone();
             let every = Duration::from_millis((self.cfg.lease_ms / 5).clamp(100, 1000));
             tokio::spawn(async move {
-                loop {
-                    match saver.save().await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            if !stop.is_cancelled() {
-                                tracing::warn!(change_id = %saver.change_id, "lost the lease of a topology change (aborted, or taken over); stopping");
-                                cancel.cancel();
-                            }
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(change_id = %saver.change_id, error = %e, "saving change progress failed")
-                        }
-                    }
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(every) => {}
-                    }
-                }
+                let job = saver.change_id.clone();
+                crate::lease::keep(|| saver.save(), every, cancel, stop, &job).await
             })
         };
         let r = match c.kind {

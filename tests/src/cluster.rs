@@ -358,3 +358,28 @@ pub fn read_req(key: &[u8], consistency: pb::Consistency) -> pb::ReadRequest {
         timeout_ms: 0,
     }
 }
+
+/// Polls a repair through `client` until it is no longer running (at most `deadline`); returns
+/// its final status.
+pub async fn wait_repair(
+    client: &mut CoordinatorServiceClient<Channel>,
+    repair_id: &str,
+    deadline: Duration,
+) -> Result<pb::RepairStatus> {
+    let until = Instant::now() + deadline;
+    loop {
+        let s = client
+            .get_repair_status(pb::GetRepairStatusRequest {
+                repair_id: repair_id.to_string(),
+            })
+            .await?
+            .into_inner();
+        if s.status != "running" {
+            return Ok(s);
+        }
+        if Instant::now() > until {
+            bail!("repair still running: {}", s.progress_json);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

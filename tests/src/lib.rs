@@ -209,3 +209,40 @@ pub fn runbook_path() -> Result<String> {
         std::env::var("PATH").unwrap_or_default()
     ))
 }
+
+/// Runs every `sh` block of `runbooks/<file>`, in order, as one bash script
+/// (`set -euo pipefail`, traced) with `envs` and `pairdbctl`/`grpcurl` first on the `PATH`.
+/// Fails, with the whole output, unless the runbook has at least `min_blocks` blocks and the
+/// script succeeds; returns the output (stdout, then stderr).
+pub async fn run_runbook(
+    file: &str,
+    min_blocks: usize,
+    envs: Vec<(&'static str, String)>,
+) -> Result<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let md = std::fs::read_to_string(root.join("runbooks").join(file))?;
+    let blocks = sh_blocks(&md);
+    anyhow::ensure!(
+        blocks.len() >= min_blocks,
+        "runbook {file} has {} sh blocks",
+        blocks.len()
+    );
+    let script = format!("set -euo pipefail\nset -x\n{}", blocks.join("\n"));
+    let path = runbook_path()?;
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .env("PATH", path)
+            .envs(envs)
+            .output()
+    })
+    .await??;
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(out.status.success(), "runbook {file} failed:\n{log}");
+    Ok(log)
+}

@@ -531,3 +531,13 @@ pub async fn preload(
     }
     Ok(out)
 }
+
+/// The Prometheus text a process serves on its admin port.
+pub async fn metrics_text(admin_port: u16) -> Result<String> {
+    Ok(
+        reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
+            .await?
+            .text()
+            .await?,
+    )
+}

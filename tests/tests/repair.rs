@@ -79,20 +79,12 @@ async fn status(c: &TestCluster, coordinator: usize, id: &str) -> pb::RepairStat
 
 /// Polls until the run ends; returns its final status and progress.
 async fn wait_repair(c: &TestCluster, coordinator: usize, id: &str) -> (pb::RepairStatus, Value) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = status(c, coordinator, id).await;
-        if s.status != "running" {
-            let p: Value = serde_json::from_str(&s.progress_json).unwrap();
-            return (s, p);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "repair still running: {}",
-            s.progress_json
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut client = c.client(coordinator).await.unwrap();
+    let s = pairdb_tests::cluster::wait_repair(&mut client, id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let p: Value = serde_json::from_str(&s.progress_json).unwrap();
+    (s, p)
 }
 
 fn key(i: usize) -> Vec<u8> {

@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use pairdb_common::api::pb;
+use pairdb_tests::cluster::wait_repair;
 use pairdb_tests::procs::{ProcCluster, ProcOptions, Writer, preload};
 use pairdb_tests::*;
 
@@ -73,21 +74,9 @@ async fn a_repair_survives_kill9_of_its_driving_coordinator() {
     let victim = c.coords.iter().position(|p| p.id == driver).unwrap();
     c.coords[victim].kill9().unwrap();
     let mut other = c.coords[1 - victim].client().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let done = loop {
-        let s = other
-            .get_repair_status(pb::GetRepairStatusRequest {
-                repair_id: run.repair_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if s.status != "running" {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "not finished: {s:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let done = wait_repair(&mut other, &run.repair_id, Duration::from_secs(120))
+        .await
+        .unwrap();
     assert_eq!(done.status, "completed", "{done:?}");
     let row = c.meta.get_repair(&run.repair_id).await.unwrap().unwrap();
     assert!(row.lease_owner.is_none());
@@ -104,22 +93,10 @@ async fn a_repair_survives_kill9_of_its_driving_coordinator() {
         .await
         .unwrap()
         .into_inner();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = other
-            .get_repair_status(pb::GetRepairStatusRequest {
-                repair_id: again.repair_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if s.status != "running" {
-            assert_eq!(s.status, "completed", "{s:?}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "not finished: {s:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let done = wait_repair(&mut other, &again.repair_id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(done.status, "completed", "{done:?}");
     c.check_digests("n3").await.unwrap();
     c.check_quorum_reads(&acked).await.unwrap();
 }

@@ -3,7 +3,6 @@
 //! holds a corrupt record, then checks that the replicas converged and the record was rebuilt.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use pairdb_common::api::pb;
@@ -16,11 +15,6 @@ use pairdb_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_command_of_the_repair_runbook_runs_against_a_live_cluster() {
     let _s = serial_async().await;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let md = std::fs::read_to_string(root.join("runbooks/repair.md")).unwrap();
-    let blocks = sh_blocks(&md);
-    assert!(blocks.len() >= 6, "runbook has {} sh blocks", blocks.len());
-
     let mut c = TestCluster::start(ClusterOptions {
         backend: Backend::Postgres,
         nodes: 3,
@@ -56,35 +50,22 @@ async fn every_command_of_the_repair_runbook_runs_against_a_live_cluster() {
         .write(vec![BatchOp::Put(Space::Data, dk, rec)], true)
         .unwrap();
 
-    let script = format!("set -euo pipefail\nset -x\n{}", blocks.join("\n"));
-    let path = runbook_path().unwrap();
-    let coord = c.coordinators[0].grpc_addr.to_string();
-    let (db_url, node_addr, node_admin) = (
-        c.db_url.clone(),
-        c.node_cfgs[1].grpc_addr.to_string(),
-        c.node_cfgs[1].admin_addr.to_string(),
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("bash")
-            .arg("-c")
-            .arg(script)
-            .env("PATH", path)
-            .env("PAIRDB_COORDINATOR", coord)
-            .env("DATABASE_URL", db_url)
-            .env("NODE_ADDR", node_addr)
-            .env("NODE_ADMIN", node_admin)
-            .env("TENANT", "t1")
-            .output()
-            .unwrap()
-    })
+    let log = run_runbook(
+        "repair.md",
+        6,
+        vec![
+            (
+                "PAIRDB_COORDINATOR",
+                c.coordinators[0].grpc_addr.to_string(),
+            ),
+            ("DATABASE_URL", c.db_url.clone()),
+            ("NODE_ADDR", c.node_cfgs[1].grpc_addr.to_string()),
+            ("NODE_ADMIN", c.node_cfgs[1].admin_addr.to_string()),
+            ("TENANT", "t1".into()),
+        ],
+    )
     .await
     .unwrap();
-    let log = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "runbook failed:\n{log}");
     println!("{log}");
     assert!(
         log.contains("1 corrupt of"),

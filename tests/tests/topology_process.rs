@@ -11,7 +11,7 @@ use std::time::Duration;
 use pairdb_common::api::pb;
 use pairdb_common::ring::NodeState;
 use pairdb_coordinator::meta::{ChangeKind, ChangeStatus};
-use pairdb_tests::procs::{ProcCluster, ProcOptions, Writer, preload};
+use pairdb_tests::procs::{ProcCluster, ProcOptions, Writer, metrics_text, preload};
 use pairdb_tests::*;
 
 const CHANGE_DEADLINE: Duration = Duration::from_secs(120);
@@ -93,12 +93,7 @@ async fn bootstrap_3_to_4_under_writes_loses_nothing_and_cleanup_drops_surplus()
     c.check_quorum_reads(&acked).await.unwrap();
     c.check_digests("n4").await.unwrap();
     // The new node's ranges went in as ingested tables while the writer was writing to them.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", n4_admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(n4_admin).await.unwrap();
     let ingested = metrics
         .lines()
         .find(|l| l.starts_with("stream_keys_ingested_total"))
@@ -210,12 +205,7 @@ async fn driving_coordinator_killed_mid_bootstrap_another_resumes() {
     let survivor = c.coords.iter().find(|p| p.running()).unwrap();
     assert_ne!(survivor.id, driver);
     // The survivor finished the change (its own counter says so).
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", survivor.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(survivor.admin).await.unwrap();
     assert!(
         metrics.contains(r#"bootstrap_operations_total{kind="bootstrap",result="completed"} 1"#),
         "the surviving coordinator did not complete the bootstrap:\n{metrics}"
