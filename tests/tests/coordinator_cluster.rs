@@ -363,6 +363,10 @@ async fn coordinator_restart_mid_traffic(backend: Backend) {
                     Ok(_) => acked.push(k),
                     Err(_) => {
                         failed += 1;
+                        // Back off briefly, as a client would: without it the count of failed
+                        // writes measures how fast this loop spins while the old coordinator
+                        // stops, not how long the cluster was unavailable.
+                        tokio::time::sleep(Duration::from_millis(25)).await;
                         if let Ok(cl) = connect(*addr.read().await).await {
                             client = cl;
                         }
