@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/setup.sh
+source scripts/env.sh   # setup may have just cached the RocksDB library: pick it up
 cargo build --workspace --all-targets --locked
 exec "$CARGO_TARGET_DIR/debug/pairdbctl" dev "$@"

@@ -183,7 +183,7 @@ fn engine_steps(a: &StorageArgs, dur: Duration) -> anyhow::Result<Vec<StepResult
         background_jobs: 2,
     };
     // Raw RocksDB: a put/get of the same key shape and value, no pairdb logic.
-    let raw = RocksEngine::open(&tmp.path().join("raw"), &ropts, |_, _| false)?;
+    let raw = RocksEngine::open(&tmp.path().join("raw"), &ropts)?;
     let vs = a.value_size;
     out.push(sync_loop("rocksdb_raw_put", dur, |i| {
         let k = pairdb_common::token::data_key("bench", format!("key-{}", i % a.keys).as_bytes());
@@ -223,10 +223,11 @@ fn engine_steps(a: &StorageArgs, dur: Duration) -> anyhow::Result<Vec<StepResult
         max_siblings: 0,
         max_value_bytes: 0,
         sibling_warn: 0,
+        max_state_bytes: 0,
     };
     out.push(sync_loop("engine_put", dur, |i| {
         store
-            .write_many(vec![cmd(i)])
+            .write_many(vec![cmd(i)], usize::MAX)
             .pop()
             .is_some_and(|r| r.is_ok())
     }));

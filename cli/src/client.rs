@@ -251,6 +251,16 @@ pub struct TenantArgs {
     pub conflict_policy: Option<String>,
     #[arg(long)]
     pub max_value_bytes: Option<u32>,
+    /// Cap on a key's encoded state (siblings, tombstones, context) in bytes.
+    #[arg(long)]
+    pub max_state_bytes: Option<u32>,
+    #[arg(long)]
+    pub sibling_max: Option<u32>,
+    #[arg(long)]
+    pub sibling_warn: Option<u32>,
+    /// Client requests per second on each coordinator (0 keeps the current value).
+    #[arg(long)]
+    pub rate_limit_rps: Option<u32>,
 }
 
 fn tenant_msg(a: &TenantArgs) -> Result<pb::Tenant> {
@@ -266,6 +276,10 @@ fn tenant_msg(a: &TenantArgs) -> Result<pb::Tenant> {
             Some(o) => anyhow::bail!("unknown conflict policy {o}: use siblings or lww"),
         },
         max_value_bytes: a.max_value_bytes.unwrap_or(0),
+        max_state_bytes: a.max_state_bytes.unwrap_or(0),
+        sibling_max: a.sibling_max.unwrap_or(0),
+        sibling_warn: a.sibling_warn.unwrap_or(0),
+        rate_limit_rps: a.rate_limit_rps.unwrap_or(0),
         ..Default::default()
     })
 }
@@ -280,7 +294,9 @@ fn tenant_json(t: &pb::Tenant) -> Value {
         "tenant_id": t.tenant_id, "replication_factor": t.replication_factor,
         "read_consistency": level(t.read_consistency), "write_consistency": level(t.write_consistency),
         "conflict_policy": pb::ConflictPolicy::try_from(t.conflict_policy).map(|p| p.as_str_name().to_lowercase()).unwrap_or_default(),
-        "max_value_bytes": t.max_value_bytes, "sibling_max": t.sibling_max,
+        "max_value_bytes": t.max_value_bytes, "max_state_bytes": t.max_state_bytes,
+        "sibling_max": t.sibling_max, "sibling_warn": t.sibling_warn,
+        "rate_limit_rps": t.rate_limit_rps,
     })
 }
 
@@ -290,19 +306,21 @@ fn print_tenants(ts: &[pb::Tenant], json_out: bool) {
         return;
     }
     println!(
-        "{:<24} {:>3} {:<8} {:<8} {:<9} {:>10}",
-        "TENANT", "RF", "READ", "WRITE", "POLICY", "MAX_VALUE"
+        "{:<24} {:>3} {:<8} {:<8} {:<9} {:>10} {:>10} {:>8}",
+        "TENANT", "RF", "READ", "WRITE", "POLICY", "MAX_VALUE", "MAX_STATE", "RPS"
     );
     for t in ts {
         let j = tenant_json(t);
         println!(
-            "{:<24} {:>3} {:<8} {:<8} {:<9} {:>10}",
+            "{:<24} {:>3} {:<8} {:<8} {:<9} {:>10} {:>10} {:>8}",
             t.tenant_id,
             t.replication_factor,
             j["read_consistency"].as_str().unwrap_or(""),
             j["write_consistency"].as_str().unwrap_or(""),
             j["conflict_policy"].as_str().unwrap_or(""),
-            t.max_value_bytes
+            t.max_value_bytes,
+            t.max_state_bytes,
+            t.rate_limit_rps
         );
     }
 }

@@ -139,9 +139,10 @@ pub async fn run(a: StreamArgs, json: bool) -> anyhow::Result<()> {
                     max_siblings: 0,
                     max_value_bytes: 0,
                     sibling_warn: 0,
+                    max_state_bytes: 0,
                 })
                 .collect();
-            for r in store.write_many(cmds) {
+            for r in store.write_many(cmds, usize::MAX) {
                 r.map_err(|e| anyhow::anyhow!("load: {e}"))?;
             }
             i += 1000;

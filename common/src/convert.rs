@@ -3,6 +3,7 @@
 
 use crate::api::pb;
 use crate::error::{Error, Result};
+use crate::validate;
 use crate::version::{Actor, ConflictPolicy, Dot, KeyState, Version, VersionVector};
 
 pub fn dot_to_pb(d: &Dot) -> pb::Dot {
@@ -13,14 +14,28 @@ pub fn dot_to_pb(d: &Dot) -> pb::Dot {
     }
 }
 
-pub fn dot_from_pb(d: &pb::Dot) -> Result<Dot> {
-    if d.node_id.is_empty() || d.counter == 0 {
+/// An actor from the wire: its node id must be a valid node id (actor ids are repeated in
+/// every context that names them, so a long one would be persisted into contexts forever).
+fn actor_from_pb(node_id: &str, epoch: u64) -> Result<Actor> {
+    if !validate::is_node_id(node_id) {
         return Err(Error::InvalidArgument(format!(
-            "dot needs a node id and a counter > 0, got {}:{}",
-            d.node_id, d.counter
+            "actor node id {} must be 1-{} chars of [a-z0-9._-]",
+            validate::excerpt(node_id),
+            validate::MAX_NODE_ID_LEN
         )));
     }
-    Ok(Dot::new(Actor::new(d.node_id.clone(), d.epoch), d.counter))
+    Ok(Actor::new(node_id, epoch))
+}
+
+pub fn dot_from_pb(d: &pb::Dot) -> Result<Dot> {
+    if d.counter == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "dot needs a counter > 0, got {}:{}",
+            validate::excerpt(&d.node_id),
+            d.counter
+        )));
+    }
+    Ok(Dot::new(actor_from_pb(&d.node_id, d.epoch)?, d.counter))
 }
 
 pub fn vv_to_pb(vv: &VersionVector) -> pb::VersionVector {
@@ -37,15 +52,24 @@ pub fn vv_to_pb(vv: &VersionVector) -> pb::VersionVector {
     }
 }
 
+/// A version vector from the wire, within [`validate::MAX_CONTEXT_ENTRIES`] entries and
+/// [`validate::MAX_CONTEXT_DOTS`] cloud dots; O(n log n) in its size.
 pub fn vv_from_pb(vv: pb::VersionVector) -> Result<VersionVector> {
+    if vv.entries.len() > validate::MAX_CONTEXT_ENTRIES
+        || vv.dots.len() > validate::MAX_CONTEXT_DOTS
+    {
+        return Err(Error::InvalidArgument(format!(
+            "version vector with {} entries and {} dots; the limits are {} and {}",
+            vv.entries.len(),
+            vv.dots.len(),
+            validate::MAX_CONTEXT_ENTRIES,
+            validate::MAX_CONTEXT_DOTS
+        )));
+    }
     let mut out = VersionVector::new();
     for e in vv.entries {
-        if e.node_id.is_empty() {
-            return Err(Error::InvalidArgument(
-                "version vector entry without node id".into(),
-            ));
-        }
-        out.raise(&Actor::new(e.node_id, e.epoch), e.counter);
+        let actor = actor_from_pb(&e.node_id, e.epoch)?;
+        out.raise(&actor, e.counter);
     }
     for d in &vv.dots {
         out.add_dot(&dot_from_pb(d)?);
@@ -71,6 +95,14 @@ pub fn version_from_pb(v: pb::Version) -> Result<Version> {
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("version without dot".into()))?,
     )?;
+    if v.value.len() > validate::HARD_MAX_VALUE_BYTES {
+        return Err(Error::ValueTooLarge(format!(
+            "version value is {} bytes; the hard limit is {}",
+            v.value.len(),
+            validate::HARD_MAX_VALUE_BYTES
+        )));
+    }
+    validate::idempotency_key(&v.idempotency_key)?;
     Ok(Version {
         dot,
         context: vv_from_pb(v.context.unwrap_or_default())?,
@@ -89,7 +121,26 @@ pub fn state_to_pb(s: &KeyState) -> pb::KeyState {
     }
 }
 
+/// Whether a wire key state is large enough that converting (and merging) it belongs on a
+/// blocking thread rather than an async worker.
+pub fn is_large_state(s: &pb::KeyState) -> bool {
+    s.versions.len() > 32
+        || s.versions.iter().map(|v| v.value.len()).sum::<usize>() > 64 * 1024
+        || s.context
+            .as_ref()
+            .is_some_and(|c| c.entries.len() + c.dots.len() > 1024)
+}
+
+/// A key state from the wire (or a record), with at most [`validate::MAX_STATE_VERSIONS`]
+/// versions, each validated.
 pub fn state_from_pb(s: pb::KeyState) -> Result<KeyState> {
+    if s.versions.len() > validate::MAX_STATE_VERSIONS {
+        return Err(Error::InvalidArgument(format!(
+            "key state with {} versions; the limit is {}",
+            s.versions.len(),
+            validate::MAX_STATE_VERSIONS
+        )));
+    }
     let versions = s
         .versions
         .into_iter()

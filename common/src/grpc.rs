@@ -29,3 +29,90 @@ pub fn reflection(
         builder(services).build_v1alpha()?,
     ))
 }
+
+/// A limit on the requests a gRPC server works on at once: a request beyond it is answered at
+/// once with RESOURCE_EXHAUSTED / OVERLOADED (never queued, so a flood cannot build an
+/// unbounded backlog of waiting requests). Health checks are never refused, so probes keep
+/// telling the truth under load. `on_refused` counts refusals (a metric).
+#[derive(Clone)]
+pub struct AdmissionLayer {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    limit: usize,
+    on_refused: std::sync::Arc<dyn Fn() + Send + Sync>,
+}
+
+impl AdmissionLayer {
+    pub fn new(limit: usize, on_refused: impl Fn() + Send + Sync + 'static) -> AdmissionLayer {
+        AdmissionLayer {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+            on_refused: std::sync::Arc::new(on_refused),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+
+    fn layer(&self, inner: S) -> Admission<S> {
+        Admission {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`AdmissionLayer`] wraps around a server's routes.
+#[derive(Clone)]
+pub struct Admission<S> {
+    inner: S,
+    layer: AdmissionLayer,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+impl<S, ReqB, ResB> tower::Service<tonic::codegen::http::Request<ReqB>> for Admission<S>
+where
+    S: tower::Service<
+            tonic::codegen::http::Request<ReqB>,
+            Response = tonic::codegen::http::Response<ResB>,
+        >,
+    S::Future: Send + 'static,
+    ResB: Default + Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<ResB>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<ReqB>) -> Self::Future {
+        if req.uri().path().starts_with("/grpc.health.v1.Health/") {
+            return Box::pin(self.inner.call(req));
+        }
+        match self.layer.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let fut = self.inner.call(req);
+                Box::pin(async move {
+                    let r = fut.await;
+                    drop(permit);
+                    r
+                })
+            }
+            Err(_) => {
+                (self.layer.on_refused)();
+                let status = crate::Error::Overloaded(format!(
+                    "the server is working on {} requests, its limit; retry later",
+                    self.layer.limit
+                ))
+                .to_status();
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}

@@ -118,21 +118,21 @@ impl VersionVector {
         self.compact(&dot.actor);
     }
 
-    /// Drops cloud dots the entry covers and absorbs those contiguous with it.
+    /// Drops cloud dots the entry covers and absorbs those contiguous with it. Looks only at the
+    /// actor's lowest cloud dots (each is removed at most once), so building a vector dot by dot
+    /// stays O(n log n).
     fn compact(&mut self, actor: &Actor) {
         let mut top = self.get(actor);
         let lo = Dot::new(actor.clone(), 0);
         let hi = Dot::new(actor.clone(), u64::MAX);
-        let mine: Vec<Dot> = self.cloud.range(lo..=hi).cloned().collect();
-        for d in mine {
-            if d.counter <= top {
-                self.cloud.remove(&d);
-            } else if d.counter == top + 1 {
-                self.cloud.remove(&d);
-                top += 1;
-            } else {
+        while let Some(first) = self.cloud.range(&lo..=&hi).next() {
+            let c = first.counter;
+            if c > top && Some(c) != top.checked_add(1) {
                 break;
             }
+            let first = first.clone();
+            self.cloud.remove(&first);
+            top = top.max(c);
         }
         if top > 0 {
             self.entries.insert(actor.clone(), top);
@@ -179,23 +179,33 @@ impl VersionVector {
     /// knows every earlier dot of `a` for that key, so every dot below is either live (kept
     /// uncovered) or already obsolete. Keeps clouds from growing with every fold.
     pub fn compact_against(&mut self, live: &[Version]) {
+        let mut live_min: std::collections::HashMap<&Actor, u64> = Default::default();
+        for v in live {
+            let m = live_min.entry(&v.dot.actor).or_insert(u64::MAX);
+            *m = (*m).min(v.dot.counter);
+        }
         let actors: BTreeSet<Actor> = self.cloud.iter().map(|d| d.actor.clone()).collect();
         for actor in actors {
-            let live_min = live
-                .iter()
-                .filter(|v| v.dot.actor == actor)
-                .map(|v| v.dot.counter)
-                .min()
-                .unwrap_or(u64::MAX);
+            let min = live_min.get(&actor).copied().unwrap_or(u64::MAX);
             let below: Option<u64> = self
                 .cloud
-                .range(Dot::new(actor.clone(), 0)..Dot::new(actor.clone(), live_min))
+                .range(Dot::new(actor.clone(), 0)..Dot::new(actor.clone(), min))
                 .next_back()
                 .map(|d| d.counter);
             if let Some(top) = below {
                 self.raise(&actor, top);
             }
         }
+    }
+
+    /// Number of actor entries (not counting the dot cloud).
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Number of single dots above their actors' entries (the dot cloud).
+    pub fn cloud_len(&self) -> usize {
+        self.cloud.len()
     }
 }
 
@@ -445,10 +455,9 @@ impl KeyState {
     /// coordinating replicas) show once: the smallest dot.
     pub fn visible(&self, now_ms: u64, policy: ConflictPolicy) -> Vec<&Version> {
         let mut out: Vec<&Version> = Vec::with_capacity(self.versions.len());
+        let mut keys: std::collections::HashSet<&str> = Default::default();
         for v in self.versions.iter().filter(|v| v.is_visible(now_ms)) {
-            if !v.idempotency_key.is_empty()
-                && out.iter().any(|o| o.idempotency_key == v.idempotency_key)
-            {
+            if !v.idempotency_key.is_empty() && !keys.insert(v.idempotency_key.as_str()) {
                 continue;
             }
             out.push(v);
@@ -487,10 +496,9 @@ impl KeyState {
     }
 
     /// The state without versions expired at `now_ms` (what a read returns).
-    pub fn without_expired(&self, now_ms: u64) -> KeyState {
-        let mut s = self.clone();
-        s.versions.retain(|v| !v.is_expired(now_ms));
-        s
+    pub fn without_expired(mut self, now_ms: u64) -> KeyState {
+        self.versions.retain(|v| !v.is_expired(now_ms));
+        self
     }
 
     /// Whether every live version is a tombstone (a deleted key; reads answer NOT_FOUND).

@@ -9,7 +9,7 @@ use std::time::Instant;
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::coordinator_service_server::CoordinatorService;
 use pairdb_common::ring::{MAX_VIRTUAL_NODES, NodeState};
-use pairdb_common::{Error as E, context, convert, token};
+use pairdb_common::{Error as E, convert, token, validate};
 use tonic::{Request, Response, Status};
 
 use crate::data::{DataPlane, ReadReq, WriteReq};
@@ -22,9 +22,12 @@ use crate::topology::{self, Params, Topology};
 
 /// Most items in one batch request.
 pub const MAX_BATCH_ITEMS: usize = 1000;
+/// Bytes of read answers one BatchRead may carry (inside the 64 MiB message limit).
+pub const BATCH_ANSWER_BUDGET_BYTES: usize = 48 << 20;
 
 pub struct CoordinatorApi {
     pub data: Arc<DataPlane>,
+    pub contexts: Arc<crate::contexts::ContextKeys>,
     pub meta: Arc<dyn MetaStore>,
     pub topology: Arc<Topology>,
     pub repairs: Arc<crate::repair::Repairs>,
@@ -60,12 +63,14 @@ fn tenant_pb(t: &TenantRecord) -> pb::Tenant {
         sibling_warn: t.sibling_warn,
         sibling_max: t.sibling_max,
         rate_limit_rps: t.rate_limit_rps,
+        max_state_bytes: t.max_state_bytes,
         created_at_ms: t.created_at_ms,
         updated_at_ms: t.updated_at_ms,
     }
 }
 
-/// Applies the non-default fields of `p` onto `t`, validating each.
+/// Applies the non-default fields of `p` onto `t`, validating each, then the rules between
+/// them ([`check_tenant`]).
 fn apply_tenant_fields(t: &mut TenantRecord, p: &pb::Tenant) -> Result<()> {
     if p.replication_factor != 0 {
         if !(1..=7).contains(&p.replication_factor) {
@@ -90,7 +95,7 @@ fn apply_tenant_fields(t: &mut TenantRecord, p: &pb::Tenant) -> Result<()> {
         t.conflict_policy = convert::policy_from_pb(p.conflict_policy);
     }
     if p.max_value_bytes != 0 {
-        if p.max_value_bytes as usize > pairdb_common::validate::HARD_MAX_VALUE_BYTES {
+        if p.max_value_bytes as usize > validate::HARD_MAX_VALUE_BYTES {
             return Err(E::InvalidArgument(format!(
                 "max_value_bytes {} is above the 16 MiB cap",
                 p.max_value_bytes
@@ -100,8 +105,12 @@ fn apply_tenant_fields(t: &mut TenantRecord, p: &pb::Tenant) -> Result<()> {
         t.max_value_bytes = p.max_value_bytes;
     }
     if p.sibling_max != 0 {
-        if p.sibling_max > 1000 {
-            return Err(E::InvalidArgument("sibling_max must be at most 1000".into()).into());
+        if p.sibling_max as usize > validate::HARD_MAX_SIBLINGS {
+            return Err(E::InvalidArgument(format!(
+                "sibling_max must be at most {}",
+                validate::HARD_MAX_SIBLINGS
+            ))
+            .into());
         }
         t.sibling_max = p.sibling_max;
     }
@@ -110,6 +119,47 @@ fn apply_tenant_fields(t: &mut TenantRecord, p: &pb::Tenant) -> Result<()> {
     }
     if p.rate_limit_rps != 0 {
         t.rate_limit_rps = p.rate_limit_rps;
+    }
+    if p.max_state_bytes != 0 {
+        t.max_state_bytes = p.max_state_bytes;
+    }
+    check_tenant(t)
+}
+
+/// The rules between a tenant's limits: one largest value fits its state cap, and the worst
+/// merged state of a key (every replica coordinating writes apart under a partition, each up
+/// to the cap) plus its read answer stays inside a message, so every key stays readable.
+fn check_tenant(t: &TenantRecord) -> Result<()> {
+    let value = validate::effective_max_value_bytes(t.max_value_bytes);
+    let state = t.max_state_bytes as usize;
+    if state > validate::HARD_MAX_STATE_BYTES {
+        return Err(E::InvalidArgument(format!(
+            "max_state_bytes {state} is above the {} cap",
+            validate::HARD_MAX_STATE_BYTES
+        ))
+        .into());
+    }
+    if state < value + validate::STATE_OVERHEAD_BYTES {
+        return Err(E::InvalidArgument(format!(
+            "max_state_bytes {state} must be at least max_value_bytes ({value}) + {} (a largest value with its context)",
+            validate::STATE_OVERHEAD_BYTES
+        ))
+        .into());
+    }
+    let worst = state * t.replication_factor as usize + value;
+    if worst > validate::MESSAGE_BUDGET_BYTES {
+        return Err(E::InvalidArgument(format!(
+            "max_state_bytes x replication_factor + max_value_bytes = {worst} is above {}: a key merged from every replica could not be read in one message; lower max_state_bytes or max_value_bytes",
+            validate::MESSAGE_BUDGET_BYTES
+        ))
+        .into());
+    }
+    if t.sibling_warn as usize > validate::HARD_MAX_SIBLINGS {
+        return Err(E::InvalidArgument(format!(
+            "sibling_warn must be at most {}",
+            validate::HARD_MAX_SIBLINGS
+        ))
+        .into());
     }
     Ok(())
 }
@@ -243,11 +293,19 @@ impl CoordinatorApi {
             .map(|e| e.health.status())
     }
 
+    /// Opens a client's context token (counting refusals).
+    async fn open_context(&self, token: &[u8]) -> Result<pairdb_common::version::VersionVector> {
+        self.contexts.open(token).await.map_err(|e| {
+            self.data.metrics.context_refusals.inc();
+            e.into()
+        })
+    }
+
     async fn do_write(&self, w: pb::WriteRequest, tombstone: bool) -> Result<pb::WriteResponse> {
         let ok = self
             .data
             .write(WriteReq {
-                context: context::decode(&w.context)?,
+                context: self.open_context(&w.context).await?,
                 consistency: level(w.consistency),
                 tenant: w.tenant_id,
                 key: w.key,
@@ -259,7 +317,7 @@ impl CoordinatorApi {
             })
             .await?;
         Ok(pb::WriteResponse {
-            context: context::encode(&ok.context),
+            context: self.contexts.seal(&ok.context),
             dot: Some(convert::dot_to_pb(&ok.dot)),
             replicas_acked: ok.acked,
             deduplicated: ok.deduplicated,
@@ -283,7 +341,7 @@ impl CoordinatorApi {
             Ok(ok) => Ok(pb::ReadResponse {
                 value: ok.value.unwrap_or_default(),
                 siblings: ok.siblings.iter().map(sibling).collect(),
-                context: context::encode(&ok.context),
+                context: self.contexts.seal(&ok.context),
                 replicas_responded: ok.responded,
             }),
             Err(nf) => {
@@ -291,7 +349,8 @@ impl CoordinatorApi {
                 let mut meta = HashMap::new();
                 meta.insert(
                     "context".to_string(),
-                    base64::engine::general_purpose::STANDARD.encode(context::encode(&nf.context)),
+                    base64::engine::general_purpose::STANDARD
+                        .encode(self.contexts.seal(&nf.context)),
                 );
                 Err(E::KeyNotFound.to_status_with(meta))
             }
@@ -407,18 +466,38 @@ impl CoordinatorService for CoordinatorApi {
         self.observe("batch_read", started, &r);
         r?;
         let futs = items.into_iter().map(|r| self.do_read(r));
+        // The answer stays inside a message: items past the budget fail with OVERLOADED (read
+        // them on their own).
+        let mut budget = BATCH_ANSWER_BUDGET_BYTES;
         let results = futures::future::join_all(futs)
             .await
             .into_iter()
-            .map(|r| match r {
-                Ok(resp) => pb::BatchReadItemResult {
-                    response: Some(resp),
-                    error: None,
+            .map(|r| {
+                match r {
+                Ok(resp) => match budget.checked_sub(prost::Message::encoded_len(&resp)) {
+                    Some(left) => {
+                        budget = left;
+                        pb::BatchReadItemResult {
+                            response: Some(resp),
+                            error: None,
+                        }
+                    }
+                    None => pb::BatchReadItemResult {
+                        response: None,
+                        error: Some(
+                            E::Overloaded(
+                                "the batch answer would outgrow a message; read this key on its own"
+                                    .into(),
+                            )
+                            .to_item(),
+                        ),
+                    },
                 },
                 Err(s) => pb::BatchReadItemResult {
                     response: None,
                     error: Some(item_error_from_status(&s)),
                 },
+            }
             })
             .collect();
         Ok(Response::new(pb::BatchReadItemsResponse { results }))
@@ -431,7 +510,7 @@ impl CoordinatorService for CoordinatorApi {
         let started = Instant::now();
         let r = async {
             let p = req.into_inner().tenant.unwrap_or_default();
-            pairdb_common::validate::tenant_id(&p.tenant_id)?;
+            validate::tenant_id(&p.tenant_id)?;
             let mut t = TenantRecord::with_defaults(&p.tenant_id);
             apply_tenant_fields(&mut t, &p)?;
             self.meta.create_tenant(&t).await.map_err(|e| match e {
@@ -455,7 +534,7 @@ impl CoordinatorService for CoordinatorApi {
         req: Request<pb::GetTenantRequest>,
     ) -> std::result::Result<Response<pb::Tenant>, Status> {
         let id = req.into_inner().tenant_id;
-        pairdb_common::validate::tenant_id(&id).map_err(Error::from)?;
+        validate::tenant_id(&id).map_err(Error::from)?;
         match self.meta.get_tenant(&id).await.map_err(Error::from)? {
             Some(t) => Ok(Response::new(tenant_pb(&t))),
             None => Err(Error::from(E::TenantNotFound(id)).into()),
@@ -469,7 +548,7 @@ impl CoordinatorService for CoordinatorApi {
         let started = Instant::now();
         let r = async {
             let p = req.into_inner().tenant.unwrap_or_default();
-            pairdb_common::validate::tenant_id(&p.tenant_id)?;
+            validate::tenant_id(&p.tenant_id)?;
             let mut t = self
                 .meta
                 .get_tenant(&p.tenant_id)
@@ -518,6 +597,7 @@ impl CoordinatorService for CoordinatorApi {
         let started = Instant::now();
         let r = async {
             let q = req.into_inner();
+            validate::node_id(&q.node_id)?;
             let node = self.meta.get_node(&q.node_id).await?.ok_or_else(|| {
                 E::InvalidArgument(format!("storage node {} not found", q.node_id))
             })?;
@@ -585,6 +665,7 @@ impl CoordinatorService for CoordinatorApi {
                 .new_node
                 .ok_or_else(|| E::InvalidArgument("new_node is required".into()))?;
             validate_node(&new)?;
+            validate::node_id(&q.old_node_id)?;
             if new.node_id == q.old_node_id {
                 return Err(E::InvalidArgument(
                     "the new node needs its own node_id (a replacement is a new replica identity)".into(),
@@ -634,6 +715,7 @@ impl CoordinatorService for CoordinatorApi {
         req: Request<pb::GetStorageNodeStatusRequest>,
     ) -> std::result::Result<Response<pb::StorageNode>, Status> {
         let id = req.into_inner().node_id;
+        validate::node_id(&id).map_err(Error::from)?;
         match self.meta.get_node(&id).await.map_err(Error::from)? {
             Some(n) => Ok(Response::new(node_pb(&n, self.live_status(&id)))),
             None => Err(Status::not_found(format!("storage node {id} not found"))),
@@ -672,7 +754,11 @@ impl CoordinatorService for CoordinatorApi {
         req: Request<pb::AbortChangeRequest>,
     ) -> std::result::Result<Response<pb::PendingChange>, Status> {
         let started = Instant::now();
-        let r = self.topology.abort(&req.into_inner().change_id).await;
+        let id = req.into_inner().change_id;
+        let r = match check_id("change_id", &id) {
+            Ok(()) => self.topology.abort(&id).await,
+            Err(e) => Err(e),
+        };
         self.observe("abort_change", started, &r);
         Ok(Response::new(change_pb(&r?)))
     }
@@ -748,7 +834,7 @@ impl CoordinatorService for CoordinatorApi {
         let (key_replicas, key_token) = if q.tenant_id.is_empty() {
             (vec![], 0)
         } else {
-            pairdb_common::validate::key_ref(&q.tenant_id, &q.key).map_err(Error::from)?;
+            validate::key_ref(&q.tenant_id, &q.key).map_err(Error::from)?;
             let rf = self
                 .data
                 .tenants
@@ -782,7 +868,7 @@ impl CoordinatorService for CoordinatorApi {
         let q = req.into_inner();
         let tenant = (!q.tenant_id.is_empty()).then_some(q.tenant_id);
         if let Some(t) = &tenant {
-            pairdb_common::validate::tenant_id(t).map_err(|e| e.to_status())?;
+            validate::tenant_id(t).map_err(|e| e.to_status())?;
         }
         let params = crate::repair::Params {
             tenant,
@@ -798,7 +884,9 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         req: Request<pb::GetRepairStatusRequest>,
     ) -> std::result::Result<Response<pb::RepairStatus>, Status> {
-        let run = self.repairs.status(&req.into_inner().repair_id).await?;
+        let id = req.into_inner().repair_id;
+        check_id("repair_id", &id)?;
+        let run = self.repairs.status(&id).await?;
         Ok(Response::new(repair_status(&run)))
     }
 
@@ -856,26 +944,30 @@ fn change_pb(c: &ChangeRecord) -> pb::PendingChange {
 }
 
 fn validate_node(a: &pb::AddStorageNodeRequest) -> Result<()> {
-    let id = a.node_id.as_bytes();
-    let ok = !id.is_empty()
-        && id.len() <= 63
-        && (id[0].is_ascii_lowercase() || id[0].is_ascii_digit())
-        && id
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b));
-    if !ok {
-        return Err(E::InvalidArgument(format!(
-            "node_id {:?} must be 1-63 chars of [a-z0-9._-]",
-            a.node_id
-        ))
+    validate::node_id(&a.node_id)?;
+    validate::host(&a.host)?;
+    validate::zone(&a.zone)?;
+    if a.port == 0 || a.port > 65535 || a.admin_port > 65535 {
+        return Err(E::InvalidArgument(
+            "a port in 1-65535 is required (admin_port 0-65535)".into(),
+        )
         .into());
-    }
-    if a.host.is_empty() || a.port == 0 || a.port > 65535 || a.admin_port > 65535 {
-        return Err(E::InvalidArgument("host and a port in 1-65535 are required".into()).into());
     }
     if a.virtual_nodes > MAX_VIRTUAL_NODES {
         return Err(E::InvalidArgument(format!(
             "virtual_nodes must be at most {MAX_VIRTUAL_NODES}"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// An id of a change or repair run (uuids): at most 64 printable characters.
+fn check_id(what: &str, id: &str) -> Result<()> {
+    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(E::InvalidArgument(format!(
+            "{what} {} must be at most 64 printable characters",
+            validate::excerpt(id)
         ))
         .into());
     }

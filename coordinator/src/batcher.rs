@@ -3,7 +3,8 @@
 //! RPC on the node's HTTP/2 channel, so the number of RPCs stops growing with concurrency.
 //!
 //! Each node has one queue per operation kind and a drain task per queue. The drain task takes
-//! whatever is queued (at least one item, at most `MAX_BATCH`) and sends it as one RPC, with up
+//! whatever is queued (at least one item, at most `MAX_BATCH` items and
+//! `MAX_BATCH_REQUEST_BYTES` of values and states) and sends it as one RPC, with up
 //! to `MAX_IN_FLIGHT` batches outstanding so a slow batch does not hold the next one back. With
 //! one client in flight a batch holds one item, so latency at low load is one channel hop more
 //! than a direct call. Per-item errors come back as the same `tonic::Status` (with its
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pairdb_common::api::pb;
+use pairdb_common::validate::MAX_BATCH_REQUEST_BYTES;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::cluster::StorageClient;
@@ -35,6 +37,18 @@ pub struct Batcher {
     reads: mpsc::Sender<(pb::KeyRef, Reply<pb::ReadResult>)>,
 }
 
+fn write_size(op: &pb::WriteOp) -> usize {
+    op.key.len() + op.value.len() + op.context.len() + op.idempotency_key.len()
+}
+
+fn apply_size(kv: &pb::KeyVersions) -> usize {
+    prost::Message::encoded_len(kv)
+}
+
+fn read_size(k: &pb::KeyRef) -> usize {
+    k.key.len() + k.tenant_id.len()
+}
+
 /// Splits a batch response into per-item results: an item carrying an `ItemError` becomes the
 /// status a direct call would have returned.
 fn per_item<T>(
@@ -54,6 +68,7 @@ fn per_item<T>(
 async fn drain<Req, Res, Fut>(
     mut rx: mpsc::Receiver<(Req, Reply<Res>)>,
     timeout: Duration,
+    size: fn(&Req) -> usize,
     send: impl Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
 ) where
     Req: Send + 'static,
@@ -64,11 +79,30 @@ async fn drain<Req, Res, Fut>(
 {
     let send = Arc::new(send);
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    let mut carried: Option<(Req, Reply<Res>)> = None;
+    loop {
+        let first = match carried.take() {
+            Some(x) => x,
+            None => match rx.recv().await {
+                Some(x) => x,
+                None => return,
+            },
+        };
+        // Whatever is queued, up to MAX_BATCH items and MAX_BATCH_REQUEST_BYTES (a larger
+        // item goes alone; the item that would overflow starts the next batch).
+        let mut bytes = size(&first.0);
         let mut items = vec![first];
         while items.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(x) => items.push(x),
+                Ok(x) => {
+                    let n = size(&x.0);
+                    if bytes + n > MAX_BATCH_REQUEST_BYTES {
+                        carried = Some(x);
+                        break;
+                    }
+                    bytes += n;
+                    items.push(x);
+                }
                 Err(_) => break,
             }
         }
@@ -116,38 +150,53 @@ impl Batcher {
         let (atx, arx) = mpsc::channel(QUEUE);
         let (rtx, rrx) = mpsc::channel(QUEUE);
         let c = client.clone();
-        tokio::spawn(drain(wrx, timeout, move |ops: Vec<pb::WriteOp>| {
-            let mut c = c.clone();
-            async move {
-                let r = c
-                    .batch_write(pb::BatchWriteRequest { ops })
-                    .await?
-                    .into_inner();
-                Ok(per_item(r.results, |x| x.error.as_ref()))
-            }
-        }));
+        tokio::spawn(drain(
+            wrx,
+            timeout,
+            write_size,
+            move |ops: Vec<pb::WriteOp>| {
+                let mut c = c.clone();
+                async move {
+                    let r = c
+                        .batch_write(pb::BatchWriteRequest { ops })
+                        .await?
+                        .into_inner();
+                    Ok(per_item(r.results, |x| x.error.as_ref()))
+                }
+            },
+        ));
         let c = client.clone();
-        tokio::spawn(drain(arx, timeout, move |items: Vec<pb::KeyVersions>| {
-            let mut c = c.clone();
-            async move {
-                let r = c
-                    .batch_apply(pb::BatchApplyRequest { items })
-                    .await?
-                    .into_inner();
-                Ok(per_item(r.results, |x| x.error.as_ref()))
-            }
-        }));
+        tokio::spawn(drain(
+            arx,
+            timeout,
+            apply_size,
+            move |items: Vec<pb::KeyVersions>| {
+                let mut c = c.clone();
+                async move {
+                    let r = c
+                        .batch_apply(pb::BatchApplyRequest { items })
+                        .await?
+                        .into_inner();
+                    Ok(per_item(r.results, |x| x.error.as_ref()))
+                }
+            },
+        ));
         let c = client;
-        tokio::spawn(drain(rrx, timeout, move |keys: Vec<pb::KeyRef>| {
-            let mut c = c.clone();
-            async move {
-                let r = c
-                    .batch_read(pb::BatchReadRequest { keys })
-                    .await?
-                    .into_inner();
-                Ok(per_item(r.results, |x| x.error.as_ref()))
-            }
-        }));
+        tokio::spawn(drain(
+            rrx,
+            timeout,
+            read_size,
+            move |keys: Vec<pb::KeyRef>| {
+                let mut c = c.clone();
+                async move {
+                    let r = c
+                        .batch_read(pb::BatchReadRequest { keys })
+                        .await?
+                        .into_inner();
+                    Ok(per_item(r.results, |x| x.error.as_ref()))
+                }
+            },
+        ));
         Batcher {
             writes: wtx,
             applies: atx,

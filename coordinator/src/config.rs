@@ -76,6 +76,25 @@ pub struct Config {
     /// Tombstones are purged only when this old and only by a repair that found every replica
     /// of their range holding them (default 10 days; must exceed `hint_ttl_secs`).
     pub tombstone_gc_grace_secs: u64,
+    /// How often the cluster context keys are reloaded from the metadata store (a key rotated
+    /// elsewhere is also picked up at once, by the first token sealed with it).
+    pub context_key_refresh_ms: u64,
+    /// gRPC requests this coordinator works on at once; more are refused with OVERLOADED.
+    pub max_concurrent_requests: usize,
+    /// Owned replication and read-repair tasks in flight (one per client request until every
+    /// replica answered); beyond it requests are refused with OVERLOADED.
+    pub max_owned_tasks: usize,
+    /// Hints waiting in memory to be stored; beyond it hints are dropped (and counted).
+    pub hint_queue_max: usize,
+    /// Payload MiB of hints waiting in memory to be stored.
+    pub hint_queue_max_mb: u64,
+    /// Connections of the hint store's own pool (apart from the main pool).
+    pub hint_db_connections: u32,
+    /// Most payload bytes of pending hints per target node.
+    pub max_hint_bytes_per_target: u64,
+    /// First delay before a failed hint delivery is tried again (doubles per attempt, at most
+    /// 5 minutes).
+    pub hint_retry_base_ms: u64,
 }
 
 impl Default for Config {
@@ -122,6 +141,14 @@ impl Default for Config {
             repair_parallelism: 2,
             repair_max_bytes_per_sec: 64 << 20,
             tombstone_gc_grace_secs: 10 * 24 * 3600,
+            context_key_refresh_ms: 10_000,
+            max_concurrent_requests: 4096,
+            max_owned_tasks: 16_384,
+            hint_queue_max: 10_000,
+            hint_queue_max_mb: 64,
+            hint_db_connections: 2,
+            max_hint_bytes_per_target: 1 << 30,
+            hint_retry_base_ms: 1_000,
         }
     }
 }
@@ -254,6 +281,8 @@ impl Config {
             ("hint_replay_interval_ms", self.hint_replay_interval_ms),
             ("change_lease_ms", self.change_lease_ms),
             ("change_poll_ms", self.change_poll_ms),
+            ("context_key_refresh_ms", self.context_key_refresh_ms),
+            ("hint_retry_base_ms", self.hint_retry_base_ms),
         ] {
             if v == 0 || v > 3_600_000 {
                 return Err(ConfigError(format!("{name} must be 1-3600000")));
@@ -276,6 +305,31 @@ impl Config {
         {
             return Err(ConfigError(
                 "max_concurrent_bootstraps, stream_parallelism and repair_parallelism must be at least 1"
+                    .into(),
+            ));
+        }
+        if !(64..=256).contains(&self.max_message_mb) {
+            return Err(ConfigError(
+                "max_message_mb must be 64-256 (key states are capped so that every one fits 64 MiB)"
+                    .into(),
+            ));
+        }
+        for (name, v) in [
+            ("max_concurrent_requests", self.max_concurrent_requests),
+            ("max_owned_tasks", self.max_owned_tasks),
+            ("hint_queue_max", self.hint_queue_max),
+        ] {
+            if v == 0 || v > 10_000_000 {
+                return Err(ConfigError(format!("{name} must be 1-10000000")));
+            }
+        }
+        if self.hint_queue_max_mb == 0
+            || self.hint_queue_max_mb > 65_536
+            || !(1..=64).contains(&self.hint_db_connections)
+            || self.max_hint_bytes_per_target == 0
+        {
+            return Err(ConfigError(
+                "hint_queue_max_mb must be 1-65536, hint_db_connections 1-64 and max_hint_bytes_per_target at least 1"
                     .into(),
             ));
         }

@@ -44,6 +44,8 @@ pub struct DataConfig {
     pub replica_timeout_ms: u64,
     /// A replica away longer than this since its last full repair serves no reads.
     pub gc_grace_ms: u64,
+    /// Most owned replication and read-repair tasks in flight.
+    pub max_owned_tasks: usize,
 }
 
 pub struct DataPlane {
@@ -52,6 +54,12 @@ pub struct DataPlane {
     pub hints: Arc<Hints>,
     pub metrics: Arc<Metrics>,
     pub cfg: DataConfig,
+    /// Owned replication and read-repair tasks in flight (one per client request until every
+    /// replica answered): a bound, so a flood of requests to slow replicas cannot pile up
+    /// tasks without end.
+    pub owned_tasks: Arc<tokio::sync::Semaphore>,
+    /// Per-tenant request rates.
+    pub limiter: crate::admission::RateLimiter,
 }
 
 /// A client write (or delete, when `tombstone`).
@@ -107,6 +115,23 @@ enum WriteEvent {
     Rejected(E),
 }
 
+/// Converts a replica's key state, on a blocking thread when it is large.
+async fn decode_state(st: pb::KeyState) -> std::result::Result<KeyState, String> {
+    if !convert::is_large_state(&st) {
+        return convert::state_from_pb(st).map_err(|e| e.to_string());
+    }
+    tokio::task::spawn_blocking(move || convert::state_from_pb(st))
+        .await
+        .map_err(|e| format!("decode task failed: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
+/// Whether a batched item was refused only because its batch's answer grew too large.
+fn budget_exceeded(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::ResourceExhausted
+        && s.message().contains(validate::BATCH_BUDGET_EXCEEDED)
+}
+
 fn replica_error(status: &tonic::Status) -> E {
     E::from_status(status)
 }
@@ -152,6 +177,23 @@ impl DataPlane {
         Ok((list, pending))
     }
 
+    /// A slot for one owned task, or OVERLOADED.
+    fn owned_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.owned_tasks.clone().try_acquire_owned().map_err(|_| {
+            self.metrics
+                .overloaded
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: "owned_tasks",
+                })
+                .inc();
+            E::Overloaded(format!(
+                "{} replication and read-repair tasks are in flight on this coordinator; retry later",
+                self.cfg.max_owned_tasks
+            ))
+            .into()
+        })
+    }
+
     fn deadline(&self, timeout_ms: u32) -> Duration {
         Duration::from_millis(match timeout_ms {
             0 => self.cfg.request_timeout_ms,
@@ -173,7 +215,9 @@ impl DataPlane {
     /// A quorum write (see module docs).
     pub async fn write(self: &Arc<Self>, req: WriteReq) -> Result<WriteOk> {
         validate::key_ref(&req.tenant, &req.key)?;
+        validate::idempotency_key(&req.idempotency_key)?;
         let tenant = self.tenants.get(&req.tenant).await?;
+        self.limiter.admit(&tenant, &self.metrics)?;
         validate::value(
             &req.value,
             validate::effective_max_value_bytes(tenant.max_value_bytes),
@@ -184,10 +228,14 @@ impl DataPlane {
         let required = level.required(n);
         let deadline = self.deadline(req.timeout_ms);
 
+        let slot = self.owned_slot()?;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let me = self.clone();
         let t = tenant.clone();
-        tokio::spawn(async move { me.replicate(t, req, replicas, pending, level, tx).await });
+        tokio::spawn(async move {
+            let _slot = slot;
+            me.replicate(t, req, replicas, pending, level, tx).await
+        });
 
         let mut acked = 0usize;
         let mut coordinated: Option<Box<pb::WriteResult>> = None;
@@ -254,13 +302,14 @@ impl DataPlane {
             key: req.key.clone(),
             value: req.value,
             tombstone: req.tombstone,
-            context: pairdb_common::context::encode(&req.context),
+            context: pairdb_common::context::encode_internal(&req.context),
             ttl_seconds: req.ttl_seconds,
             idempotency_key: req.idempotency_key,
             conflict_policy: convert::policy_to_pb(tenant.conflict_policy) as i32,
             max_siblings: tenant.sibling_max,
             max_value_bytes: tenant.max_value_bytes,
             sibling_warn: tenant.sibling_warn,
+            max_state_bytes: tenant.max_state_bytes,
         };
         // 1. Coordinating replica: the first available one that accepts the write.
         let mut coordinator: Option<(usize, KeyState)> = None;
@@ -271,20 +320,42 @@ impl DataPlane {
         for i in order {
             let node = &replicas[i];
             let started = Instant::now();
-            let r =
-                tokio::time::timeout(self.replica_timeout(), node.batcher.write(op.clone())).await;
+            let r = tokio::time::timeout(self.replica_timeout(), async {
+                match node.batcher.write(op.clone()).await {
+                    // The batch's answer would have outgrown a message before this op (nothing
+                    // was done for it): send it on its own.
+                    Err(s) if budget_exceeded(&s) => node
+                        .client
+                        .clone()
+                        .write(op.clone())
+                        .await
+                        .map(tonic::Response::into_inner),
+                    r => r,
+                }
+            })
+            .await;
             self.observe_replica("write", started);
             match r {
                 Ok(Ok(resp)) => {
                     node.health.record_success();
-                    let state = resp
-                        .state
-                        .clone()
-                        .map(convert::state_from_pb)
-                        .transpose()
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default();
+                    // Fail closed: a state that does not decode is never replaced by an empty
+                    // one the other replicas would then acknowledge. The version stays on the
+                    // coordinating replica; read repair and anti-entropy spread it.
+                    let state = match resp.state.clone() {
+                        Some(st) => decode_state(st).await,
+                        None => Err("no state".to_string()),
+                    };
+                    let state = match state {
+                        Ok(st) => st,
+                        Err(e) => {
+                            tracing::error!(node_id = %node.record.node_id, error = %e, "coordinating replica answered a state that does not decode");
+                            let _ = tx.send(WriteEvent::Rejected(E::Internal(format!(
+                                "coordinating replica {} answered a key state that does not decode ({e}); the write may be partially applied",
+                                node.record.node_id
+                            ))));
+                            return;
+                        }
+                    };
                     let _ = tx.send(WriteEvent::Coordinated(Box::new(resp)));
                     coordinator = Some((i, state));
                     break;
@@ -354,6 +425,7 @@ impl DataPlane {
                 }
             })
             .collect();
+        let mut durable = FuturesUnordered::new();
         while let Some((node, counts, r, started)) = pending.next().await {
             self.observe_replica("apply", started);
             match r {
@@ -368,23 +440,37 @@ impl DataPlane {
                         node.health
                             .record_failure(self.cluster.config().down_after_misses);
                     }
-                    let rec = self
-                        .hints
-                        .record(&node.record.node_id, &req.tenant, &req.key, &state)
-                        .await;
                     // A pending replica's miss is covered by its hint (and the change's
-                    // verification); it never counts toward W either way.
-                    let event = if rec == Recorded::Stored && level == Level::Any {
-                        WriteEvent::Ack
+                    // verification); it never counts toward W either way. Only ANY waits for
+                    // the hint to be stored: there it is the acknowledgement.
+                    let failed = WriteEvent::Failed(format!("{}: {msg}", node.record.node_id));
+                    if counts && level == Level::Any {
+                        let _ = tx.send(failed);
+                        let hints = self.hints.clone();
+                        let (target, tenant, key) = (
+                            node.record.node_id.clone(),
+                            req.tenant.clone(),
+                            req.key.clone(),
+                        );
+                        let (tx, state) = (tx.clone(), state.clone());
+                        durable.push(async move {
+                            if hints.record_durable(&target, &tenant, &key, &state).await
+                                == Recorded::Stored
+                            {
+                                let _ = tx.send(WriteEvent::Ack);
+                            }
+                        });
                     } else {
-                        WriteEvent::Failed(format!("{}: {msg}", node.record.node_id))
-                    };
-                    if counts {
-                        let _ = tx.send(event);
+                        self.hints
+                            .enqueue(&node.record.node_id, &req.tenant, &req.key, &state);
+                        if counts {
+                            let _ = tx.send(failed);
+                        }
                     }
                 }
             }
         }
+        while durable.next().await.is_some() {}
     }
 
     /// A quorum read (see module docs). `Err(Ok(NotFound))` when no live version exists.
@@ -394,6 +480,7 @@ impl DataPlane {
     ) -> Result<std::result::Result<ReadOk, NotFound>> {
         validate::key_ref(&req.tenant, &req.key)?;
         let tenant = self.tenants.get(&req.tenant).await?;
+        self.limiter.admit(&tenant, &self.metrics)?;
         let level = match req.consistency.unwrap_or(tenant.read_consistency) {
             Level::Any => {
                 return Err(E::InvalidArgument("ANY is a write consistency level".into()).into());
@@ -403,10 +490,14 @@ impl DataPlane {
         let replicas = self.replicas(&tenant, &req.key)?;
         let required = level.required(tenant.replication_factor as usize);
         let deadline = self.deadline(req.timeout_ms);
+        let slot = self.owned_slot()?;
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, ReplicaRead)>();
         let me = self.clone();
         let (tenant_id, key) = (req.tenant.clone(), req.key.clone());
-        tokio::spawn(async move { me.read_and_repair(tenant_id, key, replicas, tx).await });
+        tokio::spawn(async move {
+            let _slot = slot;
+            me.read_and_repair(tenant_id, key, replicas, tx).await
+        });
 
         let mut merged = KeyState::new();
         let mut good = 0usize;
@@ -512,7 +603,18 @@ impl DataPlane {
                         );
                         return (node, Err((false, false, why)), started);
                     }
-                    let r = match tokio::time::timeout(timeout, node.batcher.read(kr)).await {
+                    let read = async {
+                        match node.batcher.read(kr.clone()).await {
+                            Err(s) if budget_exceeded(&s) => node
+                                .client
+                                .clone()
+                                .read(kr)
+                                .await
+                                .map(tonic::Response::into_inner),
+                            r => r,
+                        }
+                    };
+                    let r = match tokio::time::timeout(timeout, read).await {
                         // Back from a long outage (no heartbeat told us yet): not an answer.
                         Ok(Ok(resp)) if resp.unrepaired_outage_ms > gc_grace_ms => {
                             node.health.set_outage_ms(resp.unrepaired_outage_ms);
@@ -521,14 +623,20 @@ impl DataPlane {
                                 resp.unrepaired_outage_ms / 1000
                             )))
                         }
-                        Ok(Ok(resp)) => match resp.state.map(convert::state_from_pb).transpose() {
-                            Ok(s) => Ok(if resp.exists {
-                                s.or_else(|| Some(KeyState::new()))
-                            } else {
-                                None
-                            }),
-                            Err(e) => Err((false, false, format!("bad state: {e}"))),
-                        },
+                        Ok(Ok(resp)) => {
+                            let state = match resp.state {
+                                Some(st) => decode_state(st).await.map(Some),
+                                None => Ok(None),
+                            };
+                            match state {
+                                Ok(s) => Ok(if resp.exists {
+                                    s.or_else(|| Some(KeyState::new()))
+                                } else {
+                                    None
+                                }),
+                                Err(e) => Err((false, false, format!("bad state: {e}"))),
+                            }
+                        }
                         Ok(Err(s)) => Err((
                             s.code() == tonic::Code::Unavailable,
                             s.code() == tonic::Code::DataLoss,

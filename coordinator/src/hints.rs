@@ -4,21 +4,45 @@
 //! deliver the same hint at once; delivery is an idempotent merge — deletes delivered hints,
 //! counts failures in `replay_count`, and drops hints past `max_replay_attempts` or `hint_ttl`.
 //! No hints are recorded for a node down longer than `max_hint_window` (anti-entropy covers
-//! it), nor beyond `max_hints_per_target`.
+//! it), nor beyond `max_hints_per_target` or `max_hint_bytes_per_target`.
+//!
+//! **Recording never delays an acknowledgement.** A write hands its hints to an in-memory queue
+//! bounded in count and bytes ([`Hints::enqueue`], no waiting) and the `hint-writer` worker
+//! stores them in batches through its own small connection pool, so a slow or stopped
+//! metadata store neither holds a write nor takes the connections other work needs. A hint that
+//! finds the queue full, or whose batch the store refuses, is counted
+//! (`hints_dropped_by_reason`) and logged; anti-entropy repairs what it would have carried.
+//! Only consistency ANY waits for the hint to be stored ([`Hints::record_durable`]): there the
+//! hint *is* the acknowledgement.
+//!
+//! **Replay backs off per hint**: a failed delivery is not claimed again for
+//! `hint_retry_base_ms × 2^attempts` (at most 5 minutes). A target that refused only because
+//! its disk breaker is engaged or it is in maintenance does not spend an attempt.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pairdb_common::api::pb;
 use pairdb_common::version::KeyState;
-use pairdb_common::{convert, framing, now_ms};
+use pairdb_common::{ErrorCode, convert, framing, now_ms};
 use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
 use crate::meta::{MetaStore, NewHint};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReasonLabels};
+
+/// Hints stored per metadata-store statement.
+const WRITE_BATCH: usize = 256;
+/// Payload bytes stored per metadata-store statement.
+const WRITE_BATCH_BYTES: usize = 8 << 20;
+/// Longest a batch of hints may take to store before it is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait between two deliveries of a hint that keeps failing.
+const MAX_RETRY_MS: u64 = 300_000;
 
 /// Hint settings, from the coordinator config.
 #[derive(Debug, Clone)]
@@ -29,8 +53,28 @@ pub struct HintConfig {
     pub hint_ttl_secs: u64,
     pub max_hint_window_secs: u64,
     pub max_hints_per_target: u64,
+    pub max_hint_bytes_per_target: u64,
     pub replay_batch: u32,
     pub rpc_timeout_ms: u64,
+    /// Hints waiting in memory to be stored, in count and in payload bytes.
+    pub queue_max: usize,
+    pub queue_max_bytes: usize,
+    /// First retry delay of a failed delivery (doubles per attempt).
+    pub retry_base_ms: u64,
+}
+
+/// One hint on its way to the metadata store; `done` is told whether it was stored.
+struct Queued {
+    hint: NewHint,
+    done: Option<oneshot::Sender<bool>>,
+}
+
+/// Pending hints of one target as this coordinator counts them: from the last replay cycle's
+/// totals plus what it queued since.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pending {
+    count: u64,
+    bytes: u64,
 }
 
 pub struct Hints {
@@ -39,22 +83,28 @@ pub struct Hints {
     metrics: Arc<Metrics>,
     cfg: HintConfig,
     owner: String,
-    /// Pending counts per target as of the last replay cycle (for the cap).
-    pending: Mutex<HashMap<String, u64>>,
+    pending: Mutex<HashMap<String, Pending>>,
+    queue: mpsc::Sender<Queued>,
+    queue_rx: Mutex<Option<mpsc::Receiver<Queued>>>,
+    queued_bytes: AtomicUsize,
 }
 
 /// What happened to a hint we tried to record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
+    /// In the queue (or, from [`Hints::record_durable`], stored).
     Stored,
     Disabled,
     /// The target has been down longer than the hint window.
     OutsideWindow,
     OverCap,
+    /// The queue was full or the metadata store failed.
     Failed,
 }
 
 impl Hints {
+    /// `meta` is the store hints are written to and replayed from (its own pool, apart from
+    /// the coordinator's main one).
     pub fn new(
         meta: Arc<dyn MetaStore>,
         cluster: Arc<Cluster>,
@@ -62,6 +112,7 @@ impl Hints {
         cfg: HintConfig,
         owner: String,
     ) -> Arc<Hints> {
+        let (tx, rx) = mpsc::channel(cfg.queue_max.max(1));
         Arc::new(Hints {
             meta,
             cluster,
@@ -69,6 +120,9 @@ impl Hints {
             cfg,
             owner,
             pending: Mutex::new(HashMap::new()),
+            queue: tx,
+            queue_rx: Mutex::new(Some(rx)),
+            queued_bytes: AtomicUsize::new(0),
         })
     }
 
@@ -76,23 +130,19 @@ impl Hints {
         &self.cfg
     }
 
-    /// Records that `target` missed `state` for `(tenant, key)`.
-    pub async fn record(
-        &self,
-        target: &str,
-        tenant: &str,
-        key: &[u8],
-        state: &KeyState,
-    ) -> Recorded {
-        if !self.cfg.enabled {
-            return Recorded::Disabled;
-        }
-        let now = now_ms();
-        // How long the target has been unreachable: since the last time anyone saw it (this
-        // coordinator's heartbeats, or `storage_nodes.last_seen` written by any coordinator), so
-        // a freshly started coordinator does not restart the clock.
-        let down_for = self
-            .cluster
+    fn dropped(&self, reason: &'static str) {
+        self.metrics.hints_dropped.inc();
+        self.metrics
+            .hints_dropped_by_reason
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// How long `target` has been unreachable: since the last time anyone saw it (this
+    /// coordinator's heartbeats, or `storage_nodes.last_seen` written by any coordinator), so
+    /// a freshly started coordinator does not restart the clock.
+    fn down_for_ms(&self, target: &str, now: u64) -> u64 {
+        self.cluster
             .snapshot()
             .nodes
             .get(target)
@@ -109,37 +159,165 @@ impl Hints {
                     t => now.saturating_sub(t),
                 }
             })
-            .unwrap_or(0);
-        if down_for > self.cfg.max_hint_window_secs * 1000 {
-            self.metrics.hints_dropped.inc();
+            .unwrap_or(0)
+    }
+
+    /// Checks the window and the per-target caps and puts the hint in the queue without
+    /// waiting. `done` hears whether it was stored.
+    fn admit(
+        &self,
+        target: &str,
+        tenant: &str,
+        key: &[u8],
+        state: &KeyState,
+        done: Option<oneshot::Sender<bool>>,
+    ) -> Recorded {
+        if !self.cfg.enabled {
+            return Recorded::Disabled;
+        }
+        let now = now_ms();
+        if self.down_for_ms(target, now) > self.cfg.max_hint_window_secs.saturating_mul(1000) {
+            self.dropped("window");
             return Recorded::OutsideWindow;
         }
+        let payload = framing::encode_state(state);
+        let size = payload.len();
         {
             let mut p = self.pending.lock();
-            let n = p.entry(target.to_string()).or_insert(0);
-            if *n >= self.cfg.max_hints_per_target {
-                self.metrics.hints_dropped.inc();
+            let n = p.entry(target.to_string()).or_default();
+            if n.count >= self.cfg.max_hints_per_target {
+                self.dropped("count_cap");
                 return Recorded::OverCap;
             }
-            *n += 1;
+            if n.bytes.saturating_add(size as u64) > self.cfg.max_hint_bytes_per_target {
+                self.dropped("bytes_cap");
+                return Recorded::OverCap;
+            }
+            n.count += 1;
+            n.bytes += size as u64;
         }
-        let hint = NewHint {
-            target_node_id: target.to_string(),
-            tenant_id: tenant.to_string(),
-            key: key.to_vec(),
-            payload: framing::encode_state(state),
-            created_at_ms: now,
+        let admitted = self
+            .queued_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                (b + size <= self.cfg.queue_max_bytes).then_some(b + size)
+            })
+            .is_ok();
+        let item = Queued {
+            hint: NewHint {
+                target_node_id: target.to_string(),
+                tenant_id: tenant.to_string(),
+                key: key.to_vec(),
+                payload,
+                created_at_ms: now,
+            },
+            done,
         };
-        match self.meta.insert_hint(&hint).await {
+        if admitted && self.queue.try_send(item).is_ok() {
+            self.metrics.hint_queue_depth.inc();
+            return Recorded::Stored;
+        }
+        if admitted {
+            self.queued_bytes.fetch_sub(size, Ordering::SeqCst);
+        }
+        self.dropped("queue_full");
+        tracing::warn!(
+            target_node = target,
+            "hint queue full; dropped a hint (anti-entropy covers it)"
+        );
+        Recorded::Failed
+    }
+
+    /// Queues a hint that `target` missed `state` for `(tenant, key)`; never waits.
+    pub fn enqueue(&self, target: &str, tenant: &str, key: &[u8], state: &KeyState) -> Recorded {
+        self.admit(target, tenant, key, state, None)
+    }
+
+    /// Queues a hint and waits until it is stored (consistency ANY: the stored hint is the
+    /// acknowledgement).
+    pub async fn record_durable(
+        &self,
+        target: &str,
+        tenant: &str,
+        key: &[u8],
+        state: &KeyState,
+    ) -> Recorded {
+        let (tx, rx) = oneshot::channel();
+        match self.admit(target, tenant, key, state, Some(tx)) {
+            Recorded::Stored => match rx.await {
+                Ok(true) => Recorded::Stored,
+                _ => Recorded::Failed,
+            },
+            other => other,
+        }
+    }
+
+    /// The `hint-writer` worker: stores queued hints in batches until cancelled, then stores
+    /// what is left (bounded by the shutdown deadline of its caller).
+    pub async fn run_writer(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(mut rx) = self.queue_rx.lock().take() else {
+            return;
+        };
+        loop {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => { rx.close(); rx.recv().await }
+                q = rx.recv() => q,
+            };
+            let Some(first) = first else { return };
+            let mut batch = vec![first];
+            let mut bytes = batch[0].hint.payload.len();
+            while batch.len() < WRITE_BATCH && bytes < WRITE_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(q) => {
+                        bytes += q.hint.payload.len();
+                        batch.push(q);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
+            self.metrics.hint_queue_depth.dec_by(batch.len() as i64);
+            self.store_batch(batch).await;
+        }
+    }
+
+    async fn store_batch(&self, batch: Vec<Queued>) {
+        let (hints, dones): (Vec<NewHint>, Vec<Option<oneshot::Sender<bool>>>) =
+            batch.into_iter().map(|q| (q.hint, q.done)).unzip();
+        let r = match tokio::time::timeout(WRITE_TIMEOUT, self.meta.insert_hints(&hints)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("timed out after {} s", WRITE_TIMEOUT.as_secs())),
+        };
+        let stored = match r {
             Ok(()) => {
-                self.metrics.hints_stored.inc();
-                Recorded::Stored
+                self.metrics.hints_stored.inc_by(hints.len() as u64);
+                true
             }
             Err(e) => {
-                tracing::error!(target_node = target, error = %e, "record hint failed");
-                Recorded::Failed
+                for _ in &hints {
+                    self.dropped("store_failed");
+                }
+                let mut p = self.pending.lock();
+                for h in &hints {
+                    if let Some(n) = p.get_mut(&h.target_node_id) {
+                        n.count = n.count.saturating_sub(1);
+                        n.bytes = n.bytes.saturating_sub(h.payload.len() as u64);
+                    }
+                }
+                tracing::error!(hints = hints.len(), error = %e, "storing hints failed; dropped them (anti-entropy covers them)");
+                false
             }
+        };
+        for d in dones.into_iter().flatten() {
+            let _ = d.send(stored);
         }
+    }
+
+    /// Delay before a hint that failed `attempts` times is tried again.
+    fn retry_after_ms(&self, attempts: u32) -> u64 {
+        self.cfg
+            .retry_base_ms
+            .saturating_mul(1u64 << attempts.min(20))
+            .min(MAX_RETRY_MS)
     }
 
     /// One replay cycle: deliver what can be delivered, drop what is dead.
@@ -150,7 +328,15 @@ impl Hints {
             .set(targets.iter().map(|t| t.pending as i64).sum());
         *self.pending.lock() = targets
             .iter()
-            .map(|t| (t.node_id.clone(), t.pending))
+            .map(|t| {
+                (
+                    t.node_id.clone(),
+                    Pending {
+                        count: t.pending,
+                        bytes: t.bytes,
+                    },
+                )
+            })
             .collect();
         let snap = self.cluster.snapshot();
         let mut delivered = 0;
@@ -201,6 +387,7 @@ impl Hints {
                     c.apply(req),
                 )
                 .await;
+                let retry = self.retry_after_ms(h.replay_count);
                 match r {
                     Ok(Ok(_)) => {
                         self.meta.delete_hint(h.hint_id).await?;
@@ -209,17 +396,32 @@ impl Hints {
                     }
                     Ok(Err(status)) => {
                         self.metrics.hints_failed.inc();
-                        self.meta.fail_hint(h.hint_id, status.message()).await?;
+                        let code = pairdb_common::Error::from_status(&status).code();
+                        // A full disk or a node in maintenance will take the hint later: wait,
+                        // but do not spend one of its attempts.
+                        let spend = !matches!(
+                            code,
+                            ErrorCode::DiskFull
+                                | ErrorCode::DiskThrottled
+                                | ErrorCode::NodeNotReady
+                        );
+                        self.meta
+                            .fail_hint(h.hint_id, status.message(), spend, retry)
+                            .await?;
                         if status.code() == tonic::Code::Unavailable {
-                            // The target went away again: stop spending attempts on it.
-                            node.health
-                                .record_failure(self.cluster.config().down_after_misses);
+                            // The target went away again (or drains): stop for this cycle.
+                            if spend {
+                                node.health
+                                    .record_failure(self.cluster.config().down_after_misses);
+                            }
                             break;
                         }
                     }
                     Err(_) => {
                         self.metrics.hints_failed.inc();
-                        self.meta.fail_hint(h.hint_id, "timed out").await?;
+                        self.meta
+                            .fail_hint(h.hint_id, "timed out", true, retry)
+                            .await?;
                         node.health
                             .record_failure(self.cluster.config().down_after_misses);
                         break;

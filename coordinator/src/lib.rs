@@ -9,10 +9,12 @@
 //! *Invariant: the coordinator holds no durable state outside the metadata store, and the
 //! read/write path touches the metadata store only to record hints.*
 
+pub mod admission;
 pub mod api;
 pub mod batcher;
 pub mod cluster;
 pub mod config;
+pub mod contexts;
 pub mod data;
 pub mod error;
 pub mod hints;

@@ -1,4 +1,4 @@
-//! `pairdb-coordinator`: `serve` (default) or `migrate`.
+//! `pairdb-coordinator`: `serve` (default), `migrate` or `rotate-context-key`.
 
 /// mimalloc: streaming and batched RPCs allocate and free many short-lived buffers across
 /// threads, where glibc malloc spent a third of the CPU in arena locks and consolidation.
@@ -27,6 +27,14 @@ enum Cmd {
     Serve,
     /// Apply the embedded migrations to DATABASE_URL and exit.
     Migrate,
+    /// Make a new cluster key seal client context tokens; tokens sealed with the previous key
+    /// keep working for the grace period (every coordinator picks the new key up within its
+    /// `context_key_refresh_ms`, or at once on the first token sealed with it).
+    RotateContextKey {
+        /// How long tokens sealed with the previous key stay valid.
+        #[arg(long, default_value_t = 86_400)]
+        grace_secs: u64,
+    },
 }
 
 #[tokio::main]
@@ -45,6 +53,16 @@ async fn main() -> anyhow::Result<()> {
             let meta = pairdb_coordinator::meta::connect(&cfg.database_url).await?;
             meta.migrate().await?;
             println!("migrations applied to {}", cfg.database_url);
+        }
+        Cmd::RotateContextKey { grace_secs } => {
+            let meta = pairdb_coordinator::meta::connect(&cfg.database_url).await?;
+            let secret = pairdb_common::context::new_secret()?;
+            let id = meta
+                .rotate_context_key(&secret, grace_secs.saturating_mul(1000))
+                .await?;
+            println!(
+                "context key {id} is current; tokens sealed with the previous key stay valid for {grace_secs} s"
+            );
         }
         Cmd::Serve => {
             let c = pairdb_coordinator::server::start(cfg).await?;

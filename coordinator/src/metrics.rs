@@ -25,6 +25,16 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub op: &'static str,
     pub code: &'static str,
@@ -46,6 +56,11 @@ pub struct Metrics {
     pub hints_cleanup_deleted: Counter,
     pub hints_dropped: Counter,
     pub hints_pending: Gauge,
+    pub hints_dropped_by_reason: Family<ReasonLabels, Counter>,
+    pub hint_queue_depth: Gauge,
+    pub rate_limited: Family<TenantLabels, Counter>,
+    pub overloaded: Family<ReasonLabels, Counter>,
+    pub context_refusals: Counter,
     pub read_repairs: Counter,
     pub quorum_failures: Counter,
     pub nodes_up: Gauge,
@@ -82,6 +97,11 @@ impl Metrics {
             hints_cleanup_deleted: Counter::default(),
             hints_dropped: Counter::default(),
             hints_pending: Gauge::default(),
+            hints_dropped_by_reason: Family::default(),
+            hint_queue_depth: Gauge::default(),
+            rate_limited: Family::default(),
+            overloaded: Family::default(),
+            context_refusals: Counter::default(),
             read_repairs: Counter::default(),
             quorum_failures: Counter::default(),
             nodes_up: Gauge::default(),
@@ -147,13 +167,38 @@ impl Metrics {
         );
         r.register(
             "hints_dropped",
-            "Hints not recorded (target down past the hint window, or over the per-target cap)",
+            "Hints not recorded (target down past the hint window, over a per-target cap, queue full, or the metadata store failed)",
             m.hints_dropped.clone(),
         );
         r.register(
             "hints_pending",
             "Hints waiting for delivery",
             m.hints_pending.clone(),
+        );
+        r.register(
+            "hints_dropped_by_reason",
+            "Hints not recorded, by reason: window, count_cap, bytes_cap, queue_full, store_failed",
+            m.hints_dropped_by_reason.clone(),
+        );
+        r.register(
+            "hint_queue_depth",
+            "Hints waiting in memory to be written to the metadata store",
+            m.hint_queue_depth.clone(),
+        );
+        r.register(
+            "rate_limited_requests",
+            "Client requests refused with OVERLOADED by their tenant's rate_limit_rps",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "overloaded_requests",
+            "Requests refused with OVERLOADED by an admission limit (concurrency, owned_tasks)",
+            m.overloaded.clone(),
+        );
+        r.register(
+            "context_token_refusals",
+            "Client context tokens refused (forged, edited, or sealed with a retired key)",
+            m.context_refusals.clone(),
         );
         r.register(
             "read_repairs",

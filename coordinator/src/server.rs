@@ -50,10 +50,21 @@ pub struct RunningCoordinator {
     tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
-/// Starts a coordinator on an already-open metadata store.
+/// Starts a coordinator on an already-open metadata store (hints share its pool).
 pub async fn start_with(
     cfg: Config,
     meta: Arc<dyn MetaStore>,
+) -> Result<RunningCoordinator, StartError> {
+    let hint_meta = meta.clone();
+    start_with_stores(cfg, meta, hint_meta).await
+}
+
+/// Starts a coordinator with `hint_meta` as the store hints are recorded in and replayed from
+/// (its own connection pool, so hints can neither wait on nor exhaust the main one).
+pub async fn start_with_stores(
+    cfg: Config,
+    meta: Arc<dyn MetaStore>,
+    hint_meta: Arc<dyn MetaStore>,
 ) -> Result<RunningCoordinator, StartError> {
     if cfg.migrate_on_start {
         meta.migrate().await?;
@@ -76,8 +87,13 @@ pub async fn start_with(
         crate::error::Error::Meta(m) => StartError::Meta(m),
         other => StartError::Meta(meta::MetaError::Db(other.to_string())),
     })?;
-    let hints = Hints::new(
+    let contexts = crate::contexts::ContextKeys::load(
         meta.clone(),
+        Duration::from_millis(cfg.context_key_refresh_ms),
+    )
+    .await?;
+    let hints = Hints::new(
+        hint_meta,
         cluster.clone(),
         metrics.clone(),
         HintConfig {
@@ -87,8 +103,12 @@ pub async fn start_with(
             hint_ttl_secs: cfg.hint_ttl_secs,
             max_hint_window_secs: cfg.max_hint_window_secs,
             max_hints_per_target: cfg.max_hints_per_target,
+            max_hint_bytes_per_target: cfg.max_hint_bytes_per_target,
             replay_batch: 100,
             rpc_timeout_ms: cfg.replica_timeout_ms,
+            queue_max: cfg.hint_queue_max,
+            queue_max_bytes: (cfg.hint_queue_max_mb << 20) as usize,
+            retry_base_ms: cfg.hint_retry_base_ms,
         },
         cfg.coordinator_id.clone(),
     );
@@ -131,7 +151,10 @@ pub async fn start_with(
             request_timeout_ms: cfg.request_timeout_ms,
             replica_timeout_ms: cfg.replica_timeout_ms,
             gc_grace_ms: cfg.tombstone_gc_grace_secs.saturating_mul(1000),
+            max_owned_tasks: cfg.max_owned_tasks,
         },
+        owned_tasks: Arc::new(tokio::sync::Semaphore::new(cfg.max_owned_tasks)),
+        limiter: Default::default(),
     });
 
     let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
@@ -167,6 +190,14 @@ pub async fn start_with(
             tokio::spawn(hints.clone().run(cancel.clone())),
         ),
         (
+            "hint-writer",
+            tokio::spawn(hints.clone().run_writer(cancel.clone())),
+        ),
+        (
+            "context-keys",
+            tokio::spawn(contexts.clone().run(cancel.clone())),
+        ),
+        (
             "topology-changes",
             tokio::spawn(topology.clone().run(cancel.clone())),
         ),
@@ -183,14 +214,27 @@ pub async fn start_with(
     let max_msg = (cfg.max_message_mb << 20) as usize;
     let svc = CoordinatorServiceServer::new(CoordinatorApi {
         data: data.clone(),
+        contexts: contexts.clone(),
         meta: meta.clone(),
         topology: topology.clone(),
         repairs: repairs.clone(),
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);
+    let refused = metrics.clone();
     let grpc = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(cfg.request_timeout_ms * 4))
+        .layer(pairdb_common::grpc::AdmissionLayer::new(
+            cfg.max_concurrent_requests,
+            move || {
+                refused
+                    .overloaded
+                    .get_or_create(&crate::metrics::ReasonLabels {
+                        reason: "concurrency",
+                    })
+                    .inc();
+            },
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -235,10 +279,12 @@ pub async fn start_with(
     })
 }
 
-/// Opens the metadata store named by the config and starts.
+/// Opens the metadata store named by the config (a main pool, and a small one for hints)
+/// and starts.
 pub async fn start(cfg: Config) -> Result<RunningCoordinator, StartError> {
     let meta = meta::connect(&cfg.database_url).await?;
-    start_with(cfg, meta).await
+    let hint_meta = meta::connect_with(&cfg.database_url, cfg.hint_db_connections).await?;
+    start_with_stores(cfg, meta, hint_meta).await
 }
 
 async fn health(State(d): State<Arc<DataPlane>>) -> axum::Json<serde_json::Value> {

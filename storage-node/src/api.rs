@@ -3,7 +3,7 @@
 //! `pairdb_common::convert`) touches prost types on the node.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::storage_node_service_server::StorageNodeService;
@@ -17,6 +17,15 @@ use crate::store::{ApplyCmd, ApplyReply, Origin, Store, WriteCmd, WriteReply};
 
 /// Most items in one batch RPC.
 pub const MAX_BATCH_ITEMS: usize = 1000;
+/// Bytes of key state a batch answer may carry (items past it fail with OVERLOADED and are
+/// sent again on their own), leaving room in the message for everything else.
+pub const BATCH_ANSWER_BUDGET_BYTES: usize = 48 << 20;
+/// Requests whose values, contexts or states are larger than this are converted and applied
+/// on a blocking thread, not on an async worker.
+const INLINE_BYTES: usize = 64 << 10;
+/// Most sub-ranges and key hashes an anti-entropy filter may name.
+const MAX_FILTER_RANGES: usize = 65_536;
+const MAX_FILTER_KEYS: usize = 1 << 20;
 
 pub struct StorageApi {
     node: Arc<Node>,
@@ -47,14 +56,16 @@ impl StorageApi {
         Ok(())
     }
 
-    /// Runs a write. Without `sync_writes` a RocksDB write is a memtable insert plus an
+    /// Runs a write. Without `sync_writes` a small RocksDB write is a memtable insert plus an
     /// unsynced WAL append (microseconds), cheaper inline than a hop to the blocking pool; with
-    /// it, the fsync runs on a blocking thread (concurrent ones share one fsync).
+    /// it, or when the request is large (`big`), it runs on a blocking thread (concurrent synced
+    /// ones share one fsync).
     async fn write_path<T: Send + 'static>(
         &self,
+        big: bool,
         f: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> Result<T> {
-        if self.node.store.sync_writes() {
+        if big || self.node.store.sync_writes() {
             self.blocking(f).await
         } else {
             Ok(f(&self.node.store))
@@ -75,6 +86,67 @@ impl StorageApi {
                 )))
             })
     }
+
+    /// Runs a (short) scan on the node's scan pool.
+    async fn scan<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.node.store.clone();
+        self.node.scans.run(move || f(&store)).await?
+    }
+}
+
+/// Whether a write op is large enough to convert and apply off the async workers.
+fn big_op(op: &pb::WriteOp) -> bool {
+    op.value.len() + op.context.len() > INLINE_BYTES
+}
+
+/// Whether a key state is large enough to convert and merge off the async workers.
+fn big_state(s: Option<&pb::KeyState>) -> bool {
+    s.is_some_and(convert::is_large_state)
+}
+
+/// Runs one batch: converts every item (a bad one fails alone), applies the good ones with
+/// `apply`, and answers each in order. Runs on a blocking thread (a batch may be large).
+fn run_batch<Req, Cmd, Rep, Out>(
+    items: Vec<Req>,
+    convert: impl Fn(Req) -> Result<Cmd>,
+    apply: impl FnOnce(Vec<Cmd>) -> Vec<Result<Rep>>,
+    answer: impl Fn(Result<Rep>) -> Out,
+) -> Vec<Out> {
+    let decoded: Vec<Result<Cmd>> = items.into_iter().map(convert).collect();
+    let mut flags = Vec::with_capacity(decoded.len());
+    let mut good = Vec::with_capacity(decoded.len());
+    let mut bad = Vec::new();
+    for d in decoded {
+        match d {
+            Ok(c) => {
+                flags.push(true);
+                good.push(c);
+            }
+            Err(e) => {
+                flags.push(false);
+                bad.push(e);
+            }
+        }
+    }
+    let mut done = apply(good).into_iter();
+    let mut bad = bad.into_iter();
+    flags
+        .into_iter()
+        .map(|ok| {
+            let r = if ok {
+                done.next()
+                    .unwrap_or_else(|| Err(Error::Overloaded("no result".into())))
+            } else {
+                Err(bad
+                    .next()
+                    .unwrap_or_else(|| Error::Overloaded("no result".into())))
+            };
+            answer(r)
+        })
+        .collect()
 }
 
 fn check_batch(n: usize) -> Result<()> {
@@ -88,7 +160,7 @@ fn check_batch(n: usize) -> Result<()> {
 
 fn write_cmd(op: pb::WriteOp) -> Result<WriteCmd> {
     Ok(WriteCmd {
-        context: context::decode(&op.context)?,
+        context: context::decode_internal(&op.context)?,
         policy: convert::policy_from_pb(op.conflict_policy),
         tenant: op.tenant_id,
         key: op.key,
@@ -99,6 +171,7 @@ fn write_cmd(op: pb::WriteOp) -> Result<WriteCmd> {
         max_siblings: op.max_siblings,
         max_value_bytes: op.max_value_bytes,
         sibling_warn: op.sibling_warn,
+        max_state_bytes: op.max_state_bytes,
     })
 }
 
@@ -163,10 +236,15 @@ impl StorageNodeService for StorageApi {
         let started = Instant::now();
         let r = async {
             self.serving_clients()?;
-            let cmd = write_cmd(req.into_inner())?;
-            let mut out = self.write_path(move |s| s.write_many(vec![cmd])).await?;
-            out.pop()
-                .unwrap_or_else(|| Err(Error::Overloaded("no result".into())))
+            let op = req.into_inner();
+            let big = big_op(&op);
+            self.write_path(big, move |s| {
+                let cmd = write_cmd(op)?;
+                s.write_many(vec![cmd], usize::MAX)
+                    .pop()
+                    .unwrap_or_else(|| Err(Error::Overloaded("no result".into())))
+            })
+            .await?
         }
         .await;
         self.observe("write", started, &r);
@@ -182,31 +260,22 @@ impl StorageNodeService for StorageApi {
             self.serving_clients()?;
             let ops = req.into_inner().ops;
             check_batch(ops.len())?;
-            // Decode each op; a bad one fails alone.
-            let decoded: Vec<Result<WriteCmd>> = ops.into_iter().map(write_cmd).collect();
-            let good: Vec<WriteCmd> = decoded
-                .iter()
-                .filter_map(|d| d.as_ref().ok().cloned())
-                .collect();
-            let mut done = self
-                .blocking(move |s| s.write_many(good))
-                .await?
-                .into_iter();
-            let results = decoded
-                .into_iter()
-                .map(|d| {
-                    match d.and_then(|_| {
-                        done.next()
-                            .unwrap_or_else(|| Err(Error::Overloaded("no result".into())))
-                    }) {
-                        Ok(w) => write_result(w),
-                        Err(e) => pb::WriteResult {
-                            error: item_error(&e),
-                            ..Default::default()
+            let results = self
+                .blocking(move |s| {
+                    run_batch(
+                        ops,
+                        write_cmd,
+                        |good| s.write_many(good, BATCH_ANSWER_BUDGET_BYTES),
+                        |r| match r {
+                            Ok(w) => write_result(w),
+                            Err(e) => pb::WriteResult {
+                                error: item_error(&e),
+                                ..Default::default()
+                            },
                         },
-                    }
+                    )
                 })
-                .collect();
+                .await?;
             Ok(pb::BatchWriteResponse { results })
         }
         .await;
@@ -220,13 +289,18 @@ impl StorageNodeService for StorageApi {
     ) -> Result<Response<pb::ApplyResult>, Status> {
         let started = Instant::now();
         let r = async {
-            let cmd = apply_cmd(req.into_inner())?;
-            if is_client_origin(cmd.origin) {
+            let kv = req.into_inner();
+            if is_client_origin(origin(kv.origin)) {
                 self.serving_clients()?;
             }
-            let mut out = self.write_path(move |s| s.apply_many(vec![cmd])).await?;
-            out.pop()
-                .unwrap_or_else(|| Err(Error::Overloaded("no result".into())))
+            let big = big_state(kv.state.as_ref());
+            self.write_path(big, move |s| {
+                let cmd = apply_cmd(kv)?;
+                s.apply_many(vec![cmd])
+                    .pop()
+                    .unwrap_or_else(|| Err(Error::Overloaded("no result".into())))
+            })
+            .await?
         }
         .await;
         self.observe("apply", started, &r);
@@ -242,39 +316,27 @@ impl StorageNodeService for StorageApi {
             let items = req.into_inner().items;
             check_batch(items.len())?;
             let maintenance = self.node.maintenance();
-            let decoded: Vec<Result<ApplyCmd>> = items
-                .into_iter()
-                .map(|kv| {
-                    let c = apply_cmd(kv)?;
-                    if maintenance && is_client_origin(c.origin) {
-                        return Err(Error::Maintenance);
-                    }
-                    Ok(c)
-                })
-                .collect();
-            let good: Vec<ApplyCmd> = decoded
-                .iter()
-                .filter_map(|d| d.as_ref().ok().cloned())
-                .collect();
-            let mut done = self
-                .blocking(move |s| s.apply_many(good))
-                .await?
-                .into_iter();
-            let results = decoded
-                .into_iter()
-                .map(|d| {
-                    match d.and_then(|_| {
-                        done.next()
-                            .unwrap_or_else(|| Err(Error::Overloaded("no result".into())))
-                    }) {
-                        Ok(a) => apply_result(a),
-                        Err(e) => pb::ApplyResult {
-                            error: item_error(&e),
-                            ..Default::default()
+            let results = self
+                .blocking(move |s| {
+                    run_batch(
+                        items,
+                        |kv| {
+                            if maintenance && is_client_origin(origin(kv.origin)) {
+                                return Err(Error::Maintenance);
+                            }
+                            apply_cmd(kv)
                         },
-                    }
+                        |good| s.apply_many(good),
+                        |r| match r {
+                            Ok(a) => apply_result(a),
+                            Err(e) => pb::ApplyResult {
+                                error: item_error(&e),
+                                ..Default::default()
+                            },
+                        },
+                    )
                 })
-                .collect();
+                .await?;
             Ok(pb::BatchApplyResponse { results })
         }
         .await;
@@ -284,11 +346,21 @@ impl StorageNodeService for StorageApi {
 
     async fn read(&self, req: Request<pb::KeyRef>) -> Result<Response<pb::ReadResult>, Status> {
         let started = Instant::now();
-        let r = (|| {
+        let r = async {
             self.serving_clients()?;
             let k = req.into_inner();
-            self.node.store.read(&k.tenant_id, &k.key)
-        })();
+            match self.node.store.read_record(&k.tenant_id, &k.key)? {
+                None => Ok(None),
+                Some(rec) if rec.len() <= INLINE_BYTES => {
+                    self.node.store.decode_read(&k.tenant_id, &k.key, &rec)
+                }
+                Some(rec) => {
+                    self.blocking(move |s| s.decode_read(&k.tenant_id, &k.key, &rec))
+                        .await?
+                }
+            }
+        }
+        .await;
         self.observe("read", started, &r);
         Ok(Response::new(read_result(r?, self.node.outage.outage_ms())))
     }
@@ -298,23 +370,39 @@ impl StorageNodeService for StorageApi {
         req: Request<pb::BatchReadRequest>,
     ) -> Result<Response<pb::BatchReadResponse>, Status> {
         let started = Instant::now();
-        let r = (|| {
+        let r = async {
             self.serving_clients()?;
             let keys = req.into_inner().keys;
             check_batch(keys.len())?;
             let outage = self.node.outage.outage_ms();
-            let results = keys
-                .into_iter()
-                .map(|k| match self.node.store.read(&k.tenant_id, &k.key) {
-                    Ok(s) => read_result(s, outage),
-                    Err(e) => pb::ReadResult {
-                        error: item_error(&e),
-                        ..Default::default()
-                    },
-                })
-                .collect();
-            Ok(pb::BatchReadResponse { results })
-        })();
+            self.blocking(move |s| {
+                let mut budget = BATCH_ANSWER_BUDGET_BYTES;
+                let results = keys
+                    .into_iter()
+                    .map(|k| {
+                        let r = s.read_record(&k.tenant_id, &k.key).and_then(|rec| {
+                            let Some(rec) = rec else { return Ok(None) };
+                            // Past the budget the answer would outgrow a message: the caller
+                            // reads this key on its own.
+                            budget = budget.checked_sub(rec.len()).ok_or_else(|| {
+                                Error::Overloaded(crate::store::BATCH_BUDGET_EXCEEDED.into())
+                            })?;
+                            s.decode_read(&k.tenant_id, &k.key, &rec)
+                        });
+                        match r {
+                            Ok(st) => read_result(st, outage),
+                            Err(e) => pb::ReadResult {
+                                error: item_error(&e),
+                                ..Default::default()
+                            },
+                        }
+                    })
+                    .collect();
+                pb::BatchReadResponse { results }
+            })
+            .await
+        }
+        .await;
         self.observe("batch_read", started, &r);
         Ok(Response::new(r?))
     }
@@ -346,11 +434,16 @@ impl StorageNodeService for StorageApi {
             0 => 512,
             n => n as usize,
         };
-        let filter = filter_from(req.sub_ranges, req.tenant_ids, req.key_hashes);
+        let filter = filter_from(req.sub_ranges, req.tenant_ids, req.key_hashes)?;
+        let permit = self.node.streams.admit().await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let store = self.node.store.clone();
         let metrics = self.node.metrics.clone();
+        let stall = Duration::from_millis(self.node.limits.stream_stall_timeout_ms);
+        let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut stalled = false;
             let mut sink = |b: crate::store::StreamBatch| {
                 let msg = pb::StreamBatch {
                     entries: b
@@ -368,20 +461,35 @@ impl StorageNodeService for StorageApi {
                     done: b.done,
                     corrupt_skipped: b.corrupt_skipped,
                 };
-                tx.blocking_send(Ok(msg)).is_ok()
+                // A receiver that stops reading gets `stall` to take the batch; one that left
+                // closes the channel, which wakes this at once.
+                match handle.block_on(tokio::time::timeout(stall, tx.send(Ok(msg)))) {
+                    Ok(sent) => sent.is_ok(),
+                    Err(_) => {
+                        stalled = true;
+                        false
+                    }
+                }
             };
+            let gone = || tx.is_closed();
             let r = store.stream_range(
                 range,
                 &req.resume_after,
                 batch_size,
                 req.max_bytes_per_sec,
                 &filter,
+                &gone,
                 &mut sink,
             );
+            if stalled {
+                metrics.streams_stalled.inc();
+                tracing::warn!(%range, stall_ms = stall.as_millis() as u64, "range stream abandoned: its receiver stopped reading");
+            }
             if let Err(e) = &r {
                 tracing::error!(%range, error = %e, "range stream failed");
                 metrics.error("stream_range", e.to_common().code());
-                let _ = tx.blocking_send(Err(e.clone().into()));
+                let _ =
+                    handle.block_on(tokio::time::timeout(stall, tx.send(Err(e.clone().into()))));
             }
             let labels = crate::metrics::OpLabels { op: "stream_range" };
             metrics.requests.get_or_create(&labels).inc();
@@ -404,10 +512,7 @@ impl StorageNodeService for StorageApi {
             0 => 64,
             n => n,
         };
-        let r = self
-            .blocking(move |s| s.range_digest(range, buckets))
-            .await
-            .and_then(|d| d);
+        let r = self.scan(move |s| s.range_digest(range, buckets)).await;
         self.observe("range_digest", started, &r);
         let d = r?;
         Ok(Response::new(pb::RangeDigestResponse {
@@ -438,6 +543,8 @@ impl StorageNodeService for StorageApi {
             ))
             .to_status());
         }
+        pairdb_common::validate::tenant_filter(&req.tenant_ids).map_err(|e| e.to_status())?;
+        check_session(&req.session).map_err(Status::from)?;
         let queries: Vec<_> = req
             .queries
             .into_iter()
@@ -449,14 +556,13 @@ impl StorageNodeService for StorageApi {
         let short = req.short_hashes;
         let session = req.session;
         let r = self
-            .blocking(move |s| {
+            .scan(move |s| {
                 let session = scope
                     .filter(|_| !session.is_empty())
                     .map(|sc| (session.as_str(), sc));
                 s.repair_digest(&queries, &tenants, session)
             })
-            .await
-            .and_then(|d| d);
+            .await;
         self.observe("repair_digest", started, &r);
         let (buckets, corrupt) = r?;
         let (hashes, short_hashes) = if short {
@@ -482,6 +588,14 @@ impl StorageNodeService for StorageApi {
     ) -> Result<Response<pb::RepairKeysResponse>, Status> {
         let started = Instant::now();
         let req = req.into_inner();
+        pairdb_common::validate::tenant_filter(&req.tenant_ids).map_err(|e| e.to_status())?;
+        check_session(&req.session).map_err(Status::from)?;
+        if req.ranges.len() > MAX_FILTER_RANGES || req.only_short_keys.len() > MAX_FILTER_KEYS {
+            return Err(Common::InvalidArgument(format!(
+                "a key listing may name at most {MAX_FILTER_RANGES} ranges and {MAX_FILTER_KEYS} keys"
+            ))
+            .to_status());
+        }
         let ranges: Vec<_> = req
             .ranges
             .into_iter()
@@ -492,7 +606,7 @@ impl StorageNodeService for StorageApi {
         let short = req.short;
         let only: std::collections::HashSet<u32> = req.only_short_keys.into_iter().collect();
         let r = self
-            .blocking(move |s| {
+            .scan(move |s| {
                 let mode = if short {
                     crate::store::Listing::Short { salt }
                 } else {
@@ -500,8 +614,7 @@ impl StorageNodeService for StorageApi {
                 };
                 s.repair_keys(&ranges, &tenants, mode)
             })
-            .await
-            .and_then(|d| d);
+            .await;
         self.observe("repair_keys", started, &r);
         let l = r?;
         Ok(Response::new(pb::RepairKeysResponse {
@@ -530,13 +643,13 @@ impl StorageNodeService for StorageApi {
     ) -> Result<Response<pb::PurgeTombstonesResponse>, Status> {
         let started = Instant::now();
         let req = req.into_inner();
+        pairdb_common::validate::tenant_filter(&req.tenant_ids).map_err(|e| e.to_status())?;
         let range = convert::range_from_pb(req.range);
         let tenants = req.tenant_ids.into_iter().collect();
         let before = req.written_before_ms;
         let r = self
-            .blocking(move |s| s.purge_tombstones(range, &tenants, before))
-            .await
-            .and_then(|d| d);
+            .scan(move |s| s.purge_tombstones(range, &tenants, before))
+            .await;
         self.observe("purge_tombstones", started, &r);
         Ok(Response::new(pb::PurgeTombstonesResponse { purged: r? }))
     }
@@ -562,8 +675,20 @@ impl StorageNodeService for StorageApi {
     ) -> Result<Response<Self::PullRangeStream>, Status> {
         let labels = crate::metrics::OpLabels { op: "pull_range" };
         self.node.metrics.requests.get_or_create(&labels).inc();
+        let req = req.into_inner();
+        crate::pull::check(&req)?;
+        let permit = self.node.pulls.clone().try_acquire_owned().map_err(|_| {
+            Status::from(Error::Overloaded(format!(
+                "{} range pulls are running on this node; retry later",
+                self.node.limits.max_concurrent_pulls
+            )))
+        })?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(crate::pull::run(self.node.clone(), req.into_inner(), tx));
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            crate::pull::run(node, req, tx).await
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -573,10 +698,7 @@ impl StorageNodeService for StorageApi {
     ) -> Result<Response<pb::DropRangeResponse>, Status> {
         let started = Instant::now();
         let range = convert::range_from_pb(req.into_inner().range);
-        let r = self
-            .blocking(move |s| s.drop_range(range))
-            .await
-            .and_then(|d| d);
+        let r = self.scan(move |s| s.drop_range(range)).await;
         self.observe("drop_range", started, &r);
         let records = r?;
         self.node.schedule_reclaim();
@@ -612,20 +734,48 @@ impl StorageNodeService for StorageApi {
 /// Most buckets one `RepairDigest` call may ask for (bounds the response).
 const MAX_REPAIR_BUCKETS: u64 = 1 << 20;
 
-/// The anti-entropy narrowing of a stream or pull request.
+/// Checks the sizes of an anti-entropy filter and its tenant ids.
+pub(crate) fn check_filter(
+    sub_ranges: usize,
+    tenant_ids: &[String],
+    key_hashes: usize,
+) -> Result<()> {
+    if sub_ranges > MAX_FILTER_RANGES || key_hashes > MAX_FILTER_KEYS {
+        return Err(Error::Invalid(Common::InvalidArgument(format!(
+            "a filter may name at most {MAX_FILTER_RANGES} sub-ranges and {MAX_FILTER_KEYS} key hashes"
+        ))));
+    }
+    Ok(pairdb_common::validate::tenant_filter(tenant_ids)?)
+}
+
+/// The anti-entropy narrowing of a stream or pull request, within its limits.
 pub(crate) fn filter_from(
     sub_ranges: Vec<pb::TokenRange>,
     tenant_ids: Vec<String>,
     key_hashes: Vec<u64>,
-) -> crate::store::Filter {
-    crate::store::Filter {
+) -> Result<crate::store::Filter> {
+    check_filter(sub_ranges.len(), &tenant_ids, key_hashes.len())?;
+    Ok(crate::store::Filter {
         sub_ranges: sub_ranges
             .into_iter()
             .map(|r| convert::range_from_pb(Some(r)))
             .collect(),
         tenants: tenant_ids.into_iter().collect(),
         key_hashes: key_hashes.into_iter().collect(),
+    })
+}
+
+/// Longest descent session id.
+const MAX_SESSION_BYTES: usize = 128;
+
+fn check_session(session: &str) -> Result<()> {
+    if session.len() > MAX_SESSION_BYTES {
+        return Err(Error::Invalid(Common::InvalidArgument(format!(
+            "session id is {} bytes; the limit is {MAX_SESSION_BYTES}",
+            session.len()
+        ))));
     }
+    Ok(())
 }
 
 /// The salt of a descent session's short hashes.

@@ -42,6 +42,9 @@ pub struct Config {
     pub max_message_mb: u64,
     /// Most concurrent gRPC requests per connection.
     pub max_concurrent_requests: usize,
+    /// Most gRPC requests the node works on at once over every connection; more are refused
+    /// with OVERLOADED (health checks always pass).
+    pub max_inflight_requests: usize,
     /// Log as JSON lines instead of text.
     pub log_json: bool,
     /// Coordinator gRPC address (`host:port`) to register with at start (AddStorageNode):
@@ -54,6 +57,20 @@ pub struct Config {
     pub zone: String,
     /// Ring tokens for this node when it registers (0 = the default, 150).
     pub virtual_nodes: u32,
+    /// Start with a new incarnation epoch (a new actor). The restore path for a data directory
+    /// restored whole, `identity.json` included (a volume snapshot): without it the node would
+    /// resume an epoch whose later counters other replicas already hold.
+    pub new_epoch: bool,
+    /// Threads that run range scans (streams, digests, listings, purges), apart from the write
+    /// path; scans beyond them queue (up to `max_queued_scans`, then OVERLOADED).
+    pub scan_threads: usize,
+    /// Scans that may wait for a scan thread before new ones are refused with OVERLOADED.
+    pub max_queued_scans: usize,
+    /// Longest a range stream waits for its receiver to take the next batch before it is
+    /// abandoned (a caller that stops reading cannot pin a scan, its iterator and its thread).
+    pub stream_stall_timeout_ms: u64,
+    /// Range pulls (`PullRange`) this node runs at once; more are refused with OVERLOADED.
+    pub max_concurrent_pulls: usize,
 }
 
 /// `$name` when set and non-empty, else this machine's hostname.
@@ -89,11 +106,17 @@ impl Default for Config {
             disk: DiskThresholds::default(),
             max_message_mb: 64,
             max_concurrent_requests: 1024,
+            max_inflight_requests: 8192,
             log_json: false,
             join: None,
             advertise_host: String::new(),
             zone: String::new(),
             virtual_nodes: 0,
+            new_epoch: false,
+            scan_threads: 4,
+            max_queued_scans: 64,
+            stream_stall_timeout_ms: 30_000,
+            max_concurrent_pulls: 8,
         }
     }
 }
@@ -147,6 +170,9 @@ pub struct Args {
     pub zone: Option<String>,
     #[arg(long, env = "PAIRDB_VIRTUAL_NODES")]
     pub virtual_nodes: Option<u32>,
+    /// Start with a new incarnation epoch (after restoring a whole data directory).
+    #[arg(long, env = "PAIRDB_NEW_EPOCH")]
+    pub new_epoch: Option<bool>,
 }
 
 /// A configuration that cannot be used, with what to fix.
@@ -189,6 +215,7 @@ impl Config {
             advertise_host => advertise_host,
             zone => zone,
             virtual_nodes => virtual_nodes,
+            new_epoch => new_epoch,
         );
         if args.join.is_some() {
             c.join = args.join;
@@ -199,18 +226,12 @@ impl Config {
 
     /// Checks every field; the message names the field and what is allowed.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let id = self.node_id.as_bytes();
-        let id_ok = !id.is_empty()
-            && id.len() <= 63
-            && (id[0].is_ascii_lowercase() || id[0].is_ascii_digit())
-            && id
-                .iter()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b));
-        if !id_ok {
-            return Err(ConfigError(format!(
-                "node_id {:?} must be 1-63 chars of [a-z0-9._-] starting with [a-z0-9]",
-                self.node_id
-            )));
+        pairdb_common::validate::node_id(&self.node_id)
+            .map_err(|e| ConfigError(format!("node_id: {e}")))?;
+        pairdb_common::validate::zone(&self.zone).map_err(|e| ConfigError(format!("zone: {e}")))?;
+        if !self.advertise_host.is_empty() {
+            pairdb_common::validate::host(&self.advertise_host)
+                .map_err(|e| ConfigError(format!("advertise_host: {e}")))?;
         }
         let d = &self.disk;
         if !(0.0 < d.warning_percent
@@ -241,8 +262,30 @@ impl Config {
                 "disk_sample_interval_ms must be 1-60000".into(),
             ));
         }
-        if !(1..=256).contains(&self.max_message_mb) {
-            return Err(ConfigError("max_message_mb must be 1-256".into()));
+        if !(64..=256).contains(&self.max_message_mb) {
+            return Err(ConfigError(
+                "max_message_mb must be 64-256 (key states are capped so that every one fits 64 MiB)"
+                    .into(),
+            ));
+        }
+        if self.max_concurrent_requests == 0 || self.max_inflight_requests == 0 {
+            return Err(ConfigError(
+                "max_concurrent_requests and max_inflight_requests must be at least 1".into(),
+            ));
+        }
+        if !(1..=64).contains(&self.scan_threads)
+            || self.max_queued_scans > 100_000
+            || !(1..=256).contains(&self.max_concurrent_pulls)
+        {
+            return Err(ConfigError(
+                "scan_threads must be 1-64, max_queued_scans at most 100000, max_concurrent_pulls 1-256"
+                    .into(),
+            ));
+        }
+        if !(1_000..=3_600_000).contains(&self.stream_stall_timeout_ms) {
+            return Err(ConfigError(
+                "stream_stall_timeout_ms must be 1000-3600000".into(),
+            ));
         }
         if self.background_jobs == 0 {
             return Err(ConfigError("background_jobs must be at least 1".into()));

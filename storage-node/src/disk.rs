@@ -315,9 +315,12 @@ impl DiskMonitor {
         }
     }
 
-    /// Admits or refuses a write of `bytes`. `is_delete` writes (tombstones only) always pass.
+    /// Admits or refuses a write of `bytes` (the real encoded size of what is stored). A delete
+    /// (a record holding only tombstones) passes the throttle and the breaker while it is at
+    /// most `throttle_max_write_bytes`, so deletes keep working on a full disk; a larger one
+    /// (a tombstone carrying a huge context) is gated like any write.
     pub fn check_write(&self, bytes: u64, is_delete: bool) -> Result<(), Error> {
-        if is_delete {
+        if is_delete && bytes <= self.thresholds.throttle_max_write_bytes {
             return Ok(());
         }
         // Writing a lot since the last sample: look again before trusting the old reading.

@@ -47,6 +47,18 @@ pub enum IdentityError {
     Engine(#[from] EngineError),
     #[error("corrupt identity metadata: {0}")]
     Corrupt(String),
+    /// A counter for this node's own actor above anything it reserved.
+    #[error(
+        "counter {counter} for this replica ({actor}) is beyond any it has reserved ({hwm}): forged, or from a data directory restored whole (restart that node with a new epoch)"
+    )]
+    BeyondReservation {
+        actor: String,
+        counter: u64,
+        hwm: u64,
+    },
+    /// The counter space of this epoch is used up (only reachable by adopting a forged counter).
+    #[error("the dot counter of this epoch is exhausted: restart the node with a new epoch")]
+    Exhausted,
 }
 
 struct Counter {
@@ -104,10 +116,13 @@ fn write_file(path: &Path, f: &IdentityFile) -> Result<(), IdentityError> {
 impl Identity {
     /// Loads or establishes the identity of `node_id` for the database in `engine`, with
     /// `identity.json` in `dir`.
+    /// `new_epoch` forces a fresh epoch: the restore path for a directory restored whole
+    /// (a volume snapshot carries identity.json too, so nothing would look restored).
     pub fn establish(
         engine: &dyn Engine,
         dir: &Path,
         node_id: &str,
+        new_epoch: bool,
     ) -> Result<Identity, IdentityError> {
         let file = dir.join("identity.json");
         let db_node = engine
@@ -130,6 +145,7 @@ impl Identity {
         };
 
         let reason = match (&db_epoch, &on_file) {
+            _ if new_epoch => Some("a new epoch was requested (restored data directory)".into()),
             (None, _) => Some("empty data directory".to_string()),
             (Some(_), None) => Some("identity.json missing (restored or copied database)".into()),
             (Some(e), Some(f)) if *e != f.epoch || f.node_id != node_id => Some(format!(
@@ -146,8 +162,9 @@ impl Identity {
         let (epoch, next) = match (&reason, db_epoch) {
             (None, Some(e)) => (e, db_hwm),
             _ => {
-                let floor = on_file.as_ref().map(|f| f.epoch + 1).unwrap_or(0);
-                let floor = floor.max(db_epoch.map(|e| e + 1).unwrap_or(0));
+                let above = |e: u64| e.saturating_add(1);
+                let floor = on_file.as_ref().map(|f| above(f.epoch)).unwrap_or(0);
+                let floor = floor.max(db_epoch.map(above).unwrap_or(0));
                 (pairdb_common::now_ms().max(floor), 0)
             }
         };
@@ -187,11 +204,19 @@ impl Identity {
             .counter
             .lock()
             .map_err(|_| IdentityError::Corrupt("counter lock poisoned".into()))?;
-        self.reserve_locked(&mut c, engine)
+        let from = c.next.max(c.hwm);
+        self.reserve_locked(&mut c, from, engine)
     }
 
-    fn reserve_locked(&self, c: &mut Counter, engine: &dyn Engine) -> Result<(), IdentityError> {
-        let hwm = c.next.max(c.hwm) + BLOCK;
+    /// Reserves `[from, from + BLOCK]` and syncs it. Nothing in here can panic: the lock is
+    /// held, and a poisoned counter lock would stop every write of the node.
+    fn reserve_locked(
+        &self,
+        c: &mut Counter,
+        from: u64,
+        engine: &dyn Engine,
+    ) -> Result<(), IdentityError> {
+        let hwm = from.checked_add(BLOCK).ok_or(IdentityError::Exhausted)?;
         engine.write(
             vec![BatchOp::Put(
                 Space::Meta,
@@ -212,25 +237,59 @@ impl Identity {
         Ok(())
     }
 
+    /// Whether `counter` for this node's own actor is one it could have minted: at most the
+    /// end of its reserved block. Anything above is forged, or comes from a data directory
+    /// restored whole (identity.json included; start it with `new_epoch` instead) — adopting
+    /// it would let one request push the counter to its end.
+    pub fn check_own(&self, counter: u64) -> Result<(), IdentityError> {
+        let hwm = self
+            .counter
+            .lock()
+            .map_err(|_| IdentityError::Corrupt("counter lock poisoned".into()))?
+            .hwm;
+        if counter > hwm {
+            return Err(IdentityError::BeyondReservation {
+                actor: self.actor.to_string(),
+                counter,
+                hwm,
+            });
+        }
+        Ok(())
+    }
+
     /// Mints the next counter, above `seen` (the highest counter for this actor in the key's
-    /// state and the client's context).
+    /// state and the client's context, which must not be beyond the reservation).
     pub fn next_counter(&self, seen: u64, engine: &dyn Engine) -> Result<u64, IdentityError> {
         let mut c = self
             .counter
             .lock()
             .map_err(|_| IdentityError::Corrupt("counter lock poisoned".into()))?;
-        c.next = c.next.max(seen) + 1;
-        if c.next > c.hwm {
-            self.reserve_locked(&mut c, engine)?;
+        if seen > c.hwm {
+            return Err(IdentityError::BeyondReservation {
+                actor: self.actor.to_string(),
+                counter: seen,
+                hwm: c.hwm,
+            });
         }
-        Ok(c.next)
+        let next = c
+            .next
+            .max(seen)
+            .checked_add(1)
+            .ok_or(IdentityError::Exhausted)?;
+        if next > c.hwm {
+            self.reserve_locked(&mut c, next, engine)?;
+        }
+        c.next = next;
+        Ok(next)
     }
 
-    /// Notes a counter for this actor seen in incoming data (a restored node learns how far it
-    /// had already counted).
+    /// Notes a counter for this actor seen in incoming data (a node learns how far it had
+    /// already counted). Only counters within the reservation are adopted; callers refuse the
+    /// others first with [`Identity::check_own`].
     pub fn observe(&self, seen: u64) {
         if let Ok(mut c) = self.counter.lock()
             && seen > c.next
+            && seen <= c.hwm
         {
             c.next = seen;
         }
@@ -239,5 +298,71 @@ impl Identity {
     /// The last counter minted or observed.
     pub fn current(&self) -> u64 {
         self.counter.lock().map(|c| c.next).unwrap_or(0)
+    }
+
+    /// The end of the reserved counter block.
+    pub fn reserved(&self) -> u64 {
+        self.counter.lock().map(|c| c.hwm).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::rocks::{RocksEngine, RocksOptions};
+
+    fn open(dir: &Path) -> RocksEngine {
+        let o = RocksOptions {
+            block_cache_bytes: 8 << 20,
+            memtable_bytes: 1 << 20,
+            max_memtables: 2,
+            background_jobs: 1,
+        };
+        RocksEngine::open(&dir.join("db"), &o).expect("open engine")
+    }
+
+    #[test]
+    fn hostile_counters_are_refused_and_never_poison_the_counter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = open(dir.path());
+        let id = Identity::establish(&engine, dir.path(), "n1", false).expect("identity");
+        let first = id.next_counter(0, &engine).expect("mint");
+        for hostile in [u64::MAX, u64::MAX - 1, id.reserved() + 1] {
+            assert!(matches!(
+                id.next_counter(hostile, &engine),
+                Err(IdentityError::BeyondReservation { .. })
+            ));
+            assert!(id.check_own(hostile).is_err());
+            id.observe(hostile);
+        }
+        // Nothing was adopted, nothing is poisoned: the next dot follows the first.
+        assert_eq!(id.next_counter(0, &engine).expect("mint"), first + 1);
+        // A counter within the reservation is adopted (the node learns how far it counted).
+        let within = id.reserved() - 10;
+        id.observe(within);
+        assert_eq!(id.next_counter(0, &engine).expect("mint"), within + 1);
+        // Crossing the block reserves the next one.
+        let hwm = id.reserved();
+        assert_eq!(id.next_counter(hwm, &engine).expect("mint"), hwm + 1);
+        assert_eq!(id.reserved(), hwm + 1 + BLOCK);
+    }
+
+    #[test]
+    fn new_epoch_on_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let epoch = {
+            let engine = open(dir.path());
+            Identity::establish(&engine, dir.path(), "n1", false)
+                .expect("identity")
+                .actor()
+                .epoch
+        };
+        let engine = open(dir.path());
+        let same = Identity::establish(&engine, dir.path(), "n1", false).expect("identity");
+        assert_eq!(same.actor().epoch, epoch);
+        drop(same);
+        let fresh = Identity::establish(&engine, dir.path(), "n1", true).expect("identity");
+        assert!(fresh.actor().epoch > epoch);
+        assert!(fresh.new_epoch_reason.is_some());
     }
 }

@@ -20,6 +20,7 @@ pub mod node;
 pub mod outage;
 pub mod pull;
 pub mod recent;
+pub mod scan;
 pub mod server;
 pub mod store;
 

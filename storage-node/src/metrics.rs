@@ -66,6 +66,12 @@ pub struct Metrics {
     pub block_cache_usage_bytes: Gauge,
     pub block_cache_capacity_bytes: Gauge,
     pub block_cache_hit_ratio: Gauge<f64, AtomicU64>,
+    pub counter_refusals: Counter,
+    pub state_cap_refusals: Counter,
+    pub stream_records_refused: Counter,
+    pub scans_refused: Counter,
+    pub streams_stalled: Counter,
+    pub requests_refused: Counter,
 }
 
 impl Metrics {
@@ -108,6 +114,12 @@ impl Metrics {
             block_cache_usage_bytes: Gauge::default(),
             block_cache_capacity_bytes: Gauge::default(),
             block_cache_hit_ratio: Gauge::default(),
+            counter_refusals: Counter::default(),
+            state_cap_refusals: Counter::default(),
+            stream_records_refused: Counter::default(),
+            scans_refused: Counter::default(),
+            streams_stalled: Counter::default(),
+            requests_refused: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -260,6 +272,36 @@ impl Metrics {
             "rocksdb_block_cache_hit_ratio",
             "Block cache hits / lookups since start",
             m.block_cache_hit_ratio.clone(),
+        );
+        r.register(
+            "dot_counter_refusals",
+            "Inputs refused for naming this replica with a counter beyond its reservation (forged, or a directory restored whole)",
+            m.counter_refusals.clone(),
+        );
+        r.register(
+            "state_cap_refusals",
+            "Writes and merges refused because the key's state would pass its cap",
+            m.state_cap_refusals.clone(),
+        );
+        r.register(
+            "stream_records_refused",
+            "Streamed records refused (undecodable or invalid for this node), never stored",
+            m.stream_records_refused.clone(),
+        );
+        r.register(
+            "scans_refused",
+            "Scans (streams, digests, listings) refused with OVERLOADED: every scan thread busy and the queue full",
+            m.scans_refused.clone(),
+        );
+        r.register(
+            "streams_stalled",
+            "Range streams abandoned because their receiver stopped taking batches",
+            m.streams_stalled.clone(),
+        );
+        r.register(
+            "requests_refused",
+            "gRPC requests refused with OVERLOADED: the node was working on max_inflight_requests",
+            m.requests_refused.clone(),
         );
         Metrics { registry, ..m }
     }

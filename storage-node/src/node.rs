@@ -9,7 +9,17 @@ use std::time::Instant;
 use crate::disk::DiskMonitor;
 use crate::metrics::Metrics;
 use crate::recent::Recent;
+use crate::scan::ScanPool;
 use crate::store::Store;
+
+/// Bounds on the work callers can start on a node (from the config).
+#[derive(Debug, Clone)]
+pub struct NodeLimits {
+    pub scan_threads: usize,
+    pub max_queued_scans: usize,
+    pub stream_stall_timeout_ms: u64,
+    pub max_concurrent_pulls: usize,
+}
 
 pub struct Node {
     pub node_id: String,
@@ -22,6 +32,13 @@ pub struct Node {
     pub started: Instant,
     /// Recent rates and latencies for `/health`.
     pub recent: Recent,
+    /// Range streams (long scans).
+    pub streams: ScanPool,
+    /// Digests, key listings, purges and range drops (short scans).
+    pub scans: ScanPool,
+    /// Pulls this node may run at once.
+    pub pulls: Arc<tokio::sync::Semaphore>,
+    pub limits: NodeLimits,
     maintenance: AtomicBool,
     /// When the compaction that reclaims dropped ranges is due (Unix ms; 0 = none).
     reclaim_due_ms: AtomicU64,
@@ -40,8 +57,21 @@ impl Node {
         disk: Arc<DiskMonitor>,
         metrics: Arc<Metrics>,
         outage: Arc<crate::outage::Outage>,
+        limits: NodeLimits,
     ) -> Node {
+        let pool = |name| {
+            ScanPool::new(
+                name,
+                limits.scan_threads,
+                limits.max_queued_scans,
+                metrics.clone(),
+            )
+        };
         Node {
+            streams: pool("range stream"),
+            scans: pool("scan"),
+            pulls: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_pulls)),
+            limits,
             node_id,
             data_dir,
             store,

@@ -75,18 +75,18 @@ pub async fn run(
     }
 }
 
+/// Checks a pull request before anything starts: the source address and the filters.
+pub fn check(req: &pb::PullRangeRequest) -> Result<(), Status> {
+    pairdb_common::validate::address(&req.source_address).map_err(|e| e.to_status())?;
+    crate::api::check_filter(req.sub_ranges.len(), &req.tenant_ids, req.key_hashes.len())?;
+    Ok(())
+}
+
 async fn pull(
     node: &Arc<Node>,
     req: pb::PullRangeRequest,
     tx: &mpsc::Sender<Result<pb::PullProgress, Status>>,
 ) -> Result<(), Status> {
-    if req.source_address.is_empty() || req.source_address.contains('/') {
-        return Err(Common::InvalidArgument(format!(
-            "source_address {:?} must be host:port",
-            req.source_address
-        ))
-        .to_status());
-    }
     let range = convert::range_from_pb(req.range);
     let channel = channel_to(&req.source_address)?;
     let mut source = StorageNodeServiceClient::new(channel)

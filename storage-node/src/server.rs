@@ -84,16 +84,14 @@ pub fn open_store(
         max_memtables: cfg.max_memtables,
         background_jobs: cfg.background_jobs,
     };
-    let engine: Arc<dyn Engine> = Arc::new(
-        RocksEngine::open(&db_dir, &ropts, |_k, v| {
-            Store::compaction_can_drop(v, pairdb_common::now_ms())
-        })
-        .map_err(|source| StartError::Engine {
+    let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&db_dir, &ropts).map_err(
+        |source| StartError::Engine {
             path: db_dir.clone(),
             source,
-        })?,
-    );
-    let identity = Identity::establish(engine.as_ref(), &cfg.data_dir, &cfg.node_id)?;
+        },
+    )?);
+    let identity =
+        Identity::establish(engine.as_ref(), &cfg.data_dir, &cfg.node_id, cfg.new_epoch)?;
     match &identity.new_epoch_reason {
         Some(reason) => {
             tracing::warn!(node_id = %cfg.node_id, epoch = identity.actor().epoch, %reason, "starting with a new incarnation epoch")
@@ -146,6 +144,12 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         disk.clone(),
         metrics,
         outage.clone(),
+        crate::node::NodeLimits {
+            scan_threads: cfg.scan_threads,
+            max_queued_scans: cfg.max_queued_scans,
+            stream_stall_timeout_ms: cfg.stream_stall_timeout_ms,
+            max_concurrent_pulls: cfg.max_concurrent_pulls,
+        },
     ));
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -175,8 +179,15 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
     let svc = StorageNodeServiceServer::new(StorageApi::new(node.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
+    let refused = node.metrics.clone();
     let grpc = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(cfg.max_concurrent_requests)
+        .layer(pairdb_common::grpc::AdmissionLayer::new(
+            cfg.max_inflight_requests,
+            move || {
+                refused.requests_refused.inc();
+            },
+        ))
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(health_service)

@@ -28,7 +28,7 @@ use xxhash_rust::xxh64::Xxh64;
 use crate::disk::DiskMonitor;
 use crate::engine::{BatchOp, Engine, EngineError, Ingested, Scan, Space};
 use crate::error::{Error, Result};
-use crate::identity::Identity;
+use crate::identity::{Identity, IdentityError};
 use crate::metrics::Metrics;
 
 const LOCK_STRIPES: usize = 4096;
@@ -43,6 +43,12 @@ pub const MAX_DIGEST_BUCKETS: u32 = 65_536;
 /// Default [`StoreConfig::table_min_bytes`]: streamed records below this many bytes per call are
 /// merged; above, new keys are ingested as a table (a table per tiny batch only feeds compaction).
 pub const MIN_TABLE_BYTES: u64 = 1 << 20;
+/// Record bytes per streamed batch (a record larger than this goes alone): with the 64 MiB
+/// message limit, 512 records of 300 KiB would not fit one message.
+pub const STREAM_BATCH_BYTES: usize = 4 << 20;
+/// The slowest throttle a caller may ask a stream for: below it a scan (its thread, iterator and
+/// pinned tables) could be held for days by one request.
+pub const MIN_STREAM_BYTES_PER_SEC: u64 = 1 << 20;
 /// Table builds per [`Store::apply_streamed`] call before the rest is merged instead (each
 /// retry is caused by writes landing on keys of the table while it was built).
 const TABLE_ATTEMPTS: u32 = 3;
@@ -73,6 +79,9 @@ pub struct WriteCmd {
     pub max_value_bytes: u32,
     /// Siblings above which the write is logged and counted; 0 = default.
     pub sibling_warn: u32,
+    /// The tenant's cap on the key's encoded state in bytes; 0 = default (3 MiB); never above
+    /// `validate::HARD_MAX_STATE_BYTES`.
+    pub max_state_bytes: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -80,7 +89,34 @@ pub struct WriteReply {
     pub version: Version,
     pub deduplicated: bool,
     pub state: KeyState,
+    /// Encoded size of `state` (what the answer carries).
+    pub state_bytes: usize,
 }
+
+/// What a batch of writes or merges has staged for its one commit: per key its state (later
+/// commands of the batch see it) and its encoded record, in first-touch order.
+#[derive(Default)]
+struct Staged {
+    states: HashMap<Vec<u8>, KeyState>,
+    records: HashMap<Vec<u8>, Vec<u8>>,
+    order: Vec<Vec<u8>>,
+}
+
+impl Staged {
+    fn put(&mut self, dk: &[u8], state: KeyState, record: Vec<u8>) {
+        if !self.records.contains_key(dk) {
+            self.order.push(dk.to_vec());
+        }
+        self.states.insert(dk.to_vec(), state);
+        self.records.insert(dk.to_vec(), record);
+    }
+
+    fn encoded_len(&self, dk: &[u8]) -> usize {
+        self.records.get(dk).map_or(0, Vec::len)
+    }
+}
+
+pub use pairdb_common::validate::BATCH_BUDGET_EXCEEDED;
 
 /// Why a state is being merged in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +176,8 @@ pub struct StreamedReply {
     pub changed: u64,
     /// Of those, records that went in as part of an ingested table.
     pub ingested: u64,
+    /// Records refused (undecodable, or invalid for this node): skipped, never stored.
+    pub refused: u64,
 }
 
 /// Write tracking over a token range while streamed records are being ingested into it.
@@ -316,6 +354,25 @@ pub struct KeyListing {
     pub corrupt: Vec<(String, Vec<u8>)>,
 }
 
+/// Most bytes one key listing may answer (well inside a message).
+pub const MAX_LISTING_BYTES: usize = 32 << 20;
+
+impl KeyListing {
+    /// About how many bytes the listing takes on the wire.
+    fn approx_bytes(&self) -> usize {
+        (self.key_hashes.len() + self.state_hashes.len() + self.dot_actors.len()) * 8
+            + self.dot_counters.len() * 10
+            + self.context_actors.len() * 18
+            + (self.dot_counts.len() + self.context_counts.len()) * 5
+            + (self.short_keys.len() + self.short_states.len()) * 4
+            + self
+                .corrupt
+                .iter()
+                .map(|(t, k)| t.len() + k.len() + 4)
+                .sum::<usize>()
+    }
+}
+
 /// How long a descent session's record hashes are kept, and how many record hashes all kept
 /// sessions hold together (24 bytes each: ~100 MiB). A larger scope is scanned per level.
 const DIGEST_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(120);
@@ -407,8 +464,6 @@ pub struct Store {
     metrics: Arc<Metrics>,
     cfg: StoreConfig,
     fences: Arc<RwLock<Vec<Arc<FenceState>>>>,
-    /// Finds this node's id inside a record: a record without it carries no dot of ours.
-    own_id: memchr::memmem::Finder<'static>,
     /// Record hashes of recent anti-entropy descent sessions (see `repair_digest`).
     digest_cache: Mutex<Vec<(String, std::time::Instant, Arc<SessionLeaves>)>>,
 }
@@ -444,7 +499,6 @@ impl Store {
         metrics: Arc<Metrics>,
         cfg: StoreConfig,
     ) -> Store {
-        let own_id = memchr::memmem::Finder::new(identity.actor().node_id.as_bytes()).into_owned();
         Store {
             engine,
             identity,
@@ -453,7 +507,6 @@ impl Store {
             metrics,
             cfg,
             fences: Default::default(),
-            own_id,
             digest_cache: Mutex::new(Vec::new()),
         }
     }
@@ -482,8 +535,9 @@ impl Store {
         idx.into_iter().map(|i| self.locks[i].lock()).collect()
     }
 
-    /// Loads and verifies a record. A checksum failure is counted, logged and returned.
-    fn load(&self, dk: &[u8], tenant: &str, key: &[u8]) -> Result<Option<KeyState>> {
+    /// Loads and verifies a record, with its size (0 when there is none). A checksum failure
+    /// is counted, logged and returned.
+    fn load_sized(&self, dk: &[u8], tenant: &str, key: &[u8]) -> Result<(Option<KeyState>, usize)> {
         let bytes = match self.engine.get(Space::Data, dk) {
             Ok(b) => b,
             Err(EngineError::Corruption(m)) => {
@@ -496,9 +550,11 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        let Some(bytes) = bytes else { return Ok(None) };
+        let Some(bytes) = bytes else {
+            return Ok((None, 0));
+        };
         match framing::decode_state(&bytes) {
-            Ok(s) => Ok(Some(s)),
+            Ok(s) => Ok((Some(s), bytes.len())),
             Err(e) => {
                 self.metrics.checksum_failures.inc();
                 tracing::error!(key = %display_key(tenant, key), data_key = %hex(dk), error = %e, "record checksum failed");
@@ -511,8 +567,14 @@ impl Store {
     }
 
     /// Coordinated writes, atomically per key, committed in one engine batch. One result per
-    /// command, in order; a bad command fails alone.
-    pub fn write_many(&self, cmds: Vec<WriteCmd>) -> Vec<Result<WriteReply>> {
+    /// command, in order; a bad command fails alone. `response_budget` bounds the bytes of key
+    /// state the results carry: commands past it are not applied and fail with OVERLOADED
+    /// (the caller sends them again on their own), so no answer outgrows a message.
+    pub fn write_many(
+        &self,
+        cmds: Vec<WriteCmd>,
+        response_budget: usize,
+    ) -> Vec<Result<WriteReply>> {
         let now = now_ms();
         let mut results: Vec<Option<Result<WriteReply>>> = Vec::with_capacity(cmds.len());
         let mut accepted: Vec<(usize, Vec<u8>)> = Vec::new();
@@ -524,11 +586,14 @@ impl Store {
                         validate::effective_max_value_bytes(c.max_value_bytes),
                     )
                 })
-                .map_err(Error::from)
-                .and_then(|_| {
-                    self.disk
-                        .check_write((c.key.len() + c.value.len()) as u64, c.tombstone)
-                });
+                .and_then(|_| validate::idempotency_key(&c.idempotency_key))
+                .and_then(|_| match c.tombstone && !c.value.is_empty() {
+                    true => Err(pairdb_common::Error::InvalidArgument(
+                        "a tombstone carries no value".into(),
+                    )),
+                    false => Ok(()),
+                })
+                .map_err(Error::from);
             match check {
                 Ok(()) => {
                     accepted.push((i, token::data_key(&c.tenant, &c.key)));
@@ -540,30 +605,23 @@ impl Store {
         let guards = self.lock_all(accepted.iter().map(|(_, dk)| dk.as_slice()));
         let registry = self.fences.read();
         let gates = enter_fences(&registry, accepted.iter().map(|(_, dk)| dk.as_slice()));
-        let mut pending: HashMap<Vec<u8>, KeyState> = HashMap::new();
-        let mut raw: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-        let mut order: Vec<Vec<u8>> = Vec::new();
+        let mut staged = Staged::default();
+        let mut answered = 0usize;
         for (i, dk) in &accepted {
-            let c = &cmds[*i];
-            let r = self.write_one(c, dk, now, &mut pending, &mut order);
+            if answered > response_budget {
+                results[*i] = Some(Err(Error::Overloaded(BATCH_BUDGET_EXCEEDED.into())));
+                continue;
+            }
+            let r = self.write_one(&cmds[*i], dk, now, &mut staged);
+            if let Ok(w) = &r {
+                answered += w.state_bytes;
+            }
             results[*i] = Some(r);
         }
-        let ops: Vec<BatchOp> = order
-            .iter()
-            .filter_map(|dk| match raw.remove(dk) {
-                Some(bytes) => Some(BatchOp::Put(Space::Data, dk.clone(), bytes)),
-                None => pending
-                    .get(dk)
-                    .map(|s| BatchOp::Put(Space::Data, dk.clone(), encode_state(s))),
-            })
-            .collect();
-        if !ops.is_empty()
-            && let Err(e) = self.engine.write(ops, self.cfg.sync_writes)
-        {
-            tracing::error!(error = %e, "commit write batch failed");
+        if let Err(e) = self.commit(staged, "write") {
             for (i, _) in &accepted {
                 if matches!(results[*i], Some(Ok(_))) {
-                    results[*i] = Some(Err(e.clone().into()));
+                    results[*i] = Some(Err(e.clone()));
                 }
             }
         }
@@ -580,46 +638,109 @@ impl Store {
             .collect()
     }
 
+    /// Commits what a batch staged, in one engine write.
+    fn commit(&self, staged: Staged, what: &str) -> Result<()> {
+        let ops: Vec<BatchOp> = staged
+            .order
+            .into_iter()
+            .filter_map(|dk| {
+                let bytes = staged.records.get(&dk)?.clone();
+                Some(BatchOp::Put(Space::Data, dk, bytes))
+            })
+            .collect();
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.engine.write(ops, self.cfg.sync_writes).map_err(|e| {
+            tracing::error!(error = %e, "commit {what} batch failed");
+            Error::from(e)
+        })
+    }
+
+    /// The current state of `dk` within a batch (staged by an earlier command, or stored) and
+    /// the size of its record (0 = none).
+    fn current(
+        &self,
+        staged: &Staged,
+        dk: &[u8],
+        tenant: &str,
+        key: &[u8],
+    ) -> Result<(Option<KeyState>, usize)> {
+        if let Some(s) = staged.states.get(dk) {
+            return Ok((Some(s.clone()), staged.encoded_len(dk)));
+        }
+        self.load_sized(dk, tenant, key)
+    }
+
+    /// Refuses a state carrying a counter for this node's own actor beyond its reservation
+    /// (forged input; see [`Identity::check_own`]); adopts the others.
+    fn check_own_counters(&self, state: &KeyState, what: &str) -> Result<()> {
+        let own = state.max_counter_for(self.identity.actor());
+        if own == 0 {
+            return Ok(());
+        }
+        if let Err(e) = self.identity.check_own(own) {
+            self.metrics.counter_refusals.inc();
+            tracing::error!(error = %e, "refused {what}");
+            return Err(Error::Invalid(pairdb_common::Error::InvalidArgument(
+                format!("{what}: {e}"),
+            )));
+        }
+        self.identity.observe(own);
+        Ok(())
+    }
+
     fn write_one(
         &self,
         c: &WriteCmd,
         dk: &[u8],
         now: u64,
-        pending: &mut HashMap<Vec<u8>, KeyState>,
-        order: &mut Vec<Vec<u8>>,
+        staged: &mut Staged,
     ) -> Result<WriteReply> {
-        let mut state = match pending.get(dk) {
-            Some(s) => s.clone(),
-            None => self.load(dk, &c.tenant, &c.key)?.unwrap_or_default(),
-        };
+        let (state, old_len) = self.current(staged, dk, &c.tenant, &c.key)?;
+        let mut state = state.unwrap_or_default();
         if let Some(v) = state.find_idempotent(&c.idempotency_key, now) {
             return Ok(WriteReply {
                 version: v.clone(),
                 deduplicated: true,
+                state_bytes: old_len,
                 state,
             });
         }
         let actor = self.identity.actor().clone();
-        let seen = state
-            .max_counter_for(&actor)
-            .max(c.context.max_counter(&actor));
+        let from_context = c.context.max_counter(&actor);
+        if from_context > 0 && self.identity.check_own(from_context).is_err() {
+            self.metrics.counter_refusals.inc();
+            return Err(Error::Invalid(pairdb_common::Error::InvalidContext(
+                format!(
+                    "the context names this replica ({actor}) with counter {from_context}, beyond any it has minted"
+                ),
+            )));
+        }
+        let seen = state.max_counter_for(&actor).max(from_context);
         let counter = self
             .identity
             .next_counter(seen, self.engine.as_ref())
-            .map_err(|e| Error::Engine(EngineError::Io(format!("reserve dot counter: {e}"))))?;
+            .map_err(|e| match e {
+                IdentityError::BeyondReservation { .. } => {
+                    self.metrics.counter_refusals.inc();
+                    Error::Invalid(pairdb_common::Error::InvalidArgument(format!(
+                        "stored state of {}: {e}",
+                        display_key(&c.tenant, &c.key)
+                    )))
+                }
+                other => Error::Engine(EngineError::Io(format!("reserve dot counter: {other}"))),
+            })?;
         let written_at_ms = match c.policy {
             // LWW: the coordinating replica's write must win locally even under clock skew.
             ConflictPolicy::Lww => state
                 .versions()
                 .iter()
-                .map(|v| v.written_at_ms + 1)
+                .map(|v| v.written_at_ms.saturating_add(1))
                 .fold(now, u64::max),
             ConflictPolicy::Siblings => now,
         };
-        let max_siblings = match c.max_siblings {
-            0 => DEFAULT_MAX_SIBLINGS,
-            n => n as usize,
-        };
+        let max_siblings = validate::effective_max_siblings(c.max_siblings);
         state.purge_expired(now);
         let out = state.apply_write(NewVersion {
             dot: pairdb_common::version::Dot::new(actor, counter),
@@ -629,12 +750,30 @@ impl Store {
             written_at_ms,
             expires_at_ms: match c.ttl_seconds {
                 0 => 0,
-                t => now + u64::from(t) * 1000,
+                t => now.saturating_add(u64::from(t) * 1000),
             },
             idempotency_key: c.idempotency_key.clone(),
             policy: c.policy,
             max_siblings,
         });
+        let record = encode_state(&state);
+        let cap = validate::effective_max_state_bytes(c.max_state_bytes);
+        // A key already over the cap (older data, merged partitions) stays writable by writes
+        // that do not grow it: that is how it is resolved.
+        if record.len() > cap && record.len() > old_len {
+            self.metrics.state_cap_refusals.inc();
+            return Err(Error::Invalid(pairdb_common::Error::ValueTooLarge(
+                format!(
+                    "the write would make the state of {} {} bytes, over the tenant's max_state_bytes ({cap}); \
+                 it has {} versions: read the key, merge its siblings and write the result back with the read's context",
+                    display_key(&c.tenant, &c.key),
+                    record.len(),
+                    state.versions().len()
+                ),
+            )));
+        }
+        self.disk
+            .check_write((dk.len() + record.len()) as u64, c.tombstone)?;
         if out.folded > 0 && c.policy == ConflictPolicy::Siblings {
             self.metrics.sibling_cap_folds.inc_by(out.folded as u64);
             tracing::warn!(key = %display_key(&c.tenant, &c.key), folded = out.folded, max_siblings, "sibling cap reached; folded the oldest by LWW");
@@ -648,13 +787,12 @@ impl Store {
             self.metrics.sibling_warnings.inc();
             tracing::warn!(key = %display_key(&c.tenant, &c.key), siblings, "key has many siblings; clients should resolve them");
         }
-        if !pending.contains_key(dk) {
-            order.push(dk.to_vec());
-        }
-        pending.insert(dk.to_vec(), state.clone());
+        let state_bytes = record.len();
+        staged.put(dk, state.clone(), record);
         Ok(WriteReply {
             version: out.version,
             deduplicated: false,
+            state_bytes,
             state,
         })
     }
@@ -714,14 +852,28 @@ impl Store {
     ) -> Result<StreamedReply> {
         let bytes: usize = entries.iter().map(|e| e.key.len() + e.record.len()).sum();
         self.disk.check_write(bytes as u64, false)?;
-        // A record naming this node may carry one of our dots: the counter must stay above it.
-        for e in &entries {
-            if self.own_id.find(&e.record).is_some() {
-                let state = self.decode_incoming(e)?;
-                self.identity
-                    .observe(state.max_counter_for(self.identity.actor()));
+        // Every record is decoded and validated before anything of it is stored (a source node
+        // is as untrusted as any other peer): one that does not decode, or that carries a
+        // counter of ours beyond our reservation, is refused alone and counted.
+        let mut reply = StreamedReply::default();
+        let mut states: HashMap<Vec<u8>, KeyState> = HashMap::with_capacity(entries.len());
+        let mut kept = Vec::with_capacity(entries.len());
+        for e in entries {
+            let checked = self
+                .decode_incoming(&e)
+                .and_then(|st| self.check_own_counters(&st, "streamed record").map(|_| st));
+            match checked {
+                Ok(st) => {
+                    states.insert(e.data_key.clone(), st);
+                    kept.push(e);
+                }
+                Err(err) => {
+                    reply.refused += 1;
+                    tracing::error!(key = %display_key(&e.tenant, &e.key), error = %err, "refused a streamed record");
+                }
             }
         }
+        let entries = kept;
         let ordered = entries.windows(2).all(|w| w[0].data_key < w[1].data_key)
             && entries.iter().all(|e| {
                 token_of_data_key(&e.data_key).is_some_and(|t| fence.state.range.contains(t))
@@ -743,7 +895,6 @@ impl Store {
         } else {
             (Vec::new(), entries)
         };
-        let mut reply = StreamedReply::default();
         let mut attempts = 0;
         let mut staged: Option<std::path::PathBuf> = None;
         let mut allow_flush = false;
@@ -817,20 +968,29 @@ impl Store {
                 })
                 .inc_by(reply.ingested);
         }
-        let cmds = merge
+        let cmds: Vec<ApplyCmd> = merge
             .iter()
-            .map(|e| {
-                Ok(ApplyCmd {
+            .filter_map(|e| {
+                Some(ApplyCmd {
                     tenant: e.tenant.clone(),
                     key: e.key.clone(),
-                    state: self.decode_incoming(e)?,
+                    state: states.remove(&e.data_key)?,
                     origin,
                     record: Some(e.record.to_vec()),
                 })
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         for r in self.apply_many(cmds) {
-            reply.changed += u64::from(r?.changed);
+            match r {
+                Ok(a) => reply.changed += u64::from(a.changed),
+                // Refused for what it is (not for the node's state): skipped, counted, logged
+                // by the check; retrying would refuse it again.
+                Err(Error::Invalid(_)) => reply.refused += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        if reply.refused > 0 {
+            self.metrics.stream_records_refused.inc_by(reply.refused);
         }
         Ok(reply)
     }
@@ -848,19 +1008,10 @@ impl Store {
     fn merge_many(&self, cmds: Vec<ApplyCmd>, repair: bool) -> Vec<Result<ApplyReply>> {
         let mut results: Vec<Option<Result<ApplyReply>>> = Vec::with_capacity(cmds.len());
         let mut accepted: Vec<(usize, Vec<u8>)> = Vec::new();
-        let actor = self.identity.actor().clone();
         for (i, c) in cmds.iter().enumerate() {
-            self.identity.observe(c.state.max_counter_for(&actor));
-            let bytes: usize = c.key.len()
-                + c.state
-                    .versions()
-                    .iter()
-                    .map(|v| v.value.len())
-                    .sum::<usize>();
-            let is_delete = c.state.versions().iter().all(|v| v.tombstone);
             let check = validate::key_ref(&c.tenant, &c.key)
                 .map_err(Error::from)
-                .and_then(|_| self.disk.check_write(bytes as u64, is_delete));
+                .and_then(|_| self.check_own_counters(&c.state, "incoming key state"));
             match check {
                 Ok(()) => {
                     accepted.push((i, token::data_key(&c.tenant, &c.key)));
@@ -872,53 +1023,31 @@ impl Store {
         let guards = self.lock_all(accepted.iter().map(|(_, dk)| dk.as_slice()));
         let registry = self.fences.read();
         let gates = enter_fences(&registry, accepted.iter().map(|(_, dk)| dk.as_slice()));
-        let mut pending: HashMap<Vec<u8>, KeyState> = HashMap::new();
-        let mut raw: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-        let mut order: Vec<Vec<u8>> = Vec::new();
+        let mut staged = Staged::default();
         let mut recovered = 0u64;
         for (i, dk) in &accepted {
             let c = &cmds[*i];
-            let current = match pending.get(dk) {
-                Some(s) => Ok(Some(s.clone())),
-                None => self.load(dk, &c.tenant, &c.key),
-            };
-            let r = match current {
-                Ok(cur) => {
-                    let existed = cur.is_some();
-                    let mut s = cur.unwrap_or_default();
-                    let changed = s.merge(&c.state) || (!existed && !s.is_empty());
-                    if changed {
-                        if !pending.contains_key(dk) {
-                            order.push(dk.clone());
-                        }
-                        // A new key whose merge is exactly the verified record: keep its bytes.
-                        match &c.record {
-                            Some(r) if !existed && s == c.state => {
-                                raw.insert(dk.clone(), r.clone());
-                            }
-                            _ => {
-                                raw.remove(dk);
-                            }
-                        }
-                        pending.insert(dk.clone(), s.clone());
-                    }
-                    Ok(ApplyReply {
-                        changed,
-                        siblings: s.versions().len(),
-                    })
-                }
+            let r = match self.current(&staged, dk, &c.tenant, &c.key) {
+                Ok((cur, old_len)) => self.merge_one(c, dk, cur, old_len, &mut staged),
                 Err(Error::Corrupt { key, detail }) if repair => {
-                    tracing::warn!(key = %key, corrupt = %detail, "replacing corrupt record with repaired state");
-                    recovered += 1;
-                    if !pending.contains_key(dk) {
-                        order.push(dk.clone());
-                    }
-                    raw.remove(dk);
-                    pending.insert(dk.clone(), c.state.clone());
-                    Ok(ApplyReply {
-                        changed: true,
-                        siblings: c.state.versions().len(),
-                    })
+                    let record = encode_state(&c.state);
+                    self.check_stored_size(&c.tenant, &c.key, record.len(), 0)
+                        .and_then(|_| {
+                            self.disk.check_write(
+                                (dk.len() + record.len()) as u64,
+                                c.state.all_tombstones(),
+                            )
+                        })
+                        .map(|_| {
+                            tracing::warn!(key = %key, corrupt = %detail, "replacing corrupt record with repaired state");
+                            recovered += 1;
+                            let siblings = c.state.versions().len();
+                            staged.put(dk, c.state.clone(), record);
+                            ApplyReply {
+                                changed: true,
+                                siblings,
+                            }
+                        })
                 }
                 Err(e) => Err(e),
             };
@@ -932,29 +1061,18 @@ impl Store {
             }
             results[*i] = Some(r);
         }
-        let ops: Vec<BatchOp> = order
-            .iter()
-            .filter_map(|dk| match raw.remove(dk) {
-                Some(bytes) => Some(BatchOp::Put(Space::Data, dk.clone(), bytes)),
-                None => pending
-                    .get(dk)
-                    .map(|s| BatchOp::Put(Space::Data, dk.clone(), encode_state(s))),
-            })
-            .collect();
-        let mut committed = true;
-        if !ops.is_empty()
-            && let Err(e) = self.engine.write(ops, self.cfg.sync_writes)
-        {
-            committed = false;
-            tracing::error!(error = %e, "commit merge batch failed");
-            for (i, _) in &accepted {
-                if matches!(results[*i], Some(Ok(_))) {
-                    results[*i] = Some(Err(e.clone().into()));
+        match self.commit(staged, "merge") {
+            Ok(()) if recovered > 0 => {
+                self.metrics.data_recovery_operations.inc_by(recovered);
+            }
+            Ok(()) => {}
+            Err(e) => {
+                for (i, _) in &accepted {
+                    if matches!(results[*i], Some(Ok(_))) {
+                        results[*i] = Some(Err(e.clone()));
+                    }
                 }
             }
-        }
-        if committed && recovered > 0 {
-            self.metrics.data_recovery_operations.inc_by(recovered);
         }
         drop(gates);
         drop(registry);
@@ -969,19 +1087,111 @@ impl Store {
             .collect()
     }
 
+    /// Merges one incoming state into the key's current one and stages the result when it
+    /// changed: through the stored-size bound and the disk gate, by the real record size.
+    fn merge_one(
+        &self,
+        c: &ApplyCmd,
+        dk: &[u8],
+        current: Option<KeyState>,
+        old_len: usize,
+        staged: &mut Staged,
+    ) -> Result<ApplyReply> {
+        let existed = current.is_some();
+        let mut s = current.unwrap_or_default();
+        let changed = s.merge(&c.state) || (!existed && !s.is_empty());
+        if changed {
+            // A new key whose merge is exactly the verified record: keep its bytes.
+            let record = match &c.record {
+                Some(r) if !existed && s == c.state => r.clone(),
+                _ => encode_state(&s),
+            };
+            self.check_stored_size(&c.tenant, &c.key, record.len(), old_len)?;
+            self.disk
+                .check_write((dk.len() + record.len()) as u64, s.all_tombstones())?;
+            let siblings = s.versions().len();
+            staged.put(dk, s, record);
+            return Ok(ApplyReply { changed, siblings });
+        }
+        Ok(ApplyReply {
+            changed,
+            siblings: s.versions().len(),
+        })
+    }
+
+    /// No merge may grow a record past [`validate::MAX_STORED_STATE_BYTES`]: it could no
+    /// longer be read, streamed or repaired in one message.
+    fn check_stored_size(
+        &self,
+        tenant: &str,
+        key: &[u8],
+        len: usize,
+        old_len: usize,
+    ) -> Result<()> {
+        if len > validate::MAX_STORED_STATE_BYTES && len > old_len {
+            self.metrics.state_cap_refusals.inc();
+            return Err(Error::Invalid(pairdb_common::Error::ValueTooLarge(
+                format!(
+                    "merging would make the state of {} {len} bytes, over the {} bytes any record may hold; resolve its siblings",
+                    display_key(tenant, key),
+                    validate::MAX_STORED_STATE_BYTES
+                ),
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads a key's state without expired versions; `None` when the node holds no record.
     pub fn read(&self, tenant: &str, key: &[u8]) -> Result<Option<KeyState>> {
+        match self.read_record(tenant, key)? {
+            Some(rec) => self.decode_read(tenant, key, &rec),
+            None => Ok(None),
+        }
+    }
+
+    /// A key's stored record, unverified (see [`Store::decode_read`]); `None` when there is none.
+    pub fn read_record(&self, tenant: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         validate::key_ref(tenant, key)?;
         let dk = token::data_key(tenant, key);
-        Ok(self
-            .load(&dk, tenant, key)?
-            .map(|s| s.without_expired(now_ms())))
+        match self.engine.get(Space::Data, &dk) {
+            Ok(b) => Ok(b),
+            Err(EngineError::Corruption(m)) => {
+                self.metrics.checksum_failures.inc();
+                tracing::error!(key = %display_key(tenant, key), error = %m, "engine checksum failed reading record");
+                Err(Error::Corrupt {
+                    key: display_key(tenant, key),
+                    detail: m,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Verifies and decodes a record from [`Store::read_record`], without expired versions
+    /// (their dots stay covered by the state's context).
+    pub fn decode_read(&self, tenant: &str, key: &[u8], record: &[u8]) -> Result<Option<KeyState>> {
+        match framing::decode_state(record) {
+            Ok(s) => Ok(Some(s.without_expired(now_ms()))),
+            Err(e) => {
+                self.metrics.checksum_failures.inc();
+                tracing::error!(key = %display_key(tenant, key), error = %e, "record checksum failed");
+                Err(Error::Corrupt {
+                    key: display_key(tenant, key),
+                    detail: e.to_string(),
+                })
+            }
+        }
     }
 
     /// Streams the records of `range` in data-key order, strictly after `resume_after` when
-    /// given, in batches of `batch_size`, calling `sink` per batch until it returns false.
-    /// Corrupt records are skipped and counted, never sent. `max_bytes_per_sec` (0 = off)
-    /// throttles by sleeping this (blocking) thread. `filter` narrows the stream to some records.
+    /// given, in batches of at most `batch_size` records and [`STREAM_BATCH_BYTES`] bytes (a
+    /// larger record goes alone), calling `sink` per batch until it returns false. Corrupt
+    /// records are skipped and counted, never sent. `max_bytes_per_sec` (0 = off) throttles
+    /// by sleeping this (blocking) thread, never below [`MIN_STREAM_BYTES_PER_SEC`]; `gone`
+    /// is asked between batches, during throttle sleeps and every few thousand records a
+    /// filter skips, so a departed receiver stops the scan within a second. `filter` narrows
+    /// the stream to some records.
+    #[allow(clippy::too_many_arguments)]
     pub fn stream_range(
         &self,
         range: TokenRange,
@@ -989,9 +1199,14 @@ impl Store {
         batch_size: usize,
         max_bytes_per_sec: u64,
         filter: &Filter,
+        gone: &dyn Fn() -> bool,
         sink: &mut dyn FnMut(StreamBatch) -> bool,
     ) -> Result<()> {
         let batch_size = batch_size.clamp(1, 10_000);
+        let throttle = match max_bytes_per_sec {
+            0 => None,
+            n => Some(n.max(MIN_STREAM_BYTES_PER_SEC)),
+        };
         let pieces = filter.pieces(range);
         let resume_token = (!resume_after.is_empty())
             .then(|| token_of_data_key(resume_after))
@@ -1002,7 +1217,21 @@ impl Store {
         let started = std::time::Instant::now();
         let mut sent_bytes = 0u64;
         let mut batch = StreamBatch::default();
+        let mut batch_bytes = 0usize;
+        let mut visited = 0u64;
         let mut open = true;
+        // Sleeps until the throttle allows `sent_bytes`, in slices, noticing a departed receiver.
+        let pace = |sent_bytes: u64| -> bool {
+            let Some(rate) = throttle else { return true };
+            let due = std::time::Duration::from_secs_f64(sent_bytes as f64 / rate as f64);
+            while let Some(wait) = due.checked_sub(started.elapsed()) {
+                if gone() {
+                    return false;
+                }
+                std::thread::sleep(wait.min(std::time::Duration::from_millis(100)));
+            }
+            !gone()
+        };
         for (pi, (lo, hi)) in pieces.iter().enumerate().skip(start_piece) {
             let (mut from, to) = piece_bounds(*lo, *hi);
             if pi == start_piece && resume_token.is_some() {
@@ -1010,6 +1239,11 @@ impl Store {
             }
             let mut scan_err = None;
             self.engine.scan(Space::Data, &from, to.as_deref(), &mut |k, v| {
+                visited += 1;
+                if visited.is_multiple_of(4096) && gone() {
+                    open = false;
+                    return Scan::Stop;
+                }
                 let Ok((tok, tenant, key)) = token::split_data_key(k) else {
                     batch.corrupt_skipped += 1;
                     return Scan::Continue;
@@ -1027,6 +1261,7 @@ impl Store {
                             crc32: framing::stored_crc(v).unwrap_or(0),
                         });
                         sent_bytes += v.len() as u64;
+                        batch_bytes += k.len() + v.len();
                     }
                     Err(e) => {
                         self.metrics.checksum_failures.inc();
@@ -1035,19 +1270,14 @@ impl Store {
                     }
                 }
                 batch.last_data_key = k.to_vec();
-                if batch.entries.len() >= batch_size {
+                if batch.entries.len() >= batch_size || batch_bytes >= STREAM_BATCH_BYTES {
                     let full = std::mem::take(&mut batch);
+                    batch_bytes = 0;
                     self.metrics.stream_keys_sent.inc_by(full.entries.len() as u64);
                     self.metrics.stream_bytes_sent.inc_by(full.entries.iter().map(|e| e.record.len() as u64).sum());
-                    if !sink(full) {
+                    if !sink(full) || !pace(sent_bytes) {
                         open = false;
                         return Scan::Stop;
-                    }
-                    if max_bytes_per_sec > 0 {
-                        let due = std::time::Duration::from_secs_f64(sent_bytes as f64 / max_bytes_per_sec as f64);
-                        if let Some(wait) = due.checked_sub(started.elapsed()) {
-                            std::thread::sleep(wait);
-                        }
                     }
                 }
                 Scan::Continue
@@ -1061,12 +1291,8 @@ impl Store {
             }
         }
         batch.done = true;
-        if max_bytes_per_sec > 0 {
-            let due =
-                std::time::Duration::from_secs_f64(sent_bytes as f64 / max_bytes_per_sec as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
+        if !pace(sent_bytes) {
+            return Ok(());
         }
         self.metrics
             .stream_keys_sent
@@ -1254,6 +1480,7 @@ impl Store {
     ) -> Result<KeyListing> {
         let mut out = KeyListing::default();
         let mut corrupt = 0u64;
+        let mut too_big = false;
         for range in ranges {
             let listed = out.key_hashes.len() + out.short_keys.len();
             for (lo, hi) in range.pieces() {
@@ -1301,8 +1528,19 @@ impl Store {
                                 out.corrupt.push((tenant.to_string(), key.to_vec()));
                             }
                         }
+                        if out.approx_bytes() > MAX_LISTING_BYTES {
+                            too_big = true;
+                            return Scan::Stop;
+                        }
                         Scan::Continue
                     })?;
+                if too_big {
+                    return Err(Error::Invalid(pairdb_common::Error::InvalidArgument(
+                        format!(
+                            "the listing would exceed {MAX_LISTING_BYTES} bytes; ask for fewer or narrower ranges"
+                        ),
+                    )));
+                }
             }
             out.range_counts
                 .push((out.key_hashes.len() + out.short_keys.len() - listed) as u32);
@@ -1314,7 +1552,8 @@ impl Store {
     }
 
     /// Tombstone garbage collection: deletes the records of `range` (of `tenants`, empty = all)
-    /// whose every version is a tombstone written before `written_before_ms`. Only anti-entropy
+    /// whose every version is a tombstone written, or a value that expired, before
+    /// `written_before_ms`. Only anti-entropy
     /// calls it, right after every replica of the range was found to hold the same records, so
     /// each replica drops the same tombstones. Each record is re-checked under its stripe lock;
     /// one a write touched meanwhile (a live version, or a newer tombstone) stays.
@@ -1324,13 +1563,17 @@ impl Store {
         tenants: &HashSet<String>,
         written_before_ms: u64,
     ) -> Result<u64> {
+        // A version that expired counts as a tombstone written when it expired (its record is
+        // never dropped earlier: its context is what keeps an overwritten value on a stale
+        // replica from coming back).
+        let now = now_ms();
         let purgeable = |record: &[u8]| {
             framing::decode_state(record).is_ok_and(|s| {
                 !s.versions().is_empty()
-                    && s.all_tombstones()
-                    && s.versions()
-                        .iter()
-                        .all(|v| v.written_at_ms < written_before_ms)
+                    && s.versions().iter().all(|v| {
+                        (v.tombstone && v.written_at_ms < written_before_ms)
+                            || (v.is_expired(now) && v.expires_at_ms < written_before_ms)
+                    })
             })
         };
         let mut candidates: Vec<Vec<u8>> = Vec::new();
@@ -1436,20 +1679,6 @@ impl Store {
             corrupt,
             engine_error,
             duration_ms: started.elapsed().as_millis() as u64,
-        }
-    }
-
-    /// Whether a record may be dropped by compaction: it decodes and every version has expired.
-    /// Tombstones are kept (their garbage collection needs cluster agreement).
-    pub fn compaction_can_drop(record: &[u8], now_ms: u64) -> bool {
-        match framing::decode_state(record) {
-            Ok(s) => {
-                !s.versions().is_empty()
-                    && s.versions()
-                        .iter()
-                        .all(|v| v.is_expired(now_ms) && !v.tombstone)
-            }
-            Err(_) => false,
         }
     }
 }

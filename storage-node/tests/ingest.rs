@@ -22,19 +22,23 @@ fn open(dir: &std::path::Path, id: &str) -> Arc<Store> {
 }
 
 fn put(store: &Store, key: &str, value: Vec<u8>) {
-    for r in store.write_many(vec![WriteCmd {
-        tenant: "t".into(),
-        key: key.as_bytes().to_vec(),
-        value,
-        tombstone: false,
-        context: Default::default(),
-        ttl_seconds: 0,
-        idempotency_key: String::new(),
-        policy: ConflictPolicy::Siblings,
-        max_siblings: 0,
-        max_value_bytes: 0,
-        sibling_warn: 0,
-    }]) {
+    for r in store.write_many(
+        vec![WriteCmd {
+            tenant: "t".into(),
+            key: key.as_bytes().to_vec(),
+            value,
+            tombstone: false,
+            context: Default::default(),
+            ttl_seconds: 0,
+            idempotency_key: String::new(),
+            policy: ConflictPolicy::Siblings,
+            max_siblings: 0,
+            max_value_bytes: 0,
+            sibling_warn: 0,
+            max_state_bytes: 0,
+        }],
+        usize::MAX,
+    ) {
         r.unwrap();
     }
 }
@@ -55,6 +59,7 @@ fn stream(store: &Store) -> Vec<Incoming> {
             1000,
             0,
             &Default::default(),
+            &|| false,
             &mut |b| {
                 out.extend(b.entries.into_iter().map(|e| Incoming {
                     data_key: token::data_key(&e.tenant, &e.key),

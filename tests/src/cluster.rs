@@ -20,6 +20,9 @@ use tonic::transport::Channel;
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// PostgreSQL reached by the coordinators through a [`crate::proxy::TcpProxy`] the test can
+    /// cut (`TestCluster::meta_proxy`); the test's own `meta` connects directly.
+    PostgresProxied,
 }
 
 /// Admin URL of the local PostgreSQL (scripts/setup.sh makes sure one runs).
@@ -102,6 +105,8 @@ pub struct TestCluster {
     pub coordinators: Vec<RunningCoordinator>,
     pub hints: bool,
     pub tweak: Option<fn(&mut pairdb_coordinator::config::Config)>,
+    /// With `Backend::PostgresProxied`: the proxy between the coordinators and PostgreSQL.
+    pub meta_proxy: Option<crate::proxy::TcpProxy>,
     _pg: Option<PgDb>,
 }
 
@@ -141,13 +146,27 @@ impl TestCluster {
                 None,
                 format!("sqlite://{}", dir.path().join("meta.db").display()),
             ),
-            Backend::Postgres => {
+            Backend::Postgres | Backend::PostgresProxied => {
                 let db = PgDb::create().await?;
                 let url = db.url.clone();
                 (Some(db), url)
             }
         };
         let meta = meta::connect(&db_url).await?;
+        let (db_url, meta_proxy) = match o.backend {
+            Backend::PostgresProxied => {
+                // postgres://user@host:port/db → the same through the proxy.
+                let (head, rest) = db_url.split_once('@').context("PostgreSQL URL without @")?;
+                let (hostport, db) = rest.split_once('/').context("PostgreSQL URL without db")?;
+                let upstream = tokio::net::lookup_host(hostport)
+                    .await?
+                    .next()
+                    .context("resolve PostgreSQL")?;
+                let proxy = crate::proxy::TcpProxy::start(upstream).await?;
+                (format!("{head}@{}/{db}", proxy.addr), Some(proxy))
+            }
+            _ => (db_url, None),
+        };
         meta.migrate().await?;
         let mut node_cfgs = Vec::new();
         let mut nodes = Vec::new();
@@ -193,6 +212,7 @@ impl TestCluster {
             coordinators,
             hints: o.hints,
             tweak: o.tweak,
+            meta_proxy,
             _pg: pg,
         })
     }

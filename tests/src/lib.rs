@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod procs;
+pub mod proxy;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -84,6 +84,15 @@ async fn behaviour(store: Arc<dyn MetaStore>) {
     // Tenants.
     let mut t = TenantRecord::with_defaults("acme");
     store.create_tenant(&t).await.unwrap();
+    assert_eq!(
+        store
+            .get_tenant("acme")
+            .await
+            .unwrap()
+            .unwrap()
+            .max_state_bytes,
+        3 << 20
+    );
     assert!(matches!(
         store.create_tenant(&t).await,
         Err(MetaError::Conflict(_))
@@ -91,15 +100,19 @@ async fn behaviour(store: Arc<dyn MetaStore>) {
     t.replication_factor = 5;
     t.conflict_policy = pairdb_common::version::ConflictPolicy::Lww;
     t.read_consistency = Level::One;
+    t.max_state_bytes = 2 << 20;
+    t.rate_limit_rps = 50;
     store.update_tenant(&t).await.unwrap();
     let got = store.get_tenant("acme").await.unwrap().unwrap();
     assert_eq!(
         (
             got.replication_factor,
             got.conflict_policy,
-            got.read_consistency
+            got.read_consistency,
+            got.max_state_bytes,
+            got.rate_limit_rps
         ),
-        (5, t.conflict_policy, Level::One)
+        (5, t.conflict_policy, Level::One, 2 << 20, 50)
     );
     assert!(matches!(
         store
@@ -116,26 +129,25 @@ async fn behaviour(store: Arc<dyn MetaStore>) {
 
     // Hints: claims are disjoint until released; failures count; dead hints go.
     let now = pairdb_common::now_ms();
-    for i in 0..10u8 {
-        store
-            .insert_hint(&NewHint {
-                target_node_id: "n2".into(),
-                tenant_id: "acme".into(),
-                key: vec![i, 0, 255],
-                payload: vec![1, 2, 3, i],
-                created_at_ms: now,
-            })
-            .await
-            .unwrap();
-    }
+    let batch: Vec<NewHint> = (0..10u8)
+        .map(|i| NewHint {
+            target_node_id: "n2".into(),
+            tenant_id: "acme".into(),
+            key: vec![i, 0, 255],
+            payload: vec![1, 2, 3, i],
+            created_at_ms: now,
+        })
+        .collect();
+    store.insert_hints(&batch).await.unwrap();
+    store.insert_hints(&[]).await.unwrap();
     store
-        .insert_hint(&NewHint {
+        .insert_hints(&[NewHint {
             target_node_id: "n1".into(),
             tenant_id: "acme".into(),
             key: b"old".to_vec(),
             payload: vec![9],
             created_at_ms: now - 10_000_000,
-        })
+        }])
         .await
         .unwrap();
     assert_eq!(store.count_hints_for("n2").await.unwrap(), 10);
@@ -156,8 +168,21 @@ async fn behaviour(store: Arc<dyn MetaStore>) {
             .is_empty()
     );
     store.delete_hint(a[0].hint_id).await.unwrap();
+    // A failed delivery backs off: not claimable until its retry delay passed.
     store
-        .fail_hint(a[1].hint_id, "connection refused")
+        .fail_hint(a[1].hint_id, "connection refused", true, 60_000)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_hints("n2", "coord-c", 60_000, 6)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a failed hint waits for its retry delay"
+    );
+    store
+        .fail_hint(a[2].hint_id, "connection refused", true, 0)
         .await
         .unwrap();
     let again = store.claim_hints("n2", "coord-c", 60_000, 6).await.unwrap();
@@ -166,13 +191,27 @@ async fn behaviour(store: Arc<dyn MetaStore>) {
         (again[0].replay_count, again[0].last_error.as_deref()),
         (1, Some("connection refused"))
     );
+    // A refusal that does not spend an attempt (a full disk, maintenance).
+    store
+        .fail_hint(again[0].hint_id, "disk full", false, 0)
+        .await
+        .unwrap();
+    let again = store.claim_hints("n2", "coord-c", 60_000, 6).await.unwrap();
+    assert_eq!(
+        (
+            again.len(),
+            again[0].replay_count,
+            again[0].last_error.as_deref()
+        ),
+        (1, 1, Some("disk full"))
+    );
     let targets = store.hint_targets().await.unwrap();
     assert_eq!(
         targets
             .iter()
-            .map(|t| (t.node_id.as_str(), t.pending))
+            .map(|t| (t.node_id.as_str(), t.pending, t.bytes))
             .collect::<Vec<_>>(),
-        vec![("n1", 1), ("n2", 9)]
+        vec![("n1", 1, 1), ("n2", 9, 36)]
     );
     // TTL: the old hint; attempts: none has 3 yet.
     assert_eq!(
@@ -181,7 +220,7 @@ async fn behaviour(store: Arc<dyn MetaStore>) {
     );
     for _ in 0..2 {
         store
-            .fail_hint(again[0].hint_id, "still down")
+            .fail_hint(again[0].hint_id, "still down", true, 0)
             .await
             .unwrap();
     }
@@ -191,6 +230,37 @@ async fn behaviour(store: Arc<dyn MetaStore>) {
         "third failure: given up"
     );
     assert_eq!(store.count_hints_for("n2").await.unwrap(), 8);
+
+    // Context keys: the first is created once; a rotation makes a new current key and keeps the
+    // previous one within its grace; keys past it are gone.
+    let first = store.context_keys(b"secret-1").await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        (first[0].key_id, first[0].secret.as_slice()),
+        (1, &b"secret-1"[..])
+    );
+    assert_eq!(first[0].retires_at_ms, None);
+    let again = store.context_keys(b"another").await.unwrap();
+    assert_eq!(again, first, "the first key is created only once");
+    assert_eq!(
+        store.rotate_context_key(b"secret-2", 60_000).await.unwrap(),
+        2
+    );
+    let keys = store.context_keys(b"unused").await.unwrap();
+    assert_eq!(
+        keys.iter().map(|k| k.key_id).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    assert_eq!(keys[0].retires_at_ms, None);
+    assert!(keys[1].retires_at_ms.unwrap() > pairdb_common::now_ms());
+    assert_eq!(store.rotate_context_key(b"secret-3", 0).await.unwrap(), 3);
+    let keys = store.context_keys(b"unused").await.unwrap();
+    assert_eq!(
+        keys.iter().map(|k| k.key_id).collect::<Vec<_>>(),
+        vec![3, 1],
+        "key 2 retired with no grace; key 1 still within its own"
+    );
+    assert_eq!(keys[0].secret, b"secret-3");
 
     changes(&*store).await;
 }

@@ -132,6 +132,8 @@ pub struct TenantRecord {
     pub sibling_warn: u32,
     pub sibling_max: u32,
     pub rate_limit_rps: u32,
+    /// Cap on a key's encoded state in bytes (SPEC §2.2).
+    pub max_state_bytes: u32,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
 }
@@ -149,6 +151,7 @@ impl TenantRecord {
             sibling_warn: 25,
             sibling_max: 100,
             rate_limit_rps: 0,
+            max_state_bytes: pairdb_common::validate::DEFAULT_MAX_STATE_BYTES as u32,
             created_at_ms: 0,
             updated_at_ms: 0,
         }
@@ -199,7 +202,27 @@ pub struct HintRecord {
 pub struct HintTarget {
     pub node_id: String,
     pub pending: u64,
+    /// Payload bytes of the pending hints.
+    pub bytes: u64,
     pub oldest_created_at_ms: u64,
+}
+
+/// A `context_keys` row: a cluster key that seals client context tokens.
+#[derive(Clone, PartialEq)]
+pub struct ContextKeyRecord {
+    pub key_id: u32,
+    pub secret: Vec<u8>,
+    /// `None` for the current key; a rotated-out key opens tokens until then.
+    pub retires_at_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for ContextKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContextKeyRecord")
+            .field("key_id", &self.key_id)
+            .field("retires_at_ms", &self.retires_at_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a topology change does.
@@ -390,7 +413,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn update_tenant(&self, t: &TenantRecord) -> MetaResult<()>;
     async fn list_tenants(&self) -> MetaResult<Vec<TenantRecord>>;
 
-    async fn insert_hint(&self, h: &NewHint) -> MetaResult<()>;
+    /// Records hints, all in one statement.
+    async fn insert_hints(&self, hints: &[NewHint]) -> MetaResult<()>;
     /// Claims up to `limit` unclaimed (or lease-expired) hints for `target` for `lease_ms`, so
     /// concurrent coordinators never deliver the same hint at once.
     async fn claim_hints(
@@ -401,8 +425,17 @@ pub trait MetaStore: Send + Sync + 'static {
         limit: u32,
     ) -> MetaResult<Vec<HintRecord>>;
     async fn delete_hint(&self, hint_id: i64) -> MetaResult<()>;
-    /// Counts a failed delivery and releases the claim.
-    async fn fail_hint(&self, hint_id: i64, error: &str) -> MetaResult<()>;
+    /// Releases the claim of a hint that was not delivered, recording `error`; it is not
+    /// claimed again for `retry_after_ms`. `spend` counts the attempt toward
+    /// `max_replay_attempts` (a target that refused only for being full or in maintenance
+    /// does not spend one).
+    async fn fail_hint(
+        &self,
+        hint_id: i64,
+        error: &str,
+        spend: bool,
+        retry_after_ms: u64,
+    ) -> MetaResult<()>;
     /// Deletes hints created before `cutoff_ms` or tried `max_attempts` times; returns how many.
     async fn delete_dead_hints(&self, cutoff_ms: u64, max_attempts: u32) -> MetaResult<u64>;
     async fn hint_targets(&self) -> MetaResult<Vec<HintTarget>>;
@@ -465,6 +498,13 @@ pub trait MetaStore: Send + Sync + 'static {
         follow_up: Option<&ChangeRecord>,
     ) -> MetaResult<u64>;
 
+    /// The context keys that still open tokens (the current one and those within their
+    /// grace), current first. Creates the first key from `initial_secret` when there is none.
+    async fn context_keys(&self, initial_secret: &[u8]) -> MetaResult<Vec<ContextKeyRecord>>;
+    /// Makes a new key (from `secret`) the current one; the previous current key keeps opening
+    /// tokens for `grace_ms`; keys past their grace are deleted. Returns the new key's id.
+    async fn rotate_context_key(&self, secret: &[u8], grace_ms: u64) -> MetaResult<u32>;
+
     /// Records a new running repair. `Conflict` (naming the active run) while another is active:
     /// at most one repair runs at a time.
     async fn create_repair(&self, r: &RepairRecord) -> MetaResult<()>;
@@ -507,10 +547,19 @@ pub trait MetaStore: Send + Sync + 'static {
 
 /// Opens the store a URL names: `postgres://…` or `sqlite://…` (created if missing).
 pub async fn connect(url: &str) -> MetaResult<Arc<dyn MetaStore>> {
+    connect_with(url, 8).await
+}
+
+/// [`connect`] with a pool of at most `max_connections`.
+pub async fn connect_with(url: &str, max_connections: u32) -> MetaResult<Arc<dyn MetaStore>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgMeta::connect(url).await?))
+        Ok(Arc::new(
+            postgres::PgMeta::connect(url, max_connections).await?,
+        ))
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteMeta::connect(url).await?))
+        Ok(Arc::new(
+            sqlite::SqliteMeta::connect(url, max_connections).await?,
+        ))
     } else {
         Err(MetaError::Db(format!(
             "unsupported database URL {url:?}: use postgres://… or sqlite://…"

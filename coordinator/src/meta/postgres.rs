@@ -17,7 +17,7 @@ const NODE_COLS: &str = "node_id, host, port, admin_port, zone, virtual_nodes, s
     (extract(epoch from updated_at) * 1000)::bigint AS updated_at_ms";
 
 const TENANT_COLS: &str = "tenant_id, replication_factor, read_consistency, write_consistency, \
-    conflict_policy, max_value_bytes, sibling_warn, sibling_max, rate_limit_rps, \
+    conflict_policy, max_value_bytes, sibling_warn, sibling_max, rate_limit_rps, max_state_bytes, \
     (extract(epoch from created_at) * 1000)::bigint AS created_at_ms, \
     (extract(epoch from updated_at) * 1000)::bigint AS updated_at_ms";
 
@@ -192,6 +192,7 @@ fn tenant_row(r: &PgRow) -> MetaResult<TenantRecord> {
         sibling_warn: r.try_get::<i32, _>("sibling_warn")? as u32,
         sibling_max: r.try_get::<i32, _>("sibling_max")? as u32,
         rate_limit_rps: r.try_get::<i32, _>("rate_limit_rps")? as u32,
+        max_state_bytes: r.try_get::<i32, _>("max_state_bytes")? as u32,
         created_at_ms: to_u64(r.try_get("created_at_ms")?),
         updated_at_ms: to_u64(r.try_get("updated_at_ms")?),
     })
@@ -211,9 +212,9 @@ fn hint_row(r: &PgRow) -> MetaResult<HintRecord> {
 }
 
 impl PgMeta {
-    pub async fn connect(url: &str) -> MetaResult<PgMeta> {
+    pub async fn connect(url: &str, max_connections: u32) -> MetaResult<PgMeta> {
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(max_connections)
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(url)
             .await?;
@@ -302,8 +303,8 @@ impl MetaStore for PgMeta {
     async fn create_tenant(&self, t: &TenantRecord) -> MetaResult<()> {
         sqlx::query(
             "INSERT INTO tenants (tenant_id, replication_factor, read_consistency, write_consistency, \
-             conflict_policy, max_value_bytes, sibling_warn, sibling_max, rate_limit_rps) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             conflict_policy, max_value_bytes, sibling_warn, sibling_max, rate_limit_rps, max_state_bytes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&t.tenant_id)
         .bind(t.replication_factor as i32)
@@ -314,6 +315,7 @@ impl MetaStore for PgMeta {
         .bind(t.sibling_warn as i32)
         .bind(t.sibling_max as i32)
         .bind(t.rate_limit_rps as i32)
+        .bind(t.max_state_bytes as i32)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -332,7 +334,7 @@ impl MetaStore for PgMeta {
         let r = sqlx::query(
             "UPDATE tenants SET replication_factor = $2, read_consistency = $3, write_consistency = $4, \
              conflict_policy = $5, max_value_bytes = $6, sibling_warn = $7, sibling_max = $8, \
-             rate_limit_rps = $9, updated_at = now() WHERE tenant_id = $1",
+             rate_limit_rps = $9, max_state_bytes = $10, updated_at = now() WHERE tenant_id = $1",
         )
         .bind(&t.tenant_id)
         .bind(t.replication_factor as i32)
@@ -343,6 +345,7 @@ impl MetaStore for PgMeta {
         .bind(t.sibling_warn as i32)
         .bind(t.sibling_max as i32)
         .bind(t.rate_limit_rps as i32)
+        .bind(t.max_state_bytes as i32)
         .execute(&self.pool)
         .await?;
         if r.rows_affected() == 0 {
@@ -359,18 +362,23 @@ impl MetaStore for PgMeta {
         rows.iter().map(tenant_row).collect()
     }
 
-    async fn insert_hint(&self, h: &NewHint) -> MetaResult<()> {
-        sqlx::query(
-            "INSERT INTO hints (target_node_id, tenant_id, key, payload, created_at) \
-             VALUES ($1, $2, $3, $4, to_timestamp($5::bigint / 1000.0))",
-        )
-        .bind(&h.target_node_id)
-        .bind(&h.tenant_id)
-        .bind(&h.key)
-        .bind(&h.payload)
-        .bind(h.created_at_ms as i64)
-        .execute(&self.pool)
-        .await?;
+    async fn insert_hints(&self, hints: &[NewHint]) -> MetaResult<()> {
+        if hints.is_empty() {
+            return Ok(());
+        }
+        let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO hints (target_node_id, tenant_id, key, payload, created_at) ",
+        );
+        q.push_values(hints, |mut b, h| {
+            b.push_bind(&h.target_node_id)
+                .push_bind(&h.tenant_id)
+                .push_bind(&h.key)
+                .push_bind(&h.payload)
+                .push("to_timestamp(")
+                .push_bind_unseparated(h.created_at_ms as i64)
+                .push_unseparated("::bigint / 1000.0)");
+        });
+        q.build().execute(&self.pool).await?;
         Ok(())
     }
 
@@ -410,13 +418,21 @@ impl MetaStore for PgMeta {
         Ok(())
     }
 
-    async fn fail_hint(&self, hint_id: i64, error: &str) -> MetaResult<()> {
+    async fn fail_hint(
+        &self,
+        hint_id: i64,
+        error: &str,
+        spend: bool,
+        retry_after_ms: u64,
+    ) -> MetaResult<()> {
         sqlx::query(
-            "UPDATE hints SET replay_count = replay_count + 1, last_error = $2, claimed_by = NULL, \
-             claim_expires_at = NULL WHERE hint_id = $1",
+            "UPDATE hints SET replay_count = replay_count + $3, last_error = $2, claimed_by = NULL, \
+             claim_expires_at = now() + ($4::bigint * interval '1 millisecond') WHERE hint_id = $1",
         )
         .bind(hint_id)
         .bind(error)
+        .bind(i32::from(spend))
+        .bind(retry_after_ms.min(i64::MAX as u64) as i64)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -435,7 +451,7 @@ impl MetaStore for PgMeta {
 
     async fn hint_targets(&self) -> MetaResult<Vec<HintTarget>> {
         let rows = sqlx::query(
-            "SELECT target_node_id, count(*) AS pending, \
+            "SELECT target_node_id, count(*) AS pending, sum(octet_length(payload))::bigint AS bytes, \
              (extract(epoch from min(created_at)) * 1000)::bigint AS oldest \
              FROM hints GROUP BY target_node_id ORDER BY target_node_id",
         )
@@ -446,6 +462,7 @@ impl MetaStore for PgMeta {
                 Ok(HintTarget {
                     node_id: r.try_get("target_node_id")?,
                     pending: to_u64(r.try_get("pending")?),
+                    bytes: to_u64(r.try_get("bytes")?),
                     oldest_created_at_ms: to_u64(r.try_get("oldest")?),
                 })
             })
@@ -640,6 +657,60 @@ impl MetaStore for PgMeta {
         }
         tx.commit().await?;
         Ok(v)
+    }
+
+    async fn context_keys(&self, initial_secret: &[u8]) -> MetaResult<Vec<ContextKeyRecord>> {
+        sqlx::query(
+            "INSERT INTO context_keys (key_id, secret) SELECT 1, $1 \
+             WHERE NOT EXISTS (SELECT 1 FROM context_keys) ON CONFLICT DO NOTHING",
+        )
+        .bind(initial_secret)
+        .execute(&self.pool)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT key_id, secret, (extract(epoch from retires_at) * 1000)::bigint AS retires_at_ms \
+             FROM context_keys WHERE retires_at IS NULL OR retires_at > now() \
+             ORDER BY (retires_at IS NULL) DESC, key_id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ContextKeyRecord {
+                    key_id: r.try_get::<i32, _>("key_id")? as u32,
+                    secret: r.try_get("secret")?,
+                    retires_at_ms: r.try_get::<Option<i64>, _>("retires_at_ms")?.map(to_u64),
+                })
+            })
+            .collect()
+    }
+
+    async fn rotate_context_key(&self, secret: &[u8], grace_ms: u64) -> MetaResult<u32> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE context_keys IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM context_keys WHERE retires_at IS NOT NULL AND retires_at <= now()",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE context_keys SET retires_at = now() + ($1::bigint * interval '1 millisecond') \
+             WHERE retires_at IS NULL",
+        )
+        .bind(grace_ms.min(i64::MAX as u64) as i64)
+        .execute(&mut *tx)
+        .await?;
+        let id: i32 = sqlx::query_scalar(
+            "INSERT INTO context_keys (key_id, secret) \
+             SELECT COALESCE(max(key_id), 0) + 1, $1 FROM context_keys RETURNING key_id",
+        )
+        .bind(secret)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id as u32)
     }
 
     async fn create_repair(&self, r: &RepairRecord) -> MetaResult<()> {

@@ -17,7 +17,7 @@ const NODE_COLS: &str = "node_id, host, port, admin_port, zone, virtual_nodes, s
     last_seen AS last_seen_ms, created_at AS created_at_ms, updated_at AS updated_at_ms";
 
 const TENANT_COLS: &str = "tenant_id, replication_factor, read_consistency, write_consistency, \
-    conflict_policy, max_value_bytes, sibling_warn, sibling_max, rate_limit_rps, \
+    conflict_policy, max_value_bytes, sibling_warn, sibling_max, rate_limit_rps, max_state_bytes, \
     created_at AS created_at_ms, updated_at AS updated_at_ms";
 
 const HINT_COLS: &str = "hint_id, target_node_id, tenant_id, key, payload, \
@@ -202,6 +202,7 @@ fn tenant_row(r: &SqliteRow) -> MetaResult<TenantRecord> {
         sibling_warn: r.try_get::<i64, _>("sibling_warn")? as u32,
         sibling_max: r.try_get::<i64, _>("sibling_max")? as u32,
         rate_limit_rps: r.try_get::<i64, _>("rate_limit_rps")? as u32,
+        max_state_bytes: r.try_get::<i64, _>("max_state_bytes")? as u32,
         created_at_ms: to_u64(r.try_get("created_at_ms")?),
         updated_at_ms: to_u64(r.try_get("updated_at_ms")?),
     })
@@ -221,7 +222,7 @@ fn hint_row(r: &SqliteRow) -> MetaResult<HintRecord> {
 }
 
 impl SqliteMeta {
-    pub async fn connect(url: &str) -> MetaResult<SqliteMeta> {
+    pub async fn connect(url: &str, max_connections: u32) -> MetaResult<SqliteMeta> {
         use std::str::FromStr;
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -229,7 +230,7 @@ impl SqliteMeta {
             .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
             .busy_timeout(std::time::Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(max_connections.min(4))
             .connect_with(opts)
             .await?;
         Ok(SqliteMeta { pool })
@@ -321,8 +322,8 @@ impl MetaStore for SqliteMeta {
         let now = now_ms() as i64;
         sqlx::query(
             "INSERT INTO tenants (tenant_id, replication_factor, read_consistency, write_consistency, \
-             conflict_policy, max_value_bytes, sibling_warn, sibling_max, rate_limit_rps, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+             conflict_policy, max_value_bytes, sibling_warn, sibling_max, rate_limit_rps, created_at, updated_at, \
+             max_state_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
         )
         .bind(&t.tenant_id)
         .bind(i64::from(t.replication_factor))
@@ -334,6 +335,7 @@ impl MetaStore for SqliteMeta {
         .bind(i64::from(t.sibling_max))
         .bind(i64::from(t.rate_limit_rps))
         .bind(now)
+        .bind(i64::from(t.max_state_bytes))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -352,7 +354,7 @@ impl MetaStore for SqliteMeta {
         let r = sqlx::query(
             "UPDATE tenants SET replication_factor = ?2, read_consistency = ?3, write_consistency = ?4, \
              conflict_policy = ?5, max_value_bytes = ?6, sibling_warn = ?7, sibling_max = ?8, \
-             rate_limit_rps = ?9, updated_at = ?10 WHERE tenant_id = ?1",
+             rate_limit_rps = ?9, updated_at = ?10, max_state_bytes = ?11 WHERE tenant_id = ?1",
         )
         .bind(&t.tenant_id)
         .bind(i64::from(t.replication_factor))
@@ -364,6 +366,7 @@ impl MetaStore for SqliteMeta {
         .bind(i64::from(t.sibling_max))
         .bind(i64::from(t.rate_limit_rps))
         .bind(now_ms() as i64)
+        .bind(i64::from(t.max_state_bytes))
         .execute(&self.pool)
         .await?;
         if r.rows_affected() == 0 {
@@ -380,17 +383,21 @@ impl MetaStore for SqliteMeta {
         rows.iter().map(tenant_row).collect()
     }
 
-    async fn insert_hint(&self, h: &NewHint) -> MetaResult<()> {
-        sqlx::query(
-            "INSERT INTO hints (target_node_id, tenant_id, key, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(&h.target_node_id)
-        .bind(&h.tenant_id)
-        .bind(&h.key)
-        .bind(&h.payload)
-        .bind(h.created_at_ms as i64)
-        .execute(&self.pool)
-        .await?;
+    async fn insert_hints(&self, hints: &[NewHint]) -> MetaResult<()> {
+        if hints.is_empty() {
+            return Ok(());
+        }
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO hints (target_node_id, tenant_id, key, payload, created_at) ",
+        );
+        q.push_values(hints, |mut b, h| {
+            b.push_bind(&h.target_node_id)
+                .push_bind(&h.tenant_id)
+                .push_bind(&h.key)
+                .push_bind(&h.payload)
+                .push_bind(h.created_at_ms as i64);
+        });
+        q.build().execute(&self.pool).await?;
         Ok(())
     }
 
@@ -431,13 +438,21 @@ impl MetaStore for SqliteMeta {
         Ok(())
     }
 
-    async fn fail_hint(&self, hint_id: i64, error: &str) -> MetaResult<()> {
+    async fn fail_hint(
+        &self,
+        hint_id: i64,
+        error: &str,
+        spend: bool,
+        retry_after_ms: u64,
+    ) -> MetaResult<()> {
         sqlx::query(
-            "UPDATE hints SET replay_count = replay_count + 1, last_error = ?2, claimed_by = NULL, \
-             claim_expires_at = NULL WHERE hint_id = ?1",
+            "UPDATE hints SET replay_count = replay_count + ?3, last_error = ?2, claimed_by = NULL, \
+             claim_expires_at = ?4 WHERE hint_id = ?1",
         )
         .bind(hint_id)
         .bind(error)
+        .bind(i64::from(spend))
+        .bind(now_ms().saturating_add(retry_after_ms).min(i64::MAX as u64) as i64)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -454,7 +469,8 @@ impl MetaStore for SqliteMeta {
 
     async fn hint_targets(&self) -> MetaResult<Vec<HintTarget>> {
         let rows = sqlx::query(
-            "SELECT target_node_id, count(*) AS pending, min(created_at) AS oldest \
+            "SELECT target_node_id, count(*) AS pending, sum(length(payload)) AS bytes, \
+             min(created_at) AS oldest \
              FROM hints GROUP BY target_node_id ORDER BY target_node_id",
         )
         .fetch_all(&self.pool)
@@ -464,6 +480,7 @@ impl MetaStore for SqliteMeta {
                 Ok(HintTarget {
                     node_id: r.try_get("target_node_id")?,
                     pending: to_u64(r.try_get("pending")?),
+                    bytes: to_u64(r.try_get("bytes")?),
                     oldest_created_at_ms: to_u64(r.try_get("oldest")?),
                 })
             })
@@ -651,6 +668,58 @@ impl MetaStore for SqliteMeta {
         }
         tx.commit().await?;
         Ok(v)
+    }
+
+    async fn context_keys(&self, initial_secret: &[u8]) -> MetaResult<Vec<ContextKeyRecord>> {
+        let now = now_ms() as i64;
+        sqlx::query(
+            "INSERT OR IGNORE INTO context_keys (key_id, secret, created_at) SELECT 1, ?1, ?2 \
+             WHERE NOT EXISTS (SELECT 1 FROM context_keys)",
+        )
+        .bind(initial_secret)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT key_id, secret, retires_at FROM context_keys \
+             WHERE retires_at IS NULL OR retires_at > ?1 \
+             ORDER BY (retires_at IS NULL) DESC, key_id DESC",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ContextKeyRecord {
+                    key_id: r.try_get::<i64, _>("key_id")? as u32,
+                    secret: r.try_get("secret")?,
+                    retires_at_ms: r.try_get::<Option<i64>, _>("retires_at")?.map(to_u64),
+                })
+            })
+            .collect()
+    }
+
+    async fn rotate_context_key(&self, secret: &[u8], grace_ms: u64) -> MetaResult<u32> {
+        let now = now_ms() as i64;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM context_keys WHERE retires_at IS NOT NULL AND retires_at <= ?1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE context_keys SET retires_at = ?1 WHERE retires_at IS NULL")
+            .bind(now.saturating_add(grace_ms.min(i64::MAX as u64) as i64))
+            .execute(&mut *tx)
+            .await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO context_keys (key_id, secret, created_at) \
+             SELECT COALESCE(max(key_id), 0) + 1, ?1, ?2 FROM context_keys RETURNING key_id",
+        )
+        .bind(secret)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id as u32)
     }
 
     async fn create_repair(&self, r: &RepairRecord) -> MetaResult<()> {

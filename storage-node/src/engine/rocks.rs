@@ -63,13 +63,11 @@ fn map_err(e: rocksdb::Error) -> EngineError {
 }
 
 impl RocksEngine {
-    /// Opens (creating if missing) the database in `path`. `filter` is consulted during
-    /// compaction for every data record (TTL purge).
-    pub fn open(
-        path: &Path,
-        o: &RocksOptions,
-        filter: impl Fn(&[u8], &[u8]) -> bool + Send + 'static,
-    ) -> Result<RocksEngine, EngineError> {
+    /// Opens (creating if missing) the database in `path`. No compaction filter: records are
+    /// only removed by the node itself (range drops, tombstone and expiry GC), never by
+    /// compaction on its own, because dropping a record drops the causal context that keeps
+    /// an overwritten value on a stale replica from coming back.
+    pub fn open(path: &Path, o: &RocksOptions) -> Result<RocksEngine, EngineError> {
         let cache = Cache::new_lru_cache(o.block_cache_bytes as usize);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
@@ -84,14 +82,6 @@ impl RocksEngine {
         data.set_compression_type(DBCompressionType::Lz4);
         data.set_bottommost_compression_type(DBCompressionType::Zstd);
         data.set_level_compaction_dynamic_level_bytes(true);
-        // `filter` says whether a record may be dropped (every version expired).
-        data.set_compaction_filter("pairdb-ttl", move |_level: u32, k: &[u8], v: &[u8]| {
-            if filter(k, v) {
-                rocksdb::CompactionDecision::Remove
-            } else {
-                rocksdb::CompactionDecision::Keep
-            }
-        });
 
         let mut meta = Options::default();
         meta.set_write_buffer_size(1 << 20);

@@ -62,7 +62,7 @@ pub fn key_ref(tenant: &str, key: &[u8]) -> pb::KeyRef {
 /// The context token covering everything a ReadResult returned.
 pub fn read_context(r: &pb::ReadResult) -> Vec<u8> {
     let state = pairdb_common::convert::state_from_pb(r.state.clone().unwrap_or_default()).unwrap();
-    pairdb_common::context::encode(&state.read_context())
+    pairdb_common::context::encode_internal(&state.read_context())
 }
 
 /// Values of the live (non-tombstone) versions, sorted.

@@ -1,0 +1,11 @@
+-- Per-tenant cap on a key's encoded state (bytes), and the cluster keys client context tokens
+-- are sealed with (HMAC-SHA256). The current key has no retires_at; a rotated-out key keeps
+-- opening tokens until its retires_at, then it is deleted at the next rotation.
+ALTER TABLE tenants ADD COLUMN max_state_bytes INTEGER NOT NULL DEFAULT 3145728;
+
+CREATE TABLE context_keys (
+    key_id      INTEGER PRIMARY KEY,
+    secret      BYTEA NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    retires_at  TIMESTAMPTZ
+);
