@@ -236,7 +236,43 @@ fn engine_steps(a: &StorageArgs, dur: Duration) -> anyhow::Result<Vec<StepResult
             .read("bench", format!("key-{}", (i * 7919) % a.keys).as_bytes())
             .is_ok()
     }));
+    out.extend(context_steps(dur)?);
     Ok(out)
+}
+
+/// What a client context costs a coordinator per request: sealing the token it answers and
+/// opening the one it is given (HMAC-SHA256), beside the CRC-only framing tokens had before
+/// (the reference), for a typical read context (3 replicas' entries, 2 sibling dots).
+fn context_steps(dur: Duration) -> anyhow::Result<Vec<StepResult>> {
+    use pairdb_common::context::{self, ContextKey, Keyring};
+    use pairdb_common::version::{Actor, Dot, VersionVector};
+    let mut vv = VersionVector::new();
+    for (i, n) in ["pairdb-storage-0", "pairdb-storage-1", "pairdb-storage-2"]
+        .iter()
+        .enumerate()
+    {
+        vv.raise(
+            &Actor::new(*n, 1_764_000_000_000 + i as u64),
+            1_234_567 + i as u64,
+        );
+    }
+    vv.add_dot(&Dot::new(
+        Actor::new("pairdb-storage-0", 1_764_000_000_000),
+        1_300_001,
+    ));
+    vv.add_dot(&Dot::new(
+        Actor::new("pairdb-storage-1", 1_764_000_000_001),
+        1_300_003,
+    ));
+    let ring = Keyring::new(ContextKey::new(1, &context::new_secret()?), vec![]);
+    Ok(vec![
+        sync_loop("ctx_crc_roundtrip", dur, |_| {
+            context::decode_internal(&context::encode_internal(&vv)).is_ok()
+        }),
+        sync_loop("ctx_mac_roundtrip", dur, |_| {
+            ring.open(&ring.seal(&vv)).is_ok()
+        }),
+    ])
 }
 
 struct NodeProc {

@@ -178,3 +178,164 @@ pub fn range_from_pb(r: Option<pb::TokenRange>) -> crate::token::TokenRange {
     r.map(|r| crate::token::TokenRange::new(r.start, r.end))
         .unwrap_or(crate::token::TokenRange::FULL)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Hostile wire input to the domain conversions (mirrors the `context`, `record` and
+    //! `request` fuzz targets in `fuzz/`): never a panic, always within the documented limits,
+    //! and what is accepted round-trips.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node_id() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("n1".to_string()),
+            Just("n2".to_string()),
+            "[a-z0-9][a-z0-9._-]{0,70}",
+            ".{0,80}",
+        ]
+    }
+
+    fn counter() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(u64::MAX),
+            Just(u64::MAX - 1),
+            any::<u64>(),
+            0u64..64
+        ]
+    }
+
+    fn vv() -> impl Strategy<Value = pb::VersionVector> {
+        let entry = (node_id(), any::<u64>(), counter()).prop_map(|(node_id, epoch, counter)| {
+            pb::VectorEntry {
+                node_id,
+                epoch,
+                counter,
+            }
+        });
+        let dot = (node_id(), 0u64..4, counter()).prop_map(|(node_id, epoch, counter)| pb::Dot {
+            node_id,
+            epoch,
+            counter,
+        });
+        (
+            prop::collection::vec(entry, 0..12),
+            prop::collection::vec(dot, 0..24),
+        )
+            .prop_map(|(entries, dots)| pb::VersionVector { entries, dots })
+    }
+
+    fn state() -> impl Strategy<Value = pb::KeyState> {
+        let version = (
+            prop::option::of((node_id(), 0u64..4, counter())),
+            prop::option::of(vv()),
+            prop::collection::vec(any::<u8>(), 0..16),
+            any::<bool>(),
+            any::<u64>(),
+            any::<u64>(),
+            prop_oneof![Just(String::new()), ".{0,300}"],
+        )
+            .prop_map(|(dot, context, value, tombstone, w, e, idem)| pb::Version {
+                dot: dot.map(|(node_id, epoch, counter)| pb::Dot {
+                    node_id,
+                    epoch,
+                    counter,
+                }),
+                context,
+                value,
+                tombstone,
+                written_at_ms: w,
+                expires_at_ms: e,
+                idempotency_key: idem,
+            });
+        (prop::collection::vec(version, 0..8), prop::option::of(vv()))
+            .prop_map(|(versions, context)| pb::KeyState { versions, context })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(600))]
+
+        /// Any vector converts or is refused; an accepted one names only valid actors and
+        /// round-trips.
+        #[test]
+        fn version_vectors_from_the_wire(v in vv()) {
+            if let Ok(out) = vv_from_pb(v) {
+                for (a, _) in out.iter() {
+                    prop_assert!(validate::is_node_id(&a.node_id));
+                }
+                prop_assert_eq!(vv_from_pb(vv_to_pb(&out)).unwrap(), out);
+            }
+        }
+
+        /// Any key state converts or is refused; an accepted one is normalized, every version
+        /// within its limits, and round-trips through the record format.
+        #[test]
+        fn key_states_from_the_wire(s in state()) {
+            if let Ok(out) = state_from_pb(s) {
+                for v in out.versions() {
+                    prop_assert!(v.dot.counter > 0);
+                    prop_assert!(v.idempotency_key.len() <= validate::MAX_IDEMPOTENCY_KEY_BYTES);
+                    prop_assert!(!out.context().covers(&v.dot));
+                }
+                let rec = crate::framing::encode_state(&out);
+                prop_assert_eq!(crate::framing::decode_state(&rec).unwrap(), out);
+            }
+        }
+
+        /// Bytes that are almost a valid state (a valid encoding with bytes changed) never panic.
+        #[test]
+        fn mutated_states_never_panic(s in state(), flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+            use prost::Message;
+            let mut bytes = s.encode_to_vec();
+            for (at, b) in flips {
+                if !bytes.is_empty() {
+                    let i = at % bytes.len();
+                    bytes[i] ^= b;
+                }
+            }
+            if let Ok(m) = pb::KeyState::decode(bytes.as_slice()) {
+                let _ = state_from_pb(m);
+            }
+        }
+    }
+
+    /// Building a vector is O(n log n): 65536 cloud dots, in the order that made the old
+    /// decoder clone the whole cloud per dot, plus dots that absorb into the entry one by one.
+    #[test]
+    fn large_vectors_decode_in_n_log_n() {
+        let dots = (0..validate::MAX_CONTEXT_DOTS as u64)
+            .rev()
+            .map(|i| pb::Dot {
+                node_id: "n1".into(),
+                epoch: 1,
+                counter: 2 + 2 * i,
+            })
+            .collect();
+        let v = vv_from_pb(pb::VersionVector {
+            entries: vec![],
+            dots,
+        })
+        .unwrap();
+        assert_eq!(v.cloud_len(), validate::MAX_CONTEXT_DOTS);
+        let contiguous = (1..=validate::MAX_CONTEXT_DOTS as u64)
+            .map(|c| pb::Dot {
+                node_id: "n1".into(),
+                epoch: 1,
+                counter: c,
+            })
+            .collect();
+        let v = vv_from_pb(pb::VersionVector {
+            entries: vec![],
+            dots: contiguous,
+        })
+        .unwrap();
+        assert_eq!((v.cloud_len(), v.entry_count()), (0, 1));
+        let too_many = pb::VersionVector {
+            entries: vec![],
+            dots: vec![pb::Dot::default(); validate::MAX_CONTEXT_DOTS + 1],
+        };
+        assert!(vv_from_pb(too_many).is_err());
+    }
+}

@@ -782,3 +782,59 @@ fn check_session(session: &str) -> Result<()> {
 fn session_salt(session: &str) -> u64 {
     xxhash_rust::xxh64::xxh64(session.as_bytes(), 0)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Request conversion of hostile bytes (mirrors the `request` fuzz target): converting any
+    //! WriteOp or KeyVersions never panics, and what converts is within the node's limits.
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    fn valid_op() -> pb::WriteOp {
+        let mut vv = pairdb_common::version::VersionVector::new();
+        vv.raise(&pairdb_common::version::Actor::new("n2", 7), 9);
+        pb::WriteOp {
+            tenant_id: "t1".into(),
+            key: b"k".to_vec(),
+            value: b"value".to_vec(),
+            context: context::encode_internal(&vv),
+            idempotency_key: "idem".into(),
+            ..Default::default()
+        }
+    }
+
+    fn check(bytes: &[u8]) {
+        if let Ok(op) = pb::WriteOp::decode(bytes)
+            && let Ok(c) = write_cmd(op)
+        {
+            assert!(
+                c.context.len()
+                    <= pairdb_common::validate::MAX_CONTEXT_ENTRIES
+                        + pairdb_common::validate::MAX_CONTEXT_DOTS
+            );
+        }
+        if let Ok(kv) = pb::KeyVersions::decode(bytes) {
+            let _ = apply_cmd(kv);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn arbitrary_requests_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            check(&bytes);
+        }
+
+        #[test]
+        fn mutated_requests_never_panic(flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut bytes = valid_op().encode_to_vec();
+            for (at, b) in flips {
+                let i = at % bytes.len();
+                bytes[i] ^= b;
+            }
+            check(&bytes);
+        }
+    }
+}

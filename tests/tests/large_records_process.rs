@@ -107,7 +107,8 @@ async fn hints_bootstrap_and_repair_move_300_kib_records() {
         .find(|l| l.starts_with("stream_bytes_received_total"))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .unwrap_or(0.0);
-    assert!(received > (64 << 20) as f64, "n4 received {received} bytes");
+    // About a third of 48 MiB per replica: many 4 MiB stream batches of 300 KiB records.
+    assert!(received > (16 << 20) as f64, "n4 received {received} bytes");
 
     // Repair: n1 loses half its ring; a repair brings every large record back.
     c.wait_cleanup("n4", DEADLINE).await.unwrap();

@@ -394,7 +394,7 @@ impl MetaStore for PgMeta {
             "UPDATE hints SET claimed_by = $2, claim_expires_at = now() + ($3::bigint * interval '1 millisecond') \
              WHERE hint_id IN ( \
                SELECT hint_id FROM hints WHERE target_node_id = $1 \
-                 AND (claim_expires_at IS NULL OR claim_expires_at < now()) \
+                 AND (claim_expires_at IS NULL OR claim_expires_at <= now()) \
                ORDER BY hint_id LIMIT $4 FOR UPDATE SKIP LOCKED) \
              RETURNING {HINT_COLS}"
         );

@@ -413,7 +413,7 @@ impl MetaStore for SqliteMeta {
             "UPDATE hints SET claimed_by = ?2, claim_expires_at = ?3 + ?4 \
              WHERE hint_id IN ( \
                SELECT hint_id FROM hints WHERE target_node_id = ?1 \
-                 AND (claim_expires_at IS NULL OR claim_expires_at < ?3) \
+                 AND (claim_expires_at IS NULL OR claim_expires_at <= ?3) \
                ORDER BY hint_id LIMIT ?5) \
              RETURNING {HINT_COLS}"
         );

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Same-run before/after of the multi-process cluster benchmark (scripts/bench-cluster.sh):
+# builds BASE (a commit, default HEAD~1) in a throwaway worktree with its own target directory
+# and the working tree as usual (release builds), then runs workloads A and C against each,
+# alternating BASE and HEAD for ROUNDS rounds so machine drift hits both alike, and prints
+# ops/s per run and the HEAD/BASE ratio of the medians. Every process it starts is stopped by
+# bench-cluster.sh; the worktree is removed at the end.
+#   scripts/bench-before-after.sh [BASE] [ROUNDS] [-- extra bench workload args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+base="${1:-HEAD~1}"
+rounds="${2:-2}"
+shift $(( $# > 2 ? 2 : $# )) || true
+[ "${1:-}" = "--" ] && shift
+extra=("$@")
+[ ${#extra[@]} -gt 0 ] || extra=(--concurrency 64 --duration-secs 10)
+base_rev=$(git rev-parse --short "$base")
+head_rev=$(git rev-parse --short HEAD)
+wt=$(mktemp -d)
+out=$(mktemp -d)
+cleanup() { git worktree remove --force "$wt" >/dev/null 2>&1 || rm -rf "$wt"; }
+trap cleanup EXIT
+git worktree add --detach "$wt" "$base" >/dev/null
+bins=(-p pairdbctl -p pairdb-storage-node -p pairdb-coordinator --bins)
+echo "== build BASE $base_rev"
+(cd "$wt" && CARGO_TARGET_DIR="$PAIRDB_CACHE/target-base" cargo build --release --locked "${bins[@]}" --quiet)
+echo "== build HEAD $head_rev (working tree)"
+cargo build --release --locked "${bins[@]}" --quiet
+declare -A dir=([base]="$PAIRDB_CACHE/target-base/release" [head]="$CARGO_TARGET_DIR/release")
+for r in $(seq "$rounds"); do
+  for who in base head; do
+    echo "== round $r: $who"
+    PAIRDB_BENCH_BIN="${dir[$who]}" PAIRDB_BENCH_OUT="$out/$who-$r" \
+      scripts/bench-cluster.sh "${extra[@]}" > "$out/$who-$r.log" 2>&1 || { cat "$out/$who-$r.log"; exit 1; }
+  done
+done
+python3 - "$out" "$rounds" "$base_rev" "$head_rev" <<'PY'
+import json, statistics, sys
+out, rounds, base, head = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def total(path):
+    j = json.load(open(path))
+    out = {}
+    for s in j["steps"]:
+        errs = sum((s.get(k) or {}).get("errors", 0) for k in ("read", "update"))
+        out[s["concurrency"]] = (s["total_ops_per_sec"], errs)
+    return out
+print(f"| workload | conc | BASE {base} ops/s (runs) | HEAD {head} ops/s (runs) | HEAD/BASE (medians) |")
+print("|---|---:|---|---|---:|")
+for w in "abc":
+    runs = {k: [total(f"{out}/{k}-{r}/cluster-{w}.json") for r in range(1, rounds + 1)] for k in ("base", "head")}
+    for c in sorted(runs["base"][0]):
+        b = [x[c][0] for x in runs["base"]]
+        h = [x[c][0] for x in runs["head"]]
+        errs = sum(x[c][1] for k in runs for x in runs[k])
+        print(f"| {w.upper()} | {c} | {', '.join(f'{v:,.0f}' for v in b)} | {', '.join(f'{v:,.0f}' for v in h)} | {statistics.median(h)/statistics.median(b):.3f} |" + (f" ({errs} errors)" if errs else ""))
+PY
