@@ -3,7 +3,7 @@
 # builds BASE (a commit, default HEAD~1) in a throwaway worktree with its own target directory
 # and the working tree as usual (release builds), then runs workloads A and C against each,
 # alternating BASE and HEAD for ROUNDS rounds so machine drift hits both alike, and prints
-# ops/s per run and the HEAD/BASE ratio of the medians. Every process it starts is stopped by
+# ops/s per run and the HEAD/BASE ratio of the medians. Rounds alternate the order (ABBA). Every process it starts is stopped by
 # bench-cluster.sh; the worktree is removed at the end.
 #   scripts/bench-before-after.sh [BASE] [ROUNDS] [-- extra bench workload args]
 set -euo pipefail
@@ -29,7 +29,10 @@ echo "== build HEAD $head_rev (working tree)"
 cargo build --release --locked "${bins[@]}" --quiet
 declare -A dir=([base]="$PAIRDB_CACHE/target-base/release" [head]="$CARGO_TARGET_DIR/release")
 for r in $(seq "$rounds"); do
-  for who in base head; do
+  # ABBA order: a drift over the run (caches, a busy neighbour) falls on both sides alike.
+  order="base head"
+  [ $((r % 2)) -eq 0 ] && order="head base"
+  for who in $order; do
     echo "== round $r: $who"
     PAIRDB_BENCH_BIN="${dir[$who]}" PAIRDB_BENCH_OUT="$out/$who-$r" \
       scripts/bench-cluster.sh "${extra[@]}" > "$out/$who-$r.log" 2>&1 || { cat "$out/$who-$r.log"; exit 1; }

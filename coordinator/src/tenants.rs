@@ -1,7 +1,9 @@
 //! Tenant settings, cached in memory so the data path never waits on the metadata store: the
 //! whole table is reloaded every `refresh_ms`; a tenant this coordinator has not seen yet is
 //! looked up once (and a missing one remembered for `refresh_ms`, so unknown-tenant traffic
-//! cannot hammer the database).
+//! cannot hammer the database). At most [`MISS_LOOKUPS`] such lookups run at once: a flood of
+//! made-up tenant ids gets OVERLOADED instead of taking the connections every other worker
+//! of the coordinator needs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,8 +15,14 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Result;
 use crate::meta::{MetaStore, TenantRecord};
 
+/// Cache misses looked up in the metadata store at once.
+pub const MISS_LOOKUPS: usize = 2;
+/// Longest a cache miss waits for a lookup slot.
+const MISS_WAIT: Duration = Duration::from_millis(500);
+
 pub struct Tenants {
     meta: Arc<dyn MetaStore>,
+    lookups: tokio::sync::Semaphore,
     cache: RwLock<HashMap<String, Arc<TenantRecord>>>,
     missing: RwLock<HashMap<String, Instant>>,
     refresh: Duration,
@@ -24,6 +32,7 @@ impl Tenants {
     pub fn new(meta: Arc<dyn MetaStore>, refresh_ms: u64) -> Arc<Tenants> {
         Arc::new(Tenants {
             meta,
+            lookups: tokio::sync::Semaphore::new(MISS_LOOKUPS),
             cache: RwLock::new(HashMap::new()),
             missing: RwLock::new(HashMap::new()),
             refresh: Duration::from_millis(refresh_ms),
@@ -41,6 +50,16 @@ impl Tenants {
         {
             return Err(not_found());
         }
+        let _slot = match tokio::time::timeout(MISS_WAIT, self.lookups.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(pairdb_common::Error::Overloaded(format!(
+                    "tenant {} is not cached and {MISS_LOOKUPS} lookups are already running; retry",
+                    pairdb_common::validate::excerpt(tenant_id)
+                ))
+                .into());
+            }
+        };
         match self.meta.get_tenant(tenant_id).await? {
             Some(t) => {
                 let t = Arc::new(t);
