@@ -8,7 +8,7 @@ use pairdb_common::api::pb;
 use pairdb_common::api::pb::storage_node_service_server::{
     StorageNodeService, StorageNodeServiceServer,
 };
-use pairdb_coordinator::meta::{MetaStore, NodeStatus, NodeWrite};
+use pairdb_coordinator::meta::{NodeStatus, NodeWrite};
 use pairdb_storage_node::api::StorageApi;
 use pairdb_tests::cluster::*;
 use pairdb_tests::serial_async;
