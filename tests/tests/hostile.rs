@@ -506,3 +506,73 @@ async fn an_expired_overwrite_never_brings_the_old_value_back() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_to_a_node_in_maintenance_wait_without_spending_attempts() {
+    let _s = serial_async().await;
+    let c = TestCluster::start(ClusterOptions {
+        tweak: Some(|cfg| cfg.hint_retry_base_ms = 100),
+        ..opts(Backend::Sqlite, true)
+    })
+    .await
+    .unwrap();
+    let mut a = c.client(0).await.unwrap();
+    let admin = c.node_cfgs[2].admin_addr;
+    let post = |path: &'static str| async move {
+        let r = reqwest::Client::new()
+            .post(format!("http://{admin}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    };
+    post("/api/v1/maintenance/enable").await;
+    for i in 0..20 {
+        a.write(write_req(
+            format!("mt-{i}").as_bytes(),
+            b"v",
+            vec![],
+            Quorum,
+        ))
+        .await
+        .unwrap();
+    }
+    wait_async("hints for n3 stored", Duration::from_secs(15), || async {
+        c.meta.count_hints_for("n3").await.unwrap() >= 20
+    })
+    .await
+    .unwrap();
+    // Replay keeps meeting a node that refuses for maintenance: many cycles, no attempt spent.
+    wait_async(
+        "replay refused by maintenance",
+        Duration::from_secs(20),
+        || async {
+            c.coordinators
+                .iter()
+                .map(|x| x.data.metrics.hints_failed.get())
+                .sum::<u64>()
+                >= 10
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.meta.delete_dead_hints(0, 1).await.unwrap(),
+        0,
+        "an attempt was spent"
+    );
+    post("/api/v1/maintenance/disable").await;
+    wait_async("hints to n3 delivered", Duration::from_secs(30), || async {
+        c.meta.count_hints_for("n3").await.unwrap() == 0
+    })
+    .await
+    .unwrap();
+    for i in 0..20 {
+        let key = format!("mt-{i}");
+        assert_eq!(
+            c.node_values(2, key.as_bytes()).await.unwrap(),
+            vec![b"v".to_vec()]
+        );
+    }
+    c.shutdown().await;
+}
