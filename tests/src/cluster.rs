@@ -96,6 +96,19 @@ pub struct ClusterOptions {
     pub tweak: Option<fn(&mut pairdb_coordinator::config::Config)>,
 }
 
+impl ClusterOptions {
+    /// Three storage nodes and two coordinators on `backend`, no tweaks.
+    pub fn three_by_two(backend: Backend, hints: bool) -> ClusterOptions {
+        ClusterOptions {
+            backend,
+            nodes: 3,
+            coordinators: 2,
+            hints,
+            tweak: None,
+        }
+    }
+}
+
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub db_url: String,

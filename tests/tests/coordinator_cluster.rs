@@ -11,18 +11,10 @@ use pairdb_coordinator::meta::NodeStatus;
 use pairdb_tests::cluster::*;
 use pairdb_tests::serial_async;
 
-fn opts(backend: Backend, hints: bool) -> ClusterOptions {
-    ClusterOptions {
-        backend,
-        nodes: 3,
-        coordinators: 2,
-        hints,
-        tweak: None,
-    }
-}
-
 async fn semantics(backend: Backend) {
-    let c = TestCluster::start(opts(backend, true)).await.unwrap();
+    let c = TestCluster::start(ClusterOptions::three_by_two(backend, true))
+        .await
+        .unwrap();
     let mut a = c.client(0).await.unwrap();
     let mut b = c.client(1).await.unwrap();
 
@@ -182,7 +174,9 @@ async fn semantics(backend: Backend) {
 }
 
 async fn hinted_handoff(backend: Backend) {
-    let mut c = TestCluster::start(opts(backend, true)).await.unwrap();
+    let mut c = TestCluster::start(ClusterOptions::three_by_two(backend, true))
+        .await
+        .unwrap();
     let mut a = c.client(0).await.unwrap();
     c.wait_status(2, NodeStatus::Up).await.unwrap();
     c.stop_node(2).await;
@@ -244,7 +238,9 @@ async fn hinted_handoff(backend: Backend) {
 }
 
 async fn quorum_not_met_then_converge(backend: Backend) {
-    let mut c = TestCluster::start(opts(backend, true)).await.unwrap();
+    let mut c = TestCluster::start(ClusterOptions::three_by_two(backend, true))
+        .await
+        .unwrap();
     let mut a = c.client(0).await.unwrap();
     c.wait_status(0, NodeStatus::Up).await.unwrap();
     c.stop_node(1).await;
@@ -281,7 +277,9 @@ async fn quorum_not_met_then_converge(backend: Backend) {
 }
 
 async fn read_repair(backend: Backend) {
-    let mut c = TestCluster::start(opts(backend, false)).await.unwrap();
+    let mut c = TestCluster::start(ClusterOptions::three_by_two(backend, false))
+        .await
+        .unwrap();
     let mut a = c.client(0).await.unwrap();
     c.wait_status(2, NodeStatus::Up).await.unwrap();
     c.stop_node(2).await;
@@ -340,7 +338,9 @@ async fn read_repair(backend: Backend) {
 async fn coordinator_restart_mid_traffic(backend: Backend) {
     use std::sync::Arc;
     use tokio::sync::RwLock;
-    let mut c = TestCluster::start(opts(backend, true)).await.unwrap();
+    let mut c = TestCluster::start(ClusterOptions::three_by_two(backend, true))
+        .await
+        .unwrap();
     let addr = Arc::new(RwLock::new(c.coordinators[0].grpc_addr));
     let mut writers = Vec::new();
     for w in 0..4 {

@@ -14,16 +14,6 @@ use pairdb_tests::cluster::*;
 use pairdb_tests::serial_async;
 use prost::Message;
 
-fn opts(backend: Backend, hints: bool) -> ClusterOptions {
-    ClusterOptions {
-        backend,
-        nodes: 3,
-        coordinators: 2,
-        hints,
-        tweak: None,
-    }
-}
-
 /// A token with the sealed format's header around `vv` and a tag nobody computed.
 fn forged_token(vv: &pb::VersionVector) -> Vec<u8> {
     let mut t = vec![pairdb_common::context::TOKEN_FORMAT_V2];
@@ -59,7 +49,7 @@ async fn forged_edited_and_retired_context_tokens_are_refused_and_writes_go_on()
     let _s = serial_async().await;
     let c = TestCluster::start(ClusterOptions {
         tweak: Some(|cfg| cfg.context_key_refresh_ms = 300),
-        ..opts(Backend::Sqlite, true)
+        ..ClusterOptions::three_by_two(Backend::Sqlite, true)
     })
     .await
     .unwrap();
@@ -194,7 +184,7 @@ async fn forged_edited_and_retired_context_tokens_are_refused_and_writes_go_on()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blind_writes_past_the_state_cap_are_refused_and_the_key_stays_resolvable() {
     let _s = serial_async().await;
-    let c = TestCluster::start(opts(Backend::Sqlite, true))
+    let c = TestCluster::start(ClusterOptions::three_by_two(Backend::Sqlite, true))
         .await
         .unwrap();
     let mut a = c.client(0).await.unwrap();
@@ -254,7 +244,7 @@ async fn blind_writes_past_the_state_cap_are_refused_and_the_key_stays_resolvabl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_fields_are_refused_at_the_coordinator() {
     let _s = serial_async().await;
-    let c = TestCluster::start(opts(Backend::Sqlite, true))
+    let c = TestCluster::start(ClusterOptions::three_by_two(Backend::Sqlite, true))
         .await
         .unwrap();
     let mut a = c.client(0).await.unwrap();
@@ -307,7 +297,7 @@ async fn oversized_fields_are_refused_at_the_coordinator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_over_its_rate_limit_gets_overloaded_and_others_do_not() {
     let _s = serial_async().await;
-    let c = TestCluster::start(opts(Backend::Sqlite, true))
+    let c = TestCluster::start(ClusterOptions::three_by_two(Backend::Sqlite, true))
         .await
         .unwrap();
     let mut a = c.client(0).await.unwrap();
@@ -360,7 +350,7 @@ async fn a_tenant_over_its_rate_limit_gets_overloaded_and_others_do_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_writes_go_on_with_the_metadata_store_gone_and_a_replica_down() {
     let _s = serial_async().await;
-    let mut c = TestCluster::start(opts(Backend::PostgresProxied, true))
+    let mut c = TestCluster::start(ClusterOptions::three_by_two(Backend::PostgresProxied, true))
         .await
         .unwrap();
     let mut clients = [c.client(0).await.unwrap(), c.client(1).await.unwrap()];
@@ -431,7 +421,7 @@ async fn quorum_writes_go_on_with_the_metadata_store_gone_and_a_replica_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_overwrite_never_brings_the_old_value_back() {
     let _s = serial_async().await;
-    let mut c = TestCluster::start(opts(Backend::Sqlite, false))
+    let mut c = TestCluster::start(ClusterOptions::three_by_two(Backend::Sqlite, false))
         .await
         .unwrap();
     let mut a = c.client(0).await.unwrap();
@@ -512,7 +502,7 @@ async fn hints_to_a_node_in_maintenance_wait_without_spending_attempts() {
     let _s = serial_async().await;
     let c = TestCluster::start(ClusterOptions {
         tweak: Some(|cfg| cfg.hint_retry_base_ms = 100),
-        ..opts(Backend::Sqlite, true)
+        ..ClusterOptions::three_by_two(Backend::Sqlite, true)
     })
     .await
     .unwrap();
