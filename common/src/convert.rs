@@ -179,6 +179,33 @@ pub fn range_from_pb(r: Option<pb::TokenRange>) -> crate::token::TokenRange {
         .unwrap_or(crate::token::TokenRange::FULL)
 }
 
+/// The range of a destructive request (DropRange, PurgeTombstones): it must be given, and a
+/// whole-ring range (`start == end`) must also say `whole_ring`, so no request erases or
+/// purges everything by leaving a field out.
+pub fn explicit_range(
+    r: Option<pb::TokenRange>,
+    whole_ring: bool,
+) -> Result<crate::token::TokenRange, crate::Error> {
+    let Some(r) = r else {
+        return Err(crate::Error::InvalidArgument(
+            "range is required (a full-ring range also needs whole_ring = true)".into(),
+        ));
+    };
+    let range = crate::token::TokenRange::new(r.start, r.end);
+    if r.start == r.end && !whole_ring {
+        return Err(crate::Error::InvalidArgument(format!(
+            "range ({}, {}] is the whole ring: set whole_ring = true to mean it",
+            r.start, r.end
+        )));
+    }
+    Ok(range)
+}
+
+/// The wire form of a destructive request's range (sets `whole_ring` for a full range).
+pub fn explicit_range_to_pb(r: crate::token::TokenRange) -> (Option<pb::TokenRange>, bool) {
+    (Some(range_to_pb(r)), r.start == r.end)
+}
+
 #[cfg(test)]
 mod tests {
     //! Hostile wire input to the domain conversions (mirrors the `context`, `record` and

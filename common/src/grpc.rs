@@ -116,3 +116,109 @@ where
         }
     }
 }
+
+/// Admits calls to one gRPC service only from peers whose verified client certificate carries
+/// one of `roles` (storage nodes: coordinator or storage-node), answering PERMISSION_DENIED
+/// otherwise. Plaintext connections reach this only where the listener lets them in (TLS off,
+/// or `tls.accept_plaintext` during a rolling enablement) and pass. Health and reflection are
+/// not guarded (the listener already demanded a certificate from the cluster CA).
+#[derive(Clone)]
+pub struct RoleLayer {
+    service_prefix: &'static str,
+    roles: &'static [crate::tls::Role],
+    on_refused: std::sync::Arc<dyn Fn() + Send + Sync>,
+}
+
+impl RoleLayer {
+    pub fn new(
+        service_prefix: &'static str,
+        roles: &'static [crate::tls::Role],
+        on_refused: impl Fn() + Send + Sync + 'static,
+    ) -> RoleLayer {
+        RoleLayer {
+            service_prefix,
+            roles,
+            on_refused: std::sync::Arc::new(on_refused),
+        }
+    }
+
+    /// Whether a connection's peer may call the guarded service.
+    pub fn admits(&self, info: Option<&crate::tls::listen::PeerInfo>) -> Result<(), String> {
+        let Some(info) = info else {
+            // Not from a pairdb listener (in-process tests serving a router directly).
+            return Ok(());
+        };
+        if !info.tls {
+            return Ok(());
+        }
+        match &info.peer {
+            Some(p) if self.roles.iter().any(|r| p.has_role(*r)) => Ok(()),
+            Some(p) => Err(format!(
+                "the client certificate {} carries none of the roles this service admits ({})",
+                p.subject,
+                self.roles
+                    .iter()
+                    .map(|r| r.uri())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            None => Err("this service needs a client certificate from the cluster CA".into()),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for RoleLayer {
+    type Service = RoleGuard<S>;
+
+    fn layer(&self, inner: S) -> RoleGuard<S> {
+        RoleGuard {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`RoleLayer`] wraps around a server's routes.
+#[derive(Clone)]
+pub struct RoleGuard<S> {
+    inner: S,
+    layer: RoleLayer,
+}
+
+impl<S, ReqB, ResB> tower::Service<tonic::codegen::http::Request<ReqB>> for RoleGuard<S>
+where
+    S: tower::Service<
+            tonic::codegen::http::Request<ReqB>,
+            Response = tonic::codegen::http::Response<ResB>,
+        >,
+    S::Future: Send + 'static,
+    ResB: Default + Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<ResB>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<ReqB>) -> Self::Future {
+        if !req.uri().path().starts_with(self.layer.service_prefix) {
+            return Box::pin(self.inner.call(req));
+        }
+        match self
+            .layer
+            .admits(req.extensions().get::<crate::tls::listen::PeerInfo>())
+        {
+            Ok(()) => Box::pin(self.inner.call(req)),
+            Err(why) => {
+                (self.layer.on_refused)();
+                let status = crate::Error::PermissionDenied(why).to_status();
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}

@@ -8,8 +8,10 @@
 //! - [`framing`]: the persisted record format (format byte + CRC32).
 //! - [`token`]: key encoding and the stable 64-bit key token; token ranges.
 //! - [`telemetry`]: logging set-up shared by the binaries.
+//! - [`tls`]: TLS on every port, certificate reload, roles in certificates; [`auth`]: bearer tokens.
 
 pub mod api;
+pub mod auth;
 pub mod context;
 pub mod convert;
 pub mod error;
@@ -17,6 +19,7 @@ pub mod framing;
 pub mod grpc;
 pub mod ring;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 pub mod validate;
 pub mod version;

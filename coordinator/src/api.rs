@@ -12,6 +12,7 @@ use pairdb_common::ring::{MAX_VIRTUAL_NODES, NodeState};
 use pairdb_common::{Error as E, convert, token, validate};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Principal;
 use crate::data::{DataPlane, ReadReq, WriteReq};
 use crate::error::{Error, Result};
 use crate::meta::{
@@ -19,6 +20,7 @@ use crate::meta::{
 };
 use crate::metrics::OpLabels;
 use crate::topology::{self, Params, Topology};
+use pairdb_common::tls::listen::PeerInfo;
 
 /// Most items in one batch request.
 pub const MAX_BATCH_ITEMS: usize = 1000;
@@ -31,6 +33,7 @@ pub struct CoordinatorApi {
     pub meta: Arc<dyn MetaStore>,
     pub topology: Arc<Topology>,
     pub repairs: Arc<crate::repair::Repairs>,
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 fn level(c: i32) -> Option<Level> {
@@ -199,7 +202,92 @@ fn sibling(v: &pairdb_common::version::Version) -> pb::Sibling {
     }
 }
 
+/// Longest request text written to one audit line.
+const AUDIT_REQUEST_CHARS: usize = 2048;
+
 impl CoordinatorApi {
+    /// Runs an admin action and writes its audit line: the caller (token id or certificate),
+    /// its connection, the request (admin requests carry no secrets) and the outcome.
+    async fn audited<T, R, F, Fut>(
+        &self,
+        action: &'static str,
+        req: Request<T>,
+        f: F,
+    ) -> std::result::Result<Response<R>, Status>
+    where
+        T: std::fmt::Debug,
+        F: FnOnce(Request<T>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<Response<R>, Status>>,
+    {
+        let caller = Principal::of(&req).describe();
+        let peer = req
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|p| p.describe())
+            .unwrap_or_default();
+        let mut request = format!("{:?}", req.get_ref());
+        if request.len() > AUDIT_REQUEST_CHARS {
+            let mut cut = AUDIT_REQUEST_CHARS;
+            while !request.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            request.truncate(cut);
+            request.push('…');
+        }
+        let r = f(req).await;
+        let outcome = match &r {
+            Ok(_) => "ok".to_string(),
+            Err(s) => format!("{}: {}", E::from_status(s).code().name(), s.message()),
+        };
+        pairdb_common::telemetry::audit(&caller, &peer, action, &request, &outcome);
+        r
+    }
+
+    /// Before a known node is trusted at a new address, the node there must prove it is that
+    /// node: with TLS its certificate (from the cluster CA) must name the node id; without
+    /// TLS (loopback or `--insecure`) it must at least answer NodeInfo with that id.
+    async fn prove_identity(&self, a: &pb::AddStorageNodeRequest) -> Result<()> {
+        let ch = crate::cluster::node_channel(
+            self.data.cluster.tls(),
+            &a.node_id,
+            &a.host,
+            a.port as u16,
+            self.data.cluster.config().connect_timeout_ms,
+        )
+        .map_err(E::InvalidArgument)?;
+        let mut c =
+            pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient::new(ch);
+        let info = tokio::time::timeout(
+            std::time::Duration::from_millis(self.data.cluster.config().replica_timeout_ms),
+            c.node_info(pb::NodeInfoRequest {}),
+        )
+        .await
+        .map_err(|_| {
+            E::TopologyConflict(format!(
+                "storage node {} moves to {}:{} only once the node there proves its identity; it did not answer in time",
+                a.node_id, a.host, a.port
+            ))
+        })?
+        .map_err(|s| {
+            E::TopologyConflict(format!(
+                "storage node {} moves to {}:{} only once the node there proves its identity: {}",
+                a.node_id,
+                a.host,
+                a.port,
+                s.message()
+            ))
+        })?
+        .into_inner();
+        if info.node_id != a.node_id {
+            return Err(E::TopologyConflict(format!(
+                "the node at {}:{} is {:?}, not {:?}: address not changed",
+                a.host, a.port, info.node_id, a.node_id
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
     /// AddStorageNode: idempotent for a node that re-registers (`--join` on every start).
     async fn add_node(&self, a: &pb::AddStorageNodeRequest) -> Result<pb::TopologyChangeResponse> {
         let nodes = self.meta.list_nodes().await?;
@@ -211,6 +299,9 @@ impl CoordinatorApi {
                 || u32::from(n.port) != a.port
                 || u32::from(n.admin_port) != a.admin_port
             {
+                if n.host != a.host || u32::from(n.port) != a.port {
+                    self.prove_identity(a).await?;
+                }
                 self.meta
                     .write_nodes(&[NodeWrite::SetAddress {
                         node_id: a.node_id.clone(),
@@ -379,6 +470,9 @@ impl CoordinatorService for CoordinatorApi {
         req: Request<pb::WriteRequest>,
     ) -> std::result::Result<Response<pb::WriteResponse>, Status> {
         let started = Instant::now();
+        Principal::of(&req)
+            .check_tenant(&req.get_ref().tenant_id)
+            .map_err(Error::from)?;
         let r = self.do_write(req.into_inner(), false).await;
         self.observe("write", started, &r);
         Ok(Response::new(r?))
@@ -389,6 +483,9 @@ impl CoordinatorService for CoordinatorApi {
         req: Request<pb::ReadRequest>,
     ) -> std::result::Result<Response<pb::ReadResponse>, Status> {
         let started = Instant::now();
+        Principal::of(&req)
+            .check_tenant(&req.get_ref().tenant_id)
+            .map_err(Error::from)?;
         let r = self.do_read(req.into_inner()).await;
         let m = &self.data.metrics;
         let l = OpLabels { op: "read" };
@@ -407,6 +504,9 @@ impl CoordinatorService for CoordinatorApi {
         req: Request<pb::DeleteRequest>,
     ) -> std::result::Result<Response<pb::DeleteResponse>, Status> {
         let started = Instant::now();
+        Principal::of(&req)
+            .check_tenant(&req.get_ref().tenant_id)
+            .map_err(Error::from)?;
         let d = req.into_inner();
         let r = self
             .do_write(
@@ -434,7 +534,11 @@ impl CoordinatorService for CoordinatorApi {
         req: Request<pb::BatchWriteItemsRequest>,
     ) -> std::result::Result<Response<pb::BatchWriteItemsResponse>, Status> {
         let started = Instant::now();
+        let who = Principal::of(&req);
         let items = req.into_inner().items;
+        for w in &items {
+            who.check_tenant(&w.tenant_id).map_err(Error::from)?;
+        }
         let r = check_batch(items.len());
         self.observe("batch_write", started, &r);
         r?;
@@ -461,7 +565,11 @@ impl CoordinatorService for CoordinatorApi {
         req: Request<pb::BatchReadItemsRequest>,
     ) -> std::result::Result<Response<pb::BatchReadItemsResponse>, Status> {
         let started = Instant::now();
+        let who = Principal::of(&req);
         let items = req.into_inner().items;
+        for r in &items {
+            who.check_tenant(&r.tenant_id).map_err(Error::from)?;
+        }
         let r = check_batch(items.len());
         self.observe("batch_read", started, &r);
         r?;
@@ -507,32 +615,37 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         req: Request<pb::CreateTenantRequest>,
     ) -> std::result::Result<Response<pb::Tenant>, Status> {
-        let started = Instant::now();
-        let r = async {
-            let p = req.into_inner().tenant.unwrap_or_default();
-            validate::tenant_id(&p.tenant_id)?;
-            let mut t = TenantRecord::with_defaults(&p.tenant_id);
-            apply_tenant_fields(&mut t, &p)?;
-            self.meta.create_tenant(&t).await.map_err(|e| match e {
-                crate::meta::MetaError::Conflict(_) => Error::from(E::InvalidArgument(format!(
-                    "tenant {} already exists",
-                    t.tenant_id
-                ))),
-                other => other.into(),
-            })?;
-            let t = self.meta.get_tenant(&t.tenant_id).await?.unwrap_or(t);
-            self.data.tenants.remember(t.clone());
-            Ok(tenant_pb(&t))
-        }
-        .await;
-        self.observe("create_tenant", started, &r);
-        Ok(Response::new(r?))
+        self.audited("CreateTenant", req, |req| async move {
+            let started = Instant::now();
+            let r = async {
+                let p = req.into_inner().tenant.unwrap_or_default();
+                validate::tenant_id(&p.tenant_id)?;
+                let mut t = TenantRecord::with_defaults(&p.tenant_id);
+                apply_tenant_fields(&mut t, &p)?;
+                self.meta.create_tenant(&t).await.map_err(|e| match e {
+                    crate::meta::MetaError::Conflict(_) => Error::from(E::InvalidArgument(
+                        format!("tenant {} already exists", t.tenant_id),
+                    )),
+                    other => other.into(),
+                })?;
+                let t = self.meta.get_tenant(&t.tenant_id).await?.unwrap_or(t);
+                self.data.tenants.remember(t.clone());
+                Ok(tenant_pb(&t))
+            }
+            .await;
+            self.observe("create_tenant", started, &r);
+            Ok(Response::new(r?))
+        })
+        .await
     }
 
     async fn get_tenant(
         &self,
         req: Request<pb::GetTenantRequest>,
     ) -> std::result::Result<Response<pb::Tenant>, Status> {
+        Principal::of(&req)
+            .check_tenant(&req.get_ref().tenant_id)
+            .map_err(Error::from)?;
         let id = req.into_inner().tenant_id;
         validate::tenant_id(&id).map_err(Error::from)?;
         match self.meta.get_tenant(&id).await.map_err(Error::from)? {
@@ -545,24 +658,27 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         req: Request<pb::UpdateTenantRequest>,
     ) -> std::result::Result<Response<pb::Tenant>, Status> {
-        let started = Instant::now();
-        let r = async {
-            let p = req.into_inner().tenant.unwrap_or_default();
-            validate::tenant_id(&p.tenant_id)?;
-            let mut t = self
-                .meta
-                .get_tenant(&p.tenant_id)
-                .await?
-                .ok_or_else(|| E::TenantNotFound(p.tenant_id.clone()))?;
-            apply_tenant_fields(&mut t, &p)?;
-            self.meta.update_tenant(&t).await?;
-            let t = self.meta.get_tenant(&t.tenant_id).await?.unwrap_or(t);
-            self.data.tenants.remember(t.clone());
-            Ok(tenant_pb(&t))
-        }
-        .await;
-        self.observe("update_tenant", started, &r);
-        Ok(Response::new(r?))
+        self.audited("UpdateTenant", req, |req| async move {
+            let started = Instant::now();
+            let r = async {
+                let p = req.into_inner().tenant.unwrap_or_default();
+                validate::tenant_id(&p.tenant_id)?;
+                let mut t = self
+                    .meta
+                    .get_tenant(&p.tenant_id)
+                    .await?
+                    .ok_or_else(|| E::TenantNotFound(p.tenant_id.clone()))?;
+                apply_tenant_fields(&mut t, &p)?;
+                self.meta.update_tenant(&t).await?;
+                let t = self.meta.get_tenant(&t.tenant_id).await?.unwrap_or(t);
+                self.data.tenants.remember(t.clone());
+                Ok(tenant_pb(&t))
+            }
+            .await;
+            self.observe("update_tenant", started, &r);
+            Ok(Response::new(r?))
+        })
+        .await
     }
 
     async fn list_tenants(
@@ -579,135 +695,148 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         req: Request<pb::AddStorageNodeRequest>,
     ) -> std::result::Result<Response<pb::TopologyChangeResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            let a = req.into_inner();
-            validate_node(&a)?;
-            self.add_node(&a).await
-        }
-        .await;
-        self.observe("add_storage_node", started, &r);
-        Ok(Response::new(r?))
+        self.audited("AddStorageNode", req, |req| async move {
+            let started = Instant::now();
+            let who = Principal::of(&req);
+            let r = async {
+                let a = req.into_inner();
+                validate_node(&a)?;
+                who.check_node(&a.node_id)?;
+                self.add_node(&a).await
+            }
+            .await;
+            self.observe("add_storage_node", started, &r);
+            Ok(Response::new(r?))
+        })
+        .await
     }
 
     async fn remove_storage_node(
         &self,
         req: Request<pb::RemoveStorageNodeRequest>,
     ) -> std::result::Result<Response<pb::TopologyChangeResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            let q = req.into_inner();
-            validate::node_id(&q.node_id)?;
-            let node = self.meta.get_node(&q.node_id).await?.ok_or_else(|| {
-                E::InvalidArgument(format!("storage node {} not found", q.node_id))
-            })?;
-            if q.force && !q.acknowledge_data_loss {
-                return Err(E::InvalidArgument(
-                    "force removes a node without streaming from it: data only that node holds may be lost; \
-                     repeat with acknowledge_data_loss to confirm"
-                        .into(),
-                )
-                .into());
+        self.audited("RemoveStorageNode", req, |req| async move {
+            let started = Instant::now();
+            let r = async {
+                let q = req.into_inner();
+                validate::node_id(&q.node_id)?;
+                let node = self.meta.get_node(&q.node_id).await?.ok_or_else(|| {
+                    E::InvalidArgument(format!("storage node {} not found", q.node_id))
+                })?;
+                if q.force && !q.acknowledge_data_loss {
+                    return Err(E::InvalidArgument(
+                        "force removes a node without streaming from it: data only that node holds may be lost; \
+                         repeat with acknowledge_data_loss to confirm"
+                            .into(),
+                    )
+                    .into());
+                }
+                if node.state != NodeState::Normal {
+                    return Err(E::TopologyConflict(format!(
+                        "storage node {} is {}; only a NORMAL node can be removed",
+                        q.node_id,
+                        node.state.as_str()
+                    ))
+                    .into());
+                }
+                let nodes = self.meta.list_nodes().await?;
+                let remaining = nodes
+                    .iter()
+                    .filter(|n| n.state == NodeState::Normal && n.node_id != q.node_id)
+                    .count();
+                let max_rf = self.topology.max_rf().await?;
+                if remaining == 0 || (remaining < max_rf && !q.force) {
+                    return Err(E::TopologyConflict(format!(
+                        "removing {} would leave {remaining} NORMAL node(s), fewer than the largest tenant replication factor ({max_rf})",
+                        q.node_id
+                    ))
+                    .into());
+                }
+                let params = Params {
+                    adds: vec![],
+                    removes: vec![q.node_id.clone()],
+                    force: q.force,
+                };
+                let change = topology::new_change(ChangeKind::Decommission, &q.node_id, &params, &[], None);
+                self.meta
+                    .create_change(
+                        &change,
+                        &[NodeWrite::SetState {
+                            node_id: q.node_id.clone(),
+                            from: vec![NodeState::Normal],
+                            to: NodeState::Leaving,
+                        }],
+                    )
+                    .await?;
+                tracing::warn!(node_id = %q.node_id, force = q.force, change_id = %change.change_id, "decommission requested");
+                self.change_response(&q.node_id, &change.change_id).await
             }
-            if node.state != NodeState::Normal {
-                return Err(E::TopologyConflict(format!(
-                    "storage node {} is {}; only a NORMAL node can be removed",
-                    q.node_id,
-                    node.state.as_str()
-                ))
-                .into());
-            }
-            let nodes = self.meta.list_nodes().await?;
-            let remaining = nodes
-                .iter()
-                .filter(|n| n.state == NodeState::Normal && n.node_id != q.node_id)
-                .count();
-            let max_rf = self.topology.max_rf().await?;
-            if remaining == 0 || (remaining < max_rf && !q.force) {
-                return Err(E::TopologyConflict(format!(
-                    "removing {} would leave {remaining} NORMAL node(s), fewer than the largest tenant replication factor ({max_rf})",
-                    q.node_id
-                ))
-                .into());
-            }
-            let params = Params {
-                adds: vec![],
-                removes: vec![q.node_id.clone()],
-                force: q.force,
-            };
-            let change = topology::new_change(ChangeKind::Decommission, &q.node_id, &params, &[], None);
-            self.meta
-                .create_change(
-                    &change,
-                    &[NodeWrite::SetState {
-                        node_id: q.node_id.clone(),
-                        from: vec![NodeState::Normal],
-                        to: NodeState::Leaving,
-                    }],
-                )
-                .await?;
-            tracing::warn!(node_id = %q.node_id, force = q.force, change_id = %change.change_id, "decommission requested");
-            self.change_response(&q.node_id, &change.change_id).await
-        }
-        .await;
-        self.observe("remove_storage_node", started, &r);
-        Ok(Response::new(r?))
+            .await;
+            self.observe("remove_storage_node", started, &r);
+            Ok(Response::new(r?))
+
+        })
+        .await
     }
 
     async fn replace_storage_node(
         &self,
         req: Request<pb::ReplaceStorageNodeRequest>,
     ) -> std::result::Result<Response<pb::TopologyChangeResponse>, Status> {
-        let started = Instant::now();
-        let r = async {
-            let q = req.into_inner();
-            let new = q
-                .new_node
-                .ok_or_else(|| E::InvalidArgument("new_node is required".into()))?;
-            validate_node(&new)?;
-            validate::node_id(&q.old_node_id)?;
-            if new.node_id == q.old_node_id {
-                return Err(E::InvalidArgument(
-                    "the new node needs its own node_id (a replacement is a new replica identity)".into(),
-                )
-                .into());
+        self.audited("ReplaceStorageNode", req, |req| async move {
+            let started = Instant::now();
+            let r = async {
+                let q = req.into_inner();
+                let new = q
+                    .new_node
+                    .ok_or_else(|| E::InvalidArgument("new_node is required".into()))?;
+                validate_node(&new)?;
+                validate::node_id(&q.old_node_id)?;
+                if new.node_id == q.old_node_id {
+                    return Err(E::InvalidArgument(
+                        "the new node needs its own node_id (a replacement is a new replica identity)".into(),
+                    )
+                    .into());
+                }
+                let old = self.meta.get_node(&q.old_node_id).await?.ok_or_else(|| {
+                    E::InvalidArgument(format!("storage node {} not found", q.old_node_id))
+                })?;
+                if old.state != NodeState::Normal {
+                    return Err(E::TopologyConflict(format!(
+                        "storage node {} is {}; only a NORMAL node can be replaced",
+                        q.old_node_id,
+                        old.state.as_str()
+                    ))
+                    .into());
+                }
+                let params = Params {
+                    adds: vec![new.node_id.clone()],
+                    removes: vec![q.old_node_id.clone()],
+                    force: false,
+                };
+                let change = topology::new_change(ChangeKind::Replace, &new.node_id, &params, &[], None);
+                self.meta
+                    .create_change(
+                        &change,
+                        &[
+                            NodeWrite::Insert(node_record(&new, NodeState::Bootstrapping)),
+                            NodeWrite::SetState {
+                                node_id: q.old_node_id.clone(),
+                                from: vec![NodeState::Normal],
+                                to: NodeState::Leaving,
+                            },
+                        ],
+                    )
+                    .await?;
+                tracing::warn!(old = %q.old_node_id, new = %new.node_id, change_id = %change.change_id, "replace requested");
+                self.change_response(&new.node_id, &change.change_id).await
             }
-            let old = self.meta.get_node(&q.old_node_id).await?.ok_or_else(|| {
-                E::InvalidArgument(format!("storage node {} not found", q.old_node_id))
-            })?;
-            if old.state != NodeState::Normal {
-                return Err(E::TopologyConflict(format!(
-                    "storage node {} is {}; only a NORMAL node can be replaced",
-                    q.old_node_id,
-                    old.state.as_str()
-                ))
-                .into());
-            }
-            let params = Params {
-                adds: vec![new.node_id.clone()],
-                removes: vec![q.old_node_id.clone()],
-                force: false,
-            };
-            let change = topology::new_change(ChangeKind::Replace, &new.node_id, &params, &[], None);
-            self.meta
-                .create_change(
-                    &change,
-                    &[
-                        NodeWrite::Insert(node_record(&new, NodeState::Bootstrapping)),
-                        NodeWrite::SetState {
-                            node_id: q.old_node_id.clone(),
-                            from: vec![NodeState::Normal],
-                            to: NodeState::Leaving,
-                        },
-                    ],
-                )
-                .await?;
-            tracing::warn!(old = %q.old_node_id, new = %new.node_id, change_id = %change.change_id, "replace requested");
-            self.change_response(&new.node_id, &change.change_id).await
-        }
-        .await;
-        self.observe("replace_storage_node", started, &r);
-        Ok(Response::new(r?))
+            .await;
+            self.observe("replace_storage_node", started, &r);
+            Ok(Response::new(r?))
+
+        })
+        .await
     }
 
     async fn get_storage_node_status(
@@ -753,14 +882,17 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         req: Request<pb::AbortChangeRequest>,
     ) -> std::result::Result<Response<pb::PendingChange>, Status> {
-        let started = Instant::now();
-        let id = req.into_inner().change_id;
-        let r = match check_id("change_id", &id) {
-            Ok(()) => self.topology.abort(&id).await,
-            Err(e) => Err(e),
-        };
-        self.observe("abort_change", started, &r);
-        Ok(Response::new(change_pb(&r?)))
+        self.audited("AbortChange", req, |req| async move {
+            let started = Instant::now();
+            let id = req.into_inner().change_id;
+            let r = match check_id("change_id", &id) {
+                Ok(()) => self.topology.abort(&id).await,
+                Err(e) => Err(e),
+            };
+            self.observe("abort_change", started, &r);
+            Ok(Response::new(change_pb(&r?)))
+        })
+        .await
     }
 
     async fn get_cluster_health(
@@ -865,19 +997,22 @@ impl CoordinatorService for CoordinatorApi {
         &self,
         req: Request<pb::StartRepairRequest>,
     ) -> std::result::Result<Response<pb::RepairStatus>, Status> {
-        let q = req.into_inner();
-        let tenant = (!q.tenant_id.is_empty()).then_some(q.tenant_id);
-        if let Some(t) = &tenant {
-            validate::tenant_id(t).map_err(|e| e.to_status())?;
-        }
-        let params = crate::repair::Params {
-            tenant,
-            trigger: "manual".into(),
-            ..Default::default()
-        };
-        let range = q.range.map(|r| convert::range_from_pb(Some(r)));
-        let run = self.repairs.start(params, range).await?;
-        Ok(Response::new(repair_status(&run)))
+        self.audited("StartRepair", req, |req| async move {
+            let q = req.into_inner();
+            let tenant = (!q.tenant_id.is_empty()).then_some(q.tenant_id);
+            if let Some(t) = &tenant {
+                validate::tenant_id(t).map_err(|e| e.to_status())?;
+            }
+            let params = crate::repair::Params {
+                tenant,
+                trigger: "manual".into(),
+                ..Default::default()
+            };
+            let range = q.range.map(|r| convert::range_from_pb(Some(r)));
+            let run = self.repairs.start(params, range).await?;
+            Ok(Response::new(repair_status(&run)))
+        })
+        .await
     }
 
     async fn get_repair_status(
@@ -910,6 +1045,40 @@ impl CoordinatorService for CoordinatorApi {
                 })
                 .collect(),
         }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> std::result::Result<Response<pb::CreateTokenResponse>, Status> {
+        self.audited("CreateToken", req, |req| async move {
+            let r = crate::tokens::create(&self.meta, &self.auth, req.into_inner()).await;
+            Ok(Response::new(r?))
+        })
+        .await
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> std::result::Result<Response<pb::ListTokensResponse>, Status> {
+        self.audited("ListTokens", req, |_req| async move {
+            Ok(Response::new(crate::tokens::list(&self.meta).await?))
+        })
+        .await
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> std::result::Result<Response<pb::TokenInfo>, Status> {
+        self.audited("RevokeToken", req, |req| async move {
+            let id = req.into_inner().token_id;
+            Ok(Response::new(
+                crate::tokens::revoke(&self.meta, &self.auth, &id).await?,
+            ))
+        })
+        .await
     }
 }
 

@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
 use pairdb_common::ring::{Ring, RingMember};
+use pairdb_common::tls::connect::{self, ClientTls};
+use pairdb_common::tls::{Expect, Tls};
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::meta::{MetaStore, NodeRecord, NodeStatus};
 
@@ -152,24 +154,43 @@ pub struct Cluster {
     snap: RwLock<Arc<Snapshot>>,
     /// Health survives snapshot rebuilds.
     health: RwLock<HashMap<String, Arc<Health>>>,
+    /// TLS to storage nodes (`None`: plaintext).
+    tls: Option<Arc<Tls>>,
 }
 
-fn channel(rec: &NodeRecord, connect_timeout_ms: u64) -> Result<Channel, String> {
-    let ep = Endpoint::from_shared(format!("http://{}:{}", rec.host, rec.port))
-        .map_err(|e| format!("bad address for {}: {e}", rec.node_id))?
+/// A lazy channel to `host:port` that, with TLS, only completes its handshake with the
+/// storage node `node_id` (its certificate from the cluster CA must carry the storage-node
+/// role and name that node).
+pub fn node_channel(
+    tls: &Option<Arc<Tls>>,
+    node_id: &str,
+    host: &str,
+    port: u16,
+    connect_timeout_ms: u64,
+) -> Result<Channel, String> {
+    let ep = connect::endpoint(&format!("{host}:{port}"))
+        .map_err(|e| format!("bad address for {node_id}: {e}"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_millis(connect_timeout_ms))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     // Lazy: connects on first use and reconnects after failures, one HTTP/2 channel per node.
-    Ok(ep.connect_lazy())
+    Ok(connect::lazy_channel(
+        ep,
+        ClientTls::cluster(tls, Expect::storage_node(Some(node_id))),
+    ))
 }
 
 impl Cluster {
-    pub fn new(meta: Arc<dyn MetaStore>, cfg: ClusterConfig) -> Arc<Cluster> {
+    pub fn new(
+        meta: Arc<dyn MetaStore>,
+        cfg: ClusterConfig,
+        tls: Option<Arc<Tls>>,
+    ) -> Arc<Cluster> {
         Arc::new(Cluster {
             meta,
             cfg,
+            tls,
             snap: RwLock::new(Arc::new(Snapshot {
                 ring: Ring::default(),
                 nodes: HashMap::new(),
@@ -182,6 +203,10 @@ impl Cluster {
 
     pub fn config(&self) -> &ClusterConfig {
         &self.cfg
+    }
+
+    pub fn tls(&self) -> &Option<Arc<Tls>> {
+        &self.tls
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -207,7 +232,13 @@ impl Cluster {
                 Some(e) if e.record.host == rec.host && e.record.port == rec.port => {
                     (e.client.clone(), e.batcher.clone())
                 }
-                _ => match channel(&rec, self.cfg.connect_timeout_ms) {
+                _ => match node_channel(
+                    &self.tls,
+                    &rec.node_id,
+                    &rec.host,
+                    rec.port,
+                    self.cfg.connect_timeout_ms,
+                ) {
                     Ok(ch) => {
                         let client = StorageNodeServiceClient::new(ch)
                             .max_decoding_message_size(64 << 20)

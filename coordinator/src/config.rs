@@ -95,6 +95,23 @@ pub struct Config {
     /// First delay before a failed hint delivery is tried again (doubles per attempt, at most
     /// 5 minutes).
     pub hint_retry_base_ms: u64,
+    /// TLS on the gRPC and admin ports and to storage nodes (`[tls]`): this certificate (role
+    /// coordinator) is also the client certificate storage nodes demand, and the CA verifies
+    /// them (each node's certificate must name its node id).
+    pub tls: pairdb_common::tls::TlsSettings,
+    /// Bearer tokens: `off`, `permissive` (checked when sent; a request without one is
+    /// served and counted: only while rolling tokens out) or `required`.
+    pub auth: crate::auth::AuthMode,
+    /// Bootstrap admin token (`PAIRDB_ADMIN_TOKEN`), so a fresh cluster can be administered;
+    /// only its hash is kept. Empty: `admin_token_file`, else none.
+    pub admin_token: String,
+    /// File whose first line is the bootstrap admin token (a mounted Secret).
+    pub admin_token_file: Option<PathBuf>,
+    /// How often the tokens table is reloaded: the longest a token revoked on another
+    /// coordinator keeps working here.
+    pub token_refresh_ms: u64,
+    /// Run on a non-loopback address without TLS or required tokens (logged at every start).
+    pub insecure: bool,
 }
 
 impl Default for Config {
@@ -149,6 +166,12 @@ impl Default for Config {
             hint_db_connections: 2,
             max_hint_bytes_per_target: 1 << 30,
             hint_retry_base_ms: 1_000,
+            tls: Default::default(),
+            auth: crate::auth::AuthMode::Off,
+            admin_token: String::new(),
+            admin_token_file: None,
+            token_refresh_ms: 5_000,
+            insecure: false,
         }
     }
 }
@@ -194,6 +217,29 @@ pub struct Args {
     pub tombstone_gc_grace_secs: Option<u64>,
     #[arg(long, env = "PAIRDB_HINT_TTL_SECS")]
     pub hint_ttl_secs: Option<u64>,
+    /// PEM certificate chain (turns TLS on with --tls-key and --tls-ca).
+    #[arg(long, env = "PAIRDB_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "PAIRDB_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the cluster CA.
+    #[arg(long, env = "PAIRDB_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Also accept plaintext on the TLS ports (rolling enablement only).
+    #[arg(long, env = "PAIRDB_TLS_ACCEPT_PLAINTEXT")]
+    pub tls_accept_plaintext: Option<bool>,
+    /// Bearer tokens: off, permissive or required.
+    #[arg(long, env = "PAIRDB_AUTH")]
+    pub auth: Option<crate::auth::AuthMode>,
+    #[arg(long, env = "PAIRDB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    #[arg(long, env = "PAIRDB_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    #[arg(long, env = "PAIRDB_TOKEN_REFRESH_MS")]
+    pub token_refresh_ms: Option<u64>,
+    /// Listen on non-loopback addresses without TLS or required tokens.
+    #[arg(long, env = "PAIRDB_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +302,33 @@ impl Config {
         if let Some(v) = args.hint_ttl_secs {
             c.hint_ttl_secs = v;
         }
+        if args.tls_cert.is_some() {
+            c.tls.cert = args.tls_cert;
+        }
+        if args.tls_key.is_some() {
+            c.tls.key = args.tls_key;
+        }
+        if args.tls_ca.is_some() {
+            c.tls.ca = args.tls_ca;
+        }
+        if let Some(v) = args.tls_accept_plaintext {
+            c.tls.accept_plaintext = v;
+        }
+        if let Some(v) = args.auth {
+            c.auth = v;
+        }
+        if let Some(v) = args.admin_token {
+            c.admin_token = v;
+        }
+        if args.admin_token_file.is_some() {
+            c.admin_token_file = args.admin_token_file;
+        }
+        if let Some(v) = args.token_refresh_ms {
+            c.token_refresh_ms = v;
+        }
+        if let Some(v) = args.insecure {
+            c.insecure = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -283,6 +356,7 @@ impl Config {
             ("change_poll_ms", self.change_poll_ms),
             ("context_key_refresh_ms", self.context_key_refresh_ms),
             ("hint_retry_base_ms", self.hint_retry_base_ms),
+            ("token_refresh_ms", self.token_refresh_ms),
         ] {
             if v == 0 || v > 3_600_000 {
                 return Err(ConfigError(format!("{name} must be 1-3600000")));
@@ -352,6 +426,35 @@ impl Config {
                 "max_hint_window_secs must not exceed hint_ttl_secs".into(),
             ));
         }
+        self.tls.validate().map_err(ConfigError)?;
+        let token = self.admin_token().map_err(ConfigError)?;
+        if token.is_some() && self.auth == crate::auth::AuthMode::Off {
+            return Err(ConfigError(
+                "an admin token is configured but auth is off: set auth = \"required\" (PAIRDB_AUTH=required) or \"permissive\"".into(),
+            ));
+        }
+        self.exposure()?;
         Ok(())
+    }
+
+    /// The bootstrap admin token, if configured.
+    pub fn admin_token(&self) -> Result<Option<String>, String> {
+        pairdb_common::auth::read_bootstrap_token(
+            &self.admin_token,
+            self.admin_token_file.as_deref(),
+        )
+    }
+
+    /// Secure by default: `Err` when listening beyond loopback without TLS or required
+    /// tokens (and not `insecure`); `Ok(Some(warning))` when `insecure` allowed it.
+    pub fn exposure(&self) -> Result<Option<String>, ConfigError> {
+        pairdb_common::tls::check_exposure(
+            &[("gRPC", self.grpc_addr), ("admin", self.admin_addr)],
+            &self.tls,
+            (self.auth != crate::auth::AuthMode::Required)
+                .then_some("required bearer tokens (auth = \"required\")"),
+            self.insecure,
+        )
+        .map_err(ConfigError)
     }
 }

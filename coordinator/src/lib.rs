@@ -5,12 +5,14 @@
 //! node health (topology and failure-detector workers); [`tenants`] caches tenant settings;
 //! [`topology`] drives bootstrap / decommission / replace / cleanup under leases;
 //! [`meta`] is the metadata store (PostgreSQL / SQLite behind one trait); [`config`],
-//! [`metrics`], [`error`].
+//! [`auth`] authenticates bearer tokens and authorizes each method; [`tokens`] serves the
+//! token RPCs; [`metrics`], [`error`].
 //! *Invariant: the coordinator holds no durable state outside the metadata store, and the
 //! read/write path touches the metadata store only to record hints.*
 
 pub mod admission;
 pub mod api;
+pub mod auth;
 pub mod batcher;
 pub mod cluster;
 pub mod config;
@@ -24,4 +26,5 @@ pub mod metrics;
 pub mod repair;
 pub mod server;
 pub mod tenants;
+pub mod tokens;
 pub mod topology;

@@ -61,6 +61,10 @@ pub struct Metrics {
     pub rate_limited: Family<TenantLabels, Counter>,
     pub overloaded: Family<ReasonLabels, Counter>,
     pub context_refusals: Counter,
+    /// TLS certificate expiry, refused connections, denied requests.
+    pub security: pairdb_common::tls::metrics::SecurityMetrics,
+    /// Requests served without a token in `auth = "permissive"` mode.
+    pub anonymous_requests: Counter,
     pub read_repairs: Counter,
     pub quorum_failures: Counter,
     pub nodes_up: Gauge,
@@ -102,6 +106,8 @@ impl Metrics {
             rate_limited: Family::default(),
             overloaded: Family::default(),
             context_refusals: Counter::default(),
+            security: Default::default(),
+            anonymous_requests: Counter::default(),
             read_repairs: Counter::default(),
             quorum_failures: Counter::default(),
             nodes_up: Gauge::default(),
@@ -299,6 +305,12 @@ impl Metrics {
             "repair_lost_records",
             "Corrupt records no replica held intact (DATA_LOSS)",
             m.repair_lost.clone(),
+        );
+        m.security.register(r);
+        r.register(
+            "anonymous_requests",
+            "Requests served without a bearer token (auth = permissive); must reach 0 before auth = required",
+            m.anonymous_requests.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -1023,10 +1023,12 @@ impl Repairs {
         let before = now_ms().saturating_sub(self.cfg.gc_grace_ms);
         let calls = replicas.iter().map(|n| {
             let mut c = n.client.clone();
+            let (range, whole_ring) = convert::explicit_range_to_pb(piece);
             let req = pb::PurgeTombstonesRequest {
-                range: Some(convert::range_to_pb(piece)),
+                range,
                 tenant_ids: tenants.to_vec(),
                 written_before_ms: before,
+                whole_ring,
             };
             async move {
                 tokio::time::timeout(RPC_TIMEOUT, c.purge_tombstones(req))
@@ -1477,6 +1479,7 @@ impl Repairs {
         let req = pb::PullRangeRequest {
             range: Some(convert::range_to_pb(piece)),
             source_address: format!("{}:{}", src.record.host, src.record.port),
+            source_node_id: src.record.node_id.clone(),
             max_bytes_per_sec: self.cfg.max_bytes_per_sec,
             sub_ranges: sub_ranges
                 .iter()

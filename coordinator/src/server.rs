@@ -9,12 +9,14 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use pairdb_common::api::pb::coordinator_service_server::CoordinatorServiceServer;
+use pairdb_common::tls::listen::{self, ListenConfig};
+use pairdb_common::tls::{ClientAuth, Tls};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::CoordinatorApi;
+use crate::auth::{Auth, AuthLayer};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
 use crate::data::{DataConfig, DataPlane};
@@ -39,6 +41,10 @@ pub enum StartError {
     },
     #[error("build reflection service: {0}")]
     Reflection(String),
+    #[error("{0}")]
+    Tls(#[from] pairdb_common::tls::TlsError),
+    #[error("{0}")]
+    Config(String),
 }
 
 pub struct RunningCoordinator {
@@ -70,6 +76,27 @@ pub async fn start_with_stores(
         meta.migrate().await?;
     }
     let metrics = Arc::new(Metrics::new());
+    if let Some(warning) = cfg
+        .exposure()
+        .map_err(|e| StartError::Config(e.to_string()))?
+    {
+        tracing::warn!(
+            "INSECURE (--insecure): {warning}; anyone who can reach these ports can read and change every tenant's data and the topology"
+        );
+    }
+    let tls = Tls::load_optional(&cfg.tls, metrics.security.on_loaded())?;
+    let bootstrap = cfg.admin_token().map_err(StartError::Config)?;
+    let anonymous = metrics.clone();
+    let auth = Auth::load(
+        cfg.auth,
+        bootstrap.as_deref(),
+        meta.clone(),
+        Duration::from_millis(cfg.token_refresh_ms),
+        move || {
+            anonymous.anonymous_requests.inc();
+        },
+    )
+    .await?;
     let cluster = Cluster::new(
         meta.clone(),
         ClusterConfig {
@@ -80,6 +107,7 @@ pub async fn start_with_stores(
             connect_timeout_ms: cfg.replica_timeout_ms.min(1000),
             replica_timeout_ms: cfg.replica_timeout_ms,
         },
+        tls.clone(),
     );
     cluster.refresh().await?;
     let tenants = Tenants::new(meta.clone(), cfg.tenant_refresh_ms);
@@ -202,7 +230,17 @@ pub async fn start_with_stores(
             tokio::spawn(topology.clone().run(cancel.clone())),
         ),
         ("repair", tokio::spawn(repairs.clone().run(cancel.clone()))),
+        (
+            "token-refresh",
+            tokio::spawn(auth.clone().run(cancel.clone())),
+        ),
     ];
+    if let Some(t) = &tls {
+        tasks.push((
+            "tls-reload",
+            tokio::spawn(t.clone().run_reload(cancel.clone())),
+        ));
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -218,6 +256,7 @@ pub async fn start_with_stores(
         meta: meta.clone(),
         topology: topology.clone(),
         repairs: repairs.clone(),
+        auth: auth.clone(),
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);
@@ -235,17 +274,38 @@ pub async fn start_with_stores(
                     .inc();
             },
         ))
+        .layer(AuthLayer {
+            auth: auth.clone(),
+            metrics: metrics.clone(),
+        })
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(svc);
+    let listen = |client_auth, alpn| ListenConfig {
+        tls: tls.clone(),
+        client_auth,
+        alpn,
+        on_refused: metrics.security.on_refused(),
+    };
+    // A client certificate is optional: tokens authenticate clients; a storage node's
+    // certificate lets it register itself (`--join`).
+    let grpc_conns = listen::incoming(
+        grpc_listener,
+        listen(ClientAuth::Optional, listen::ALPN_H2),
+        cancel.clone(),
+    );
+    let admin_conns = listen::incoming(
+        admin_listener,
+        listen(ClientAuth::None, listen::ALPN_HTTP1),
+        cancel.clone(),
+    );
     let c = cancel.clone();
     tasks.push((
         "grpc",
         tokio::spawn(async move {
-            let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
             if let Err(e) = grpc
-                .serve_with_incoming_shutdown(incoming, c.cancelled())
+                .serve_with_incoming_shutdown(listen::tonic_incoming(grpc_conns), c.cancelled())
                 .await
             {
                 tracing::error!(error = %e, "gRPC server stopped with an error");
@@ -260,7 +320,8 @@ pub async fn start_with_stores(
     tasks.push((
         "admin-http",
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(admin_listener, app)
+            let listener = listen::AxumListener::new(admin_conns, admin_addr);
+            if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { c.cancelled().await })
                 .await
             {
@@ -268,7 +329,7 @@ pub async fn start_with_stores(
             }
         }),
     ));
-    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, coordinator_id = %cfg.coordinator_id, "coordinator serving");
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, coordinator_id = %cfg.coordinator_id, tls = tls.is_some(), auth = ?cfg.auth, "coordinator serving");
     Ok(RunningCoordinator {
         data,
         meta,

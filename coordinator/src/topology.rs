@@ -792,6 +792,7 @@ impl Topology {
         let req = pb::PullRangeRequest {
             range: Some(convert::range_to_pb(range)),
             source_address: format!("{}:{}", src.record.host, src.record.port),
+            source_node_id: src.record.node_id.clone(),
             resume_after: resume,
             batch_size: self.cfg.stream_batch_size,
             max_bytes_per_sec: self.cfg.stream_max_bytes_per_sec,
@@ -970,8 +971,9 @@ impl Topology {
             let mut client = x.client.clone();
             let r = tokio::time::timeout(
                 RPC_TIMEOUT,
-                client.drop_range(pb::DropRangeRequest {
-                    range: Some(convert::range_to_pb(piece)),
+                client.drop_range({
+                    let (range, whole_ring) = convert::explicit_range_to_pb(piece);
+                    pb::DropRangeRequest { range, whole_ring }
                 }),
             )
             .await

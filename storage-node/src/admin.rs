@@ -94,7 +94,14 @@ pub struct AdminState {
     pub jobs: Arc<Jobs>,
 }
 
-pub fn router(node: Arc<Node>) -> Router {
+/// The admin API. With `admin_token`, every `/api/v1/...` request needs
+/// `Authorization: Bearer <admin_token>` (401 otherwise); `/health` and `/metrics` stay open
+/// for probes and Prometheus. Every action (POST) is written to the audit log.
+pub fn router(node: Arc<Node>, admin_token: Option<&str>) -> Router {
+    let guard = Guard {
+        token_hash: admin_token.map(|t| Arc::from(pairdb_common::auth::hash(t))),
+        node: node.clone(),
+    };
     let state = AdminState {
         node,
         jobs: Arc::new(Jobs::default()),
@@ -115,6 +122,72 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/cache/reduce", post(cache_reduce))
         .route("/api/v1/snapshot", post(snapshot))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(guard, guard_request))
+}
+
+#[derive(Clone)]
+struct Guard {
+    token_hash: Option<Arc<str>>,
+    node: Arc<Node>,
+}
+
+/// Authenticates `/api/v1/...` requests and audits actions.
+async fn guard_request(
+    State(g): State<Guard>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path().to_string();
+    if !path.starts_with("/api/") {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<pairdb_common::tls::listen::PeerInfo>>()
+        .map(|c| c.0.describe())
+        .unwrap_or_else(|| "?".into());
+    let action = format!("{} {}", req.method(), req.uri());
+    let mutating = req.method() != axum::http::Method::GET;
+    let caller = match &g.token_hash {
+        None => "anonymous",
+        Some(h) => {
+            let ok = pairdb_common::auth::bearer(req.headers().get(header::AUTHORIZATION))
+                .ok()
+                .flatten()
+                .is_some_and(|t| pairdb_common::auth::hash_matches(h, t));
+            if !ok {
+                g.node.metrics.security.denied("unauthenticated");
+                if mutating {
+                    pairdb_common::telemetry::audit(
+                        "unauthenticated",
+                        &peer,
+                        &action,
+                        "",
+                        "refused: UNAUTHENTICATED",
+                    );
+                }
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    Json(json!({
+                        "error": "this admin API needs `Authorization: Bearer <admin token>`"
+                    })),
+                )
+                    .into_response();
+            }
+            "admin token"
+        }
+    };
+    let resp = next.run(req).await;
+    if mutating {
+        let outcome = if resp.status().is_success() {
+            "ok".to_string()
+        } else {
+            format!("HTTP {}", resp.status().as_u16())
+        };
+        pairdb_common::telemetry::audit(caller, &peer, &action, "", &outcome);
+    }
+    resp
 }
 
 /// An admin error answered as JSON `{"error": ...}`.

@@ -672,7 +672,14 @@ impl StorageNodeService for StorageApi {
         let started = Instant::now();
         let req = req.into_inner();
         pairdb_common::validate::tenant_filter(&req.tenant_ids).map_err(|e| e.to_status())?;
-        let range = convert::range_from_pb(req.range);
+        let range =
+            convert::explicit_range(req.range, req.whole_ring).map_err(|e| e.to_status())?;
+        if req.written_before_ms == 0 {
+            return Err(Common::InvalidArgument(
+                "written_before_ms is required: tombstones written before it are purged".into(),
+            )
+            .to_status());
+        }
         let tenants = req.tenant_ids.into_iter().collect();
         let before = req.written_before_ms;
         let r = self
@@ -704,7 +711,7 @@ impl StorageNodeService for StorageApi {
         let labels = crate::metrics::OpLabels { op: "pull_range" };
         self.node.metrics.requests.get_or_create(&labels).inc();
         let req = req.into_inner();
-        crate::pull::check(&req)?;
+        crate::pull::check(&req, self.node.tls.is_some())?;
         let permit = self.node.pulls.clone().try_acquire_owned().map_err(|_| {
             Status::from(Error::Overloaded(format!(
                 "{} range pulls are running on this node; retry later",
@@ -725,7 +732,9 @@ impl StorageNodeService for StorageApi {
         req: Request<pb::DropRangeRequest>,
     ) -> Result<Response<pb::DropRangeResponse>, Status> {
         let started = Instant::now();
-        let range = convert::range_from_pb(req.into_inner().range);
+        let req = req.into_inner();
+        let range =
+            convert::explicit_range(req.range, req.whole_ring).map_err(|e| e.to_status())?;
         let r = self.scan(move |s| s.drop_range(range)).await;
         self.observe("drop_range", started, &r);
         let records = r?;

@@ -71,6 +71,17 @@ pub struct Config {
     pub stream_stall_timeout_ms: u64,
     /// Range pulls (`PullRange`) this node runs at once; more are refused with OVERLOADED.
     pub max_concurrent_pulls: usize,
+    /// TLS on the gRPC and admin ports (`[tls]`). With it, `StorageNodeService` admits only
+    /// peers whose client certificate from the cluster CA carries the coordinator or
+    /// storage-node role, and pulls verify the source's certificate names the source node.
+    pub tls: pairdb_common::tls::TlsSettings,
+    /// Bearer token the admin HTTP API's `/api/v1/...` actions require (`PAIRDB_ADMIN_TOKEN`);
+    /// `/health` and `/metrics` stay open. Empty: `admin_token_file`, else no token.
+    pub admin_token: String,
+    /// File whose first line is the admin token (a mounted Secret).
+    pub admin_token_file: Option<PathBuf>,
+    /// Run on a non-loopback address without TLS or an admin token (logged loudly at start).
+    pub insecure: bool,
 }
 
 /// `$name` when set and non-empty, else this machine's hostname.
@@ -117,6 +128,10 @@ impl Default for Config {
             max_queued_scans: 64,
             stream_stall_timeout_ms: 30_000,
             max_concurrent_pulls: 8,
+            tls: Default::default(),
+            admin_token: String::new(),
+            admin_token_file: None,
+            insecure: false,
         }
     }
 }
@@ -173,6 +188,24 @@ pub struct Args {
     /// Start with a new incarnation epoch (after restoring a whole data directory).
     #[arg(long, env = "PAIRDB_NEW_EPOCH")]
     pub new_epoch: Option<bool>,
+    /// PEM certificate chain (turns TLS on with --tls-key and --tls-ca).
+    #[arg(long, env = "PAIRDB_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "PAIRDB_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the cluster CA.
+    #[arg(long, env = "PAIRDB_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Also accept plaintext on the TLS ports (rolling enablement only).
+    #[arg(long, env = "PAIRDB_TLS_ACCEPT_PLAINTEXT")]
+    pub tls_accept_plaintext: Option<bool>,
+    #[arg(long, env = "PAIRDB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    #[arg(long, env = "PAIRDB_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Listen on non-loopback addresses without TLS or an admin token.
+    #[arg(long, env = "PAIRDB_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
 }
 
 /// A configuration that cannot be used, with what to fix.
@@ -216,9 +249,24 @@ impl Config {
             zone => zone,
             virtual_nodes => virtual_nodes,
             new_epoch => new_epoch,
+            tls_accept_plaintext => tls.accept_plaintext,
+            admin_token => admin_token,
+            insecure => insecure,
         );
         if args.join.is_some() {
             c.join = args.join;
+        }
+        if args.tls_cert.is_some() {
+            c.tls.cert = args.tls_cert;
+        }
+        if args.tls_key.is_some() {
+            c.tls.key = args.tls_key;
+        }
+        if args.tls_ca.is_some() {
+            c.tls.ca = args.tls_ca;
+        }
+        if args.admin_token_file.is_some() {
+            c.admin_token_file = args.admin_token_file;
         }
         c.validate()?;
         Ok(c)
@@ -290,7 +338,30 @@ impl Config {
         if self.background_jobs == 0 {
             return Err(ConfigError("background_jobs must be at least 1".into()));
         }
+        self.tls.validate().map_err(ConfigError)?;
+        let token = self.admin_token().map_err(ConfigError)?;
+        self.exposure(token.is_some())?;
         Ok(())
+    }
+
+    /// The admin HTTP token, if configured.
+    pub fn admin_token(&self) -> Result<Option<String>, String> {
+        pairdb_common::auth::read_bootstrap_token(
+            &self.admin_token,
+            self.admin_token_file.as_deref(),
+        )
+    }
+
+    /// Secure by default: `Err` when listening beyond loopback without TLS or an admin token
+    /// (and not `insecure`); `Ok(Some(warning))` when `insecure` allowed it.
+    pub fn exposure(&self, has_admin_token: bool) -> Result<Option<String>, ConfigError> {
+        pairdb_common::tls::check_exposure(
+            &[("gRPC", self.grpc_addr), ("admin", self.admin_addr)],
+            &self.tls,
+            (!has_admin_token).then_some("an admin token (admin_token or admin_token_file)"),
+            self.insecure,
+        )
+        .map_err(ConfigError)
     }
 }
 

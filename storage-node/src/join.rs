@@ -10,6 +10,9 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::coordinator_service_client::CoordinatorServiceClient;
+use pairdb_common::auth::BearerToken;
+use pairdb_common::tls::Expect;
+use pairdb_common::tls::connect::{self, ClientTls};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -33,23 +36,24 @@ fn retryable(s: &tonic::Status) -> bool {
 }
 
 /// Registers once (with retries); returns the node's state as the coordinator reports it.
+/// With TLS the node's certificate (storage-node role, its node id) is what authorizes it to
+/// register itself; `token` (the admin token, when configured) is sent as well.
 pub async fn register(
     coordinator: &str,
     req: pb::AddStorageNodeRequest,
+    tls: ClientTls,
+    token: BearerToken,
     cancel: CancellationToken,
 ) -> Result<pb::TopologyChangeResponse, String> {
-    let url = if coordinator.contains("://") {
-        coordinator.to_string()
-    } else {
-        format!("http://{coordinator}")
-    };
+    let ep = connect::endpoint(coordinator)?.connect_timeout(Duration::from_secs(5));
     let attempt = || {
-        let url = url.clone();
+        let (ep, tls, token) = (ep.clone(), tls.clone(), token.clone());
         let req = req.clone();
         async move {
-            let mut c = CoordinatorServiceClient::connect(url)
+            let ch = connect::channel(ep, tls)
                 .await
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let mut c = CoordinatorServiceClient::with_interceptor(ch, token);
             c.add_storage_node(req).await.map(|r| r.into_inner())
         }
     };
@@ -68,9 +72,26 @@ pub async fn register(
 }
 
 /// Registers in the background and logs the outcome.
-pub fn spawn(cfg: &Config, grpc: SocketAddr, admin: SocketAddr, cancel: CancellationToken) {
+pub fn spawn(
+    cfg: &Config,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    tls: &Option<std::sync::Arc<pairdb_common::tls::Tls>>,
+    cancel: CancellationToken,
+) {
     let Some(coordinator) = cfg.join.clone() else {
         return;
+    };
+    let tls = ClientTls::cluster(tls, Expect::any());
+    let token = match cfg
+        .admin_token()
+        .and_then(|t| BearerToken::new(t.as_deref()))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "admin token unusable; joining without it");
+            BearerToken::default()
+        }
     };
     let req = pb::AddStorageNodeRequest {
         node_id: cfg.node_id.clone(),
@@ -82,7 +103,7 @@ pub fn spawn(cfg: &Config, grpc: SocketAddr, admin: SocketAddr, cancel: Cancella
         initial_member: false,
     };
     tokio::spawn(async move {
-        match register(&coordinator, req, cancel).await {
+        match register(&coordinator, req, tls, token, cancel).await {
             Ok(r) => {
                 let state = r
                     .node

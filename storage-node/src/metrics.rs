@@ -72,6 +72,8 @@ pub struct Metrics {
     pub scans_refused: Counter,
     pub streams_stalled: Counter,
     pub requests_refused: Counter,
+    /// TLS certificate expiry, refused connections, denied requests.
+    pub security: pairdb_common::tls::metrics::SecurityMetrics,
 }
 
 impl Metrics {
@@ -120,6 +122,7 @@ impl Metrics {
             scans_refused: Counter::default(),
             streams_stalled: Counter::default(),
             requests_refused: Counter::default(),
+            security: Default::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -303,6 +306,7 @@ impl Metrics {
             "gRPC requests refused with OVERLOADED: the node was working on max_inflight_requests",
             m.requests_refused.clone(),
         );
+        m.security.register(r);
         Metrics { registry, ..m }
     }
 

@@ -39,6 +39,8 @@ pub struct Node {
     /// Pulls this node may run at once.
     pub pulls: Arc<tokio::sync::Semaphore>,
     pub limits: NodeLimits,
+    /// This node's TLS material (server, and client for pulls); `None`: plaintext.
+    pub tls: Option<Arc<pairdb_common::tls::Tls>>,
     maintenance: AtomicBool,
     /// When the compaction that reclaims dropped ranges is due (Unix ms; 0 = none).
     reclaim_due_ms: AtomicU64,
@@ -80,10 +82,17 @@ impl Node {
             outage,
             started: Instant::now(),
             recent: Recent::default(),
+            tls: None,
             maintenance: AtomicBool::new(false),
             reclaim_due_ms: AtomicU64::new(0),
             reclaim_scheduled: AtomicBool::new(false),
         }
+    }
+
+    /// The node with TLS material (before it is shared).
+    pub fn with_tls(mut self, tls: Option<Arc<pairdb_common::tls::Tls>>) -> Node {
+        self.tls = tls;
+        self
     }
 
     /// Maintenance (drain) mode: client reads and writes are refused with UNAVAILABLE so

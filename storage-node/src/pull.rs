@@ -19,11 +19,13 @@ use std::time::Duration;
 
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
+use pairdb_common::tls::Expect;
+use pairdb_common::tls::connect::{self, ClientTls};
 use pairdb_common::{Error as Common, convert, framing};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::node::Node;
 use crate::store::{Incoming, Origin};
@@ -41,22 +43,26 @@ const CHUNK_WAIT: Duration = Duration::from_secs(1);
 
 /// One lazily connected HTTP/2 channel per source address, shared by every pull of this
 /// process (a bootstrap pulls hundreds of ranges and verification buckets from few sources).
-static CHANNELS: LazyLock<Mutex<HashMap<String, Channel>>> = LazyLock::new(Default::default);
+/// Keyed by address and the node id the source must prove (with TLS, by its certificate).
+static CHANNELS: LazyLock<Mutex<HashMap<(String, String), Channel>>> =
+    LazyLock::new(Default::default);
 
-fn channel_to(address: &str) -> Result<Channel, Status> {
+fn channel_to(node: &Node, address: &str, node_id: &str) -> Result<Channel, Status> {
     let mut map = CHANNELS.lock();
-    if let Some(c) = map.get(address) {
+    let k = (address.to_string(), node_id.to_string());
+    if let Some(c) = map.get(&k) {
         return Ok(c.clone());
     }
-    let c = Endpoint::from_shared(format!("http://{address}"))
+    let tls = ClientTls::cluster(&node.tls, Expect::storage_node(Some(node_id)));
+    let ep = connect::endpoint(address)
         .map_err(|e| Common::InvalidArgument(format!("source_address: {e}")).to_status())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         // Bulk transfer: HTTP/2's default 64 KiB windows would stall every 512-record batch.
         .initial_stream_window_size(Some(STREAM_WINDOW))
-        .initial_connection_window_size(Some(STREAM_WINDOW * 2))
-        .connect_lazy();
-    map.insert(address.to_string(), c.clone());
+        .initial_connection_window_size(Some(STREAM_WINDOW * 2));
+    let c = connect::lazy_channel(ep, tls);
+    map.insert(k, c.clone());
     Ok(c)
 }
 
@@ -75,9 +81,22 @@ pub async fn run(
     }
 }
 
-/// Checks a pull request before anything starts: the source address and the filters.
-pub fn check(req: &pb::PullRangeRequest) -> Result<(), Status> {
+/// Checks a pull request before anything starts: the source address, the source's node id
+/// (required with TLS: the source's certificate must name it, so a pull only reads from a
+/// certified storage node), and the filters.
+pub fn check(req: &pb::PullRangeRequest, tls: bool) -> Result<(), Status> {
     pairdb_common::validate::address(&req.source_address).map_err(|e| e.to_status())?;
+    if req.source_node_id.is_empty() {
+        if tls {
+            return Err(Common::InvalidArgument(
+                "source_node_id is required: the source's certificate must name that node".into(),
+            )
+            .to_status());
+        }
+    } else {
+        pairdb_common::validate::node_id(&req.source_node_id)
+            .map_err(|e| Common::InvalidArgument(format!("source_node_id: {e}")).to_status())?;
+    }
     crate::api::check_filter(req.sub_ranges.len(), &req.tenant_ids, req.key_hashes.len())?;
     Ok(())
 }
@@ -88,7 +107,7 @@ async fn pull(
     tx: &mpsc::Sender<Result<pb::PullProgress, Status>>,
 ) -> Result<(), Status> {
     let range = convert::range_from_pb(req.range);
-    let channel = channel_to(&req.source_address)?;
+    let channel = channel_to(node, &req.source_address, &req.source_node_id)?;
     let mut source = StorageNodeServiceClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);

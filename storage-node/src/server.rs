@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pairdb_common::api::pb::storage_node_service_server::StorageNodeServiceServer;
+use pairdb_common::tls::listen::{self, ListenConfig};
+use pairdb_common::tls::{ClientAuth, Role, Tls};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::StorageApi;
 use crate::config::Config;
@@ -65,6 +66,10 @@ pub enum StartError {
     Reflection(String),
     #[error("start-up task failed: {0}")]
     Task(String),
+    #[error("{0}")]
+    Tls(#[from] pairdb_common::tls::TlsError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Opens the engine in `data_dir/db` and establishes the node identity.
@@ -122,6 +127,16 @@ pub fn open_store(
 /// Starts a node and returns once both listeners are bound and the node is serving.
 pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, StartError> {
     let metrics = Arc::new(Metrics::new(&cfg.node_id));
+    let admin_token = cfg.admin_token().map_err(StartError::Config)?;
+    if let Some(warning) = cfg
+        .exposure(admin_token.is_some())
+        .map_err(|e| StartError::Config(e.to_string()))?
+    {
+        tracing::warn!(
+            "INSECURE (--insecure): {warning}; anyone who can reach these ports can read and erase this node's data"
+        );
+    }
+    let tls = Tls::load_optional(&cfg.tls, metrics.security.on_loaded())?;
     let (store, disk) = {
         let cfg = cfg.clone();
         let metrics = metrics.clone();
@@ -137,20 +152,23 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
             .map_err(|e| StartError::Task(format!("record liveness: {e}")))?
     };
     let outage = Arc::new(outage);
-    let node = Arc::new(Node::new(
-        cfg.node_id.clone(),
-        cfg.data_dir.clone(),
-        store,
-        disk.clone(),
-        metrics,
-        outage.clone(),
-        crate::node::NodeLimits {
-            scan_threads: cfg.scan_threads,
-            max_queued_scans: cfg.max_queued_scans,
-            stream_stall_timeout_ms: cfg.stream_stall_timeout_ms,
-            max_concurrent_pulls: cfg.max_concurrent_pulls,
-        },
-    ));
+    let node = Arc::new(
+        Node::new(
+            cfg.node_id.clone(),
+            cfg.data_dir.clone(),
+            store,
+            disk.clone(),
+            metrics,
+            outage.clone(),
+            crate::node::NodeLimits {
+                scan_threads: cfg.scan_threads,
+                max_queued_scans: cfg.max_queued_scans,
+                stream_stall_timeout_ms: cfg.stream_stall_timeout_ms,
+                max_concurrent_pulls: cfg.max_concurrent_pulls,
+            },
+        )
+        .with_tls(tls.clone()),
+    );
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
 
@@ -180,8 +198,14 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
     let refused = node.metrics.clone();
+    let denied = node.metrics.clone();
     let grpc = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(cfg.max_concurrent_requests)
+        .layer(pairdb_common::grpc::RoleLayer::new(
+            "/pairdb.StorageNodeService/",
+            &[Role::Coordinator, Role::StorageNode],
+            move || denied.security.denied("role"),
+        ))
         .layer(pairdb_common::grpc::AdmissionLayer::new(
             cfg.max_inflight_requests,
             move || {
@@ -194,17 +218,29 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(svc);
+    let listen = |client_auth, alpn| ListenConfig {
+        tls: tls.clone(),
+        client_auth,
+        alpn,
+        on_refused: node.metrics.security.on_refused(),
+    };
+    // Peers must show a cluster-CA certificate; RoleLayer then checks its role.
+    let grpc_conns = listen::incoming(
+        grpc_listener,
+        listen(ClientAuth::Required, listen::ALPN_H2),
+        cancel.clone(),
+    );
+    let admin_conns = listen::incoming(
+        admin_listener,
+        listen(ClientAuth::None, listen::ALPN_HTTP1),
+        cancel.clone(),
+    );
     let c = cancel.clone();
     tasks.push((
         "grpc",
         tokio::spawn(async move {
             if let Err(e) = grpc
-                .serve_with_incoming_shutdown(
-                    // Nagle off on accepted sockets (the builder's tcp_nodelay only applies
-                    // when tonic binds the listener itself).
-                    TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-                    c.cancelled(),
-                )
+                .serve_with_incoming_shutdown(listen::tonic_incoming(grpc_conns), c.cancelled())
                 .await
             {
                 tracing::error!(error = %e, "gRPC server stopped with an error");
@@ -212,14 +248,18 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         }),
     ));
 
-    let app = crate::admin::router(node.clone());
+    let app = crate::admin::router(node.clone(), admin_token.as_deref());
     let c = cancel.clone();
     tasks.push((
         "admin-http",
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(admin_listener, app)
-                .with_graceful_shutdown(async move { c.cancelled().await })
-                .await
+            let listener = listen::AxumListener::new(admin_conns, admin_addr);
+            if let Err(e) = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<listen::PeerInfo>(),
+            )
+            .with_graceful_shutdown(async move { c.cancelled().await })
+            .await
             {
                 tracing::error!(error = %e, "admin HTTP server stopped with an error");
             }
@@ -232,6 +272,12 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         tokio::spawn(disk.run(interval, cancel.clone())),
     ));
     tasks.push(("liveness", tokio::spawn(outage.run(cancel.clone()))));
+    if let Some(t) = &tls {
+        tasks.push((
+            "tls-reload",
+            tokio::spawn(t.clone().run_reload(cancel.clone())),
+        ));
+    }
 
     tracing::info!(
         node_id = %cfg.node_id,
@@ -239,9 +285,11 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         admin = %admin_addr,
         data_dir = %cfg.data_dir.display(),
         sync_writes = cfg.sync_writes,
+        tls = tls.is_some(),
+        admin_token = admin_token.is_some(),
         "storage node serving"
     );
-    crate::join::spawn(&cfg, grpc_addr, admin_addr, cancel.clone());
+    crate::join::spawn(&cfg, grpc_addr, admin_addr, &tls, cancel.clone());
     Ok(RunningNode {
         node,
         grpc_addr,

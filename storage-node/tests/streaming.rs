@@ -180,6 +180,7 @@ async fn stream_sub_range_into_second_node_then_digests_match_and_resume_is_exac
     let dropped = b
         .drop_range(pb::DropRangeRequest {
             range: range_pb(range),
+            whole_ring: false,
         })
         .await
         .unwrap()

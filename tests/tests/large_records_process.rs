@@ -123,6 +123,7 @@ async fn hints_bootstrap_and_repair_move_300_kib_records() {
                 start: 0,
                 end: u64::MAX / 2,
             }),
+            whole_ring: false,
         })
         .await
         .unwrap()

@@ -225,6 +225,54 @@ impl std::fmt::Debug for ContextKeyRecord {
     }
 }
 
+/// What a bearer token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRole {
+    /// Topology, tenants, repair, hints, tokens, and every tenant's data.
+    Admin,
+    /// One tenant's keys (`TokenRecord::tenant_id`).
+    Tenant,
+}
+
+impl TokenRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRole::Admin => "admin",
+            TokenRole::Tenant => "tenant",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TokenRole> {
+        match s {
+            "admin" => Some(TokenRole::Admin),
+            "tenant" => Some(TokenRole::Tenant),
+            _ => None,
+        }
+    }
+}
+
+/// A `tokens` row. The token itself is never stored: only its SHA-256 (`token_hash`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRecord {
+    pub token_id: String,
+    pub token_hash: String,
+    pub role: TokenRole,
+    /// The tenant of a tenant token (`None` for admin tokens).
+    pub tenant_id: Option<String>,
+    /// Whether the token may write (tenant tokens; admin tokens always may).
+    pub write: bool,
+    pub description: String,
+    pub created_at_ms: u64,
+    pub expires_at_ms: Option<u64>,
+    pub revoked_at_ms: Option<u64>,
+}
+
+impl TokenRecord {
+    pub fn access_str(&self) -> &'static str {
+        if self.write { "read-write" } else { "read" }
+    }
+}
+
 /// What a topology change does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -504,6 +552,14 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Makes a new key (from `secret`) the current one; the previous current key keeps opening
     /// tokens for `grace_ms`; keys past their grace are deleted. Returns the new key's id.
     async fn rotate_context_key(&self, secret: &[u8], grace_ms: u64) -> MetaResult<u32>;
+
+    /// Stores a new token (`Conflict` if its id exists).
+    async fn create_token(&self, t: &TokenRecord) -> MetaResult<()>;
+    /// Every token, revoked ones included, oldest first.
+    async fn list_tokens(&self) -> MetaResult<Vec<TokenRecord>>;
+    /// Marks a token revoked now. `NotFound` for an unknown id; revoking twice keeps the
+    /// first time.
+    async fn revoke_token(&self, token_id: &str) -> MetaResult<TokenRecord>;
 
     /// Records a new running repair. `Conflict` (naming the active run) while another is active:
     /// at most one repair runs at a time.

@@ -208,6 +208,23 @@ fn tenant_row(r: &SqliteRow) -> MetaResult<TenantRecord> {
     })
 }
 
+fn token_row(r: &SqliteRow) -> MetaResult<TokenRecord> {
+    let role: String = r.try_get("role")?;
+    let access: String = r.try_get("access")?;
+    Ok(TokenRecord {
+        token_id: r.try_get("token_id")?,
+        token_hash: r.try_get("token_hash")?,
+        role: TokenRole::parse(&role)
+            .ok_or_else(|| MetaError::BadRow(format!("token role {role:?}")))?,
+        tenant_id: r.try_get("tenant_id")?,
+        write: access == "read-write",
+        description: r.try_get("description")?,
+        created_at_ms: to_u64(r.try_get::<i64, _>("created_ms")?),
+        expires_at_ms: r.try_get::<Option<i64>, _>("expires_ms")?.map(to_u64),
+        revoked_at_ms: r.try_get::<Option<i64>, _>("revoked_ms")?.map(to_u64),
+    })
+}
+
 fn hint_row(r: &SqliteRow) -> MetaResult<HintRecord> {
     Ok(HintRecord {
         hint_id: r.try_get("hint_id")?,
@@ -720,6 +737,51 @@ impl MetaStore for SqliteMeta {
         .await?;
         tx.commit().await?;
         Ok(id as u32)
+    }
+
+    async fn create_token(&self, t: &TokenRecord) -> MetaResult<()> {
+        sqlx::query(
+            "INSERT INTO tokens (token_id, token_hash, role, tenant_id, access, description, \
+             created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(&t.token_id)
+        .bind(&t.token_hash)
+        .bind(t.role.as_str())
+        .bind(&t.tenant_id)
+        .bind(t.access_str())
+        .bind(&t.description)
+        .bind(t.created_at_ms as i64)
+        .bind(t.expires_at_ms.map(|v| v.min(i64::MAX as u64) as i64))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_tokens(&self) -> MetaResult<Vec<TokenRecord>> {
+        let rows = sqlx::query(
+            "SELECT token_id, token_hash, role, tenant_id, access, description, \
+             created_at AS created_ms, expires_at AS expires_ms, revoked_at AS revoked_ms \
+             FROM tokens ORDER BY created_at, token_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_row).collect()
+    }
+
+    async fn revoke_token(&self, token_id: &str) -> MetaResult<TokenRecord> {
+        let row = sqlx::query(
+            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE token_id = ?1 \
+             RETURNING token_id, token_hash, role, tenant_id, access, description, \
+             created_at AS created_ms, expires_at AS expires_ms, revoked_at AS revoked_ms",
+        )
+        .bind(token_id)
+        .bind(now_ms() as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => token_row(&r),
+            None => Err(MetaError::NotFound(format!("token {token_id}"))),
+        }
     }
 
     async fn create_repair(&self, r: &RepairRecord) -> MetaResult<()> {
