@@ -342,7 +342,11 @@ async fn start_node(a: &StorageArgs, dir: &std::path::Path) -> anyhow::Result<No
     Ok(node)
 }
 
-pub async fn run(cmd: BenchCmd, coordinator: &str, json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    cmd: BenchCmd,
+    coordinator: &pairdb_common::client::Dial,
+    json: bool,
+) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Storage(a) => storage(a, json).await,
         BenchCmd::Workload(a) => crate::workload::run(coordinator, a, json).await,

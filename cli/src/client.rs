@@ -6,20 +6,8 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use pairdb_common::api::pb;
-use pairdb_common::api::pb::coordinator_service_client::CoordinatorServiceClient;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
-pub async fn connect(addr: &str) -> Result<CoordinatorServiceClient<Channel>> {
-    let url = if addr.starts_with("http") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    CoordinatorServiceClient::connect(url.clone())
-        .await
-        .with_context(|| format!("connect to coordinator {url}"))
-}
 
 fn consistency(s: &Option<String>) -> Result<i32> {
     Ok(match s.as_deref().map(str::to_ascii_uppercase).as_deref() {
@@ -88,7 +76,7 @@ pub struct DeleteArgs {
 }
 
 pub async fn put(
-    c: &mut CoordinatorServiceClient<Channel>,
+    c: &mut pairdb_common::client::Coordinator,
     a: PutArgs,
     json_out: bool,
 ) -> Result<()> {
@@ -123,7 +111,7 @@ pub async fn put(
 }
 
 pub async fn get(
-    c: &mut CoordinatorServiceClient<Channel>,
+    c: &mut pairdb_common::client::Coordinator,
     a: GetArgs,
     json_out: bool,
 ) -> Result<()> {
@@ -199,7 +187,7 @@ pub async fn get(
 }
 
 pub async fn delete(
-    c: &mut CoordinatorServiceClient<Channel>,
+    c: &mut pairdb_common::client::Coordinator,
     a: DeleteArgs,
     json_out: bool,
 ) -> Result<()> {
@@ -326,7 +314,7 @@ fn print_tenants(ts: &[pb::Tenant], json_out: bool) {
 }
 
 pub async fn tenant(
-    c: &mut CoordinatorServiceClient<Channel>,
+    c: &mut pairdb_common::client::Coordinator,
     cmd: TenantCmd,
     json_out: bool,
 ) -> Result<()> {
@@ -414,7 +402,7 @@ pub enum ClusterCmd {
 }
 
 pub async fn cluster(
-    c: &mut CoordinatorServiceClient<Channel>,
+    c: &mut pairdb_common::client::Coordinator,
     cmd: ClusterCmd,
     json_out: bool,
 ) -> Result<()> {

@@ -30,6 +30,53 @@ pub struct DevArgs {
     /// Admin HTTP port of the first storage node; the others follow.
     #[arg(long, default_value_t = 9101)]
     pub admin_base_port: u16,
+    /// TLS on every port and tokens required: writes a throwaway CA, certificates and a
+    /// bootstrap admin token under `<data-dir>/tls` (kept across restarts) and prints how to
+    /// point grpcurl, curl and pairdbctl at them.
+    #[arg(long)]
+    pub tls: bool,
+}
+
+/// The dev cluster's security material (`--tls`).
+struct DevTls {
+    dir: PathBuf,
+    token: String,
+}
+
+impl DevTls {
+    fn settings(&self, name: &str) -> pairdb_common::tls::TlsSettings {
+        pairdb_common::tls::TlsSettings {
+            cert: Some(self.dir.join(format!("{name}.crt"))),
+            key: Some(self.dir.join(format!("{name}.key"))),
+            ca: Some(self.dir.join("ca.crt")),
+            ..Default::default()
+        }
+    }
+}
+
+fn dev_tls(data_dir: &std::path::Path, nodes: u16) -> anyhow::Result<DevTls> {
+    let dir = data_dir.join("tls");
+    let ids: Vec<String> = (1..=nodes).map(|i| format!("dev-{i}")).collect();
+    let complete = dir.join("ca.crt").exists()
+        && dir.join("dev-coordinator.crt").exists()
+        && ids.iter().all(|n| dir.join(format!("{n}.crt")).exists());
+    if !complete {
+        crate::security::write_cluster(
+            &dir,
+            &ids,
+            &["dev-coordinator".to_string()],
+            &["127.0.0.1".to_string(), "localhost".to_string()],
+            30,
+        )?;
+    }
+    let token_file = dir.join("admin-token");
+    if !token_file.exists() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&token_file, pairdb_common::auth::new_token().token)?;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let token = std::fs::read_to_string(&token_file)?.trim().to_string();
+    Ok(DevTls { dir, token })
 }
 
 pub async fn run(a: DevArgs, json: bool) -> anyhow::Result<()> {
@@ -37,6 +84,11 @@ pub async fn run(a: DevArgs, json: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.data_dir)
         .with_context(|| format!("create {}", a.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&a.data_dir)?;
+    let sec = if a.tls {
+        Some(dev_tls(&data_dir, a.nodes)?)
+    } else {
+        None
+    };
     let mut nodes = Vec::new();
     for i in 0..a.nodes {
         let id = format!("dev-{}", i + 1);
@@ -47,6 +99,8 @@ pub async fn run(a: DevArgs, json: bool) -> anyhow::Result<()> {
             admin_addr: ([127, 0, 0, 1], a.admin_base_port + i).into(),
             block_cache_mb: 64,
             memtable_mb: 16,
+            tls: sec.as_ref().map(|t| t.settings(&id)).unwrap_or_default(),
+            admin_token: sec.as_ref().map(|t| t.token.clone()).unwrap_or_default(),
             ..Config::default()
         };
         let node = server::start(cfg, StartOptions::default())
@@ -81,27 +135,70 @@ pub async fn run(a: DevArgs, json: bool) -> anyhow::Result<()> {
         database_url: url.clone(),
         grpc_addr: ([127, 0, 0, 1], a.port).into(),
         admin_addr: ([127, 0, 0, 1], a.admin_port).into(),
+        tls: sec
+            .as_ref()
+            .map(|t| t.settings("dev-coordinator"))
+            .unwrap_or_default(),
+        auth: if sec.is_some() {
+            pairdb_coordinator::auth::AuthMode::Required
+        } else {
+            pairdb_coordinator::auth::AuthMode::Off
+        },
+        admin_token: sec.as_ref().map(|t| t.token.clone()).unwrap_or_default(),
         ..Default::default()
     };
     let coordinator = pairdb_coordinator::server::start_with(ccfg, store)
         .await
         .context("start coordinator")?;
 
+    let scheme = if sec.is_some() { "https" } else { "http" };
     if json {
         let storage: Vec<serde_json::Value> = nodes
             .iter()
-            .map(|n| serde_json::json!({"node_id": n.node.node_id, "grpc": n.grpc_addr.to_string(), "admin": format!("http://{}", n.admin_addr)}))
+            .map(|n| serde_json::json!({"node_id": n.node.node_id, "grpc": n.grpc_addr.to_string(), "admin": format!("{scheme}://{}", n.admin_addr)}))
             .collect();
         println!(
             "{}",
             serde_json::json!({
                 "coordinator": coordinator.grpc_addr.to_string(),
-                "coordinator_admin": format!("http://{}", coordinator.admin_addr),
+                "coordinator_admin": format!("{scheme}://{}", coordinator.admin_addr),
                 "storage_nodes": storage,
                 "database_url": url,
                 "data_dir": data_dir,
+                "tls_ca": sec.as_ref().map(|t| t.dir.join("ca.crt")),
+                "admin_token_file": sec.as_ref().map(|t| t.dir.join("admin-token")),
             })
         );
+    } else if let Some(t) = &sec {
+        let ca = t.dir.join("ca.crt");
+        let tok = t.dir.join("admin-token");
+        let c = coordinator.grpc_addr;
+        println!("pairdb dev cluster is up with TLS and tokens (data in {})", data_dir.display());
+        println!("  coordinator      gRPC {c}   admin https://{}", coordinator.admin_addr);
+        for n in &nodes {
+            println!(
+                "  storage node {:<4} gRPC {}    admin https://{}",
+                n.node.node_id, n.grpc_addr, n.admin_addr
+            );
+        }
+        println!("  CA               {}", ca.display());
+        println!("  admin token      {} (bootstrap token: make real ones with `pairdbctl token create`)", tok.display());
+        println!("\nTry:");
+        println!("  export PAIRDB_TLS_CA={} PAIRDB_TOKEN=$(cat {})", ca.display(), tok.display());
+        println!("  pairdbctl cluster status");
+        println!("  pairdbctl token create --role tenant --tenant default");
+        println!("  grpcurl -cacert {} -H \"authorization: Bearer $PAIRDB_TOKEN\" {c} list", ca.display());
+        println!(
+            "  grpcurl -cacert {} -H \"authorization: Bearer $PAIRDB_TOKEN\" -d '{{\"tenant_id\":\"default\",\"key\":\"aGVsbG8=\",\"value\":\"d29ybGQ=\"}}' {c} pairdb.CoordinatorService/Write",
+            ca.display()
+        );
+        println!(
+            "  curl --cacert {} -H \"Authorization: Bearer $PAIRDB_TOKEN\" -X POST https://{}/api/v1/integrity/scan-all",
+            ca.display(),
+            nodes.first().map(|n| n.admin_addr.to_string()).unwrap_or_default()
+        );
+        println!("\nStorage nodes admit only the coordinator's and each other's certificates (mTLS).");
+        println!("Ctrl-C stops the cluster; the data, certificates and token stay for the next start.");
     } else {
         println!("pairdb dev cluster is up (data in {})", data_dir.display());
         println!(

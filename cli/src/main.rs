@@ -18,6 +18,7 @@ mod dev;
 mod follow;
 mod repair;
 mod repairbench;
+mod security;
 mod streambench;
 mod topology;
 mod workload;
@@ -38,8 +39,31 @@ struct Cli {
         default_value = "127.0.0.1:50051"
     )]
     coordinator: String,
+    /// Bearer token sent on every call (shown once by `pairdbctl token create`).
+    #[arg(long, global = true, env = "PAIRDB_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA bundle that verifies the coordinator's certificate (turns TLS on; so does https://).
+    #[arg(long, global = true, env = "PAIRDB_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate to present (optional; with --tls-key).
+    #[arg(long, global = true, env = "PAIRDB_TLS_CLIENT_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, global = true, env = "PAIRDB_TLS_CLIENT_KEY")]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+impl Cli {
+    fn dial(&self) -> pairdb_common::client::Dial {
+        pairdb_common::client::Dial {
+            address: self.coordinator.clone(),
+            token: self.token.clone(),
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +94,12 @@ enum Cmd {
     /// Anti-entropy repair: start one, follow its progress.
     #[command(subcommand)]
     Repair(repair::RepairCmd),
+    /// Bearer tokens: create (shown once), list, revoke. Needs an admin token.
+    #[command(subcommand)]
+    Token(security::TokenCmd),
+    /// Certificates for a small cluster: a CA, and per-role certificates signed by it.
+    #[command(subcommand)]
+    Certs(security::CertsCmd),
 }
 
 #[tokio::main]
@@ -82,32 +112,40 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let dial = cli.dial();
+    let connect = || async {
+        dial.connect()
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+    };
     match cli.cmd {
         Cmd::Dev(a) => dev::run(a, cli.json).await,
-        Cmd::Bench(b) => bench::run(b, &cli.coordinator, cli.json).await,
+        Cmd::Bench(b) => bench::run(b, &dial, cli.json).await,
         Cmd::Put(a) => {
-            client::put(&mut client::connect(&cli.coordinator).await?, a, cli.json).await
+            client::put(&mut connect().await?, a, cli.json).await
         }
         Cmd::Get(a) => {
-            client::get(&mut client::connect(&cli.coordinator).await?, a, cli.json).await
+            client::get(&mut connect().await?, a, cli.json).await
         }
         Cmd::Delete(a) => {
-            client::delete(&mut client::connect(&cli.coordinator).await?, a, cli.json).await
+            client::delete(&mut connect().await?, a, cli.json).await
         }
         Cmd::Tenant(t) => {
-            client::tenant(&mut client::connect(&cli.coordinator).await?, t, cli.json).await
+            client::tenant(&mut connect().await?, t, cli.json).await
         }
         Cmd::Cluster(c) => {
-            client::cluster(&mut client::connect(&cli.coordinator).await?, c, cli.json).await
+            client::cluster(&mut connect().await?, c, cli.json).await
         }
         Cmd::Node(n) => {
-            topology::node(&mut client::connect(&cli.coordinator).await?, n, cli.json).await
+            topology::node(&mut connect().await?, n, cli.json).await
         }
         Cmd::Changes(c) => {
-            topology::changes(&mut client::connect(&cli.coordinator).await?, c, cli.json).await
+            topology::changes(&mut connect().await?, c, cli.json).await
         }
         Cmd::Repair(r) => {
-            repair::repair(&mut client::connect(&cli.coordinator).await?, r, cli.json).await
+            repair::repair(&mut connect().await?, r, cli.json).await
         }
+        Cmd::Token(t) => security::token(&mut connect().await?, t, cli.json).await,
+        Cmd::Certs(c) => security::certs(c, cli.json),
     }
 }

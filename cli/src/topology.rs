@@ -6,13 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use pairdb_common::api::pb;
-use pairdb_common::api::pb::coordinator_service_client::CoordinatorServiceClient;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use crate::client::{describe, print_nodes};
 
-type Client = CoordinatorServiceClient<Channel>;
+type Client = pairdb_common::client::Coordinator;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum NodeCmd {

@@ -144,7 +144,11 @@ struct Shared {
     update_err: AtomicU64,
 }
 
-pub async fn run(coordinator: &str, a: WorkloadArgs, json: bool) -> Result<()> {
+pub async fn run(
+    coordinator: &pairdb_common::client::Dial,
+    a: WorkloadArgs,
+    json: bool,
+) -> Result<()> {
     let read_share = match a.workload.as_str() {
         "a" | "A" => 0.5,
         "b" | "B" => 0.95,
@@ -157,17 +161,13 @@ pub async fn run(coordinator: &str, a: WorkloadArgs, json: bool) -> Result<()> {
         o => anyhow::bail!("unknown distribution {o}: use uniform or zipfian"),
     };
     let consistency = level(&a.consistency)?;
-    let url = if coordinator.starts_with("http") {
-        coordinator.to_string()
-    } else {
-        format!("http://{coordinator}")
-    };
-    let channel = tonic::transport::Channel::from_shared(url)?
-        .tcp_nodelay(true)
-        .connect()
+    let channel = coordinator
+        .channel()
         .await
-        .context("connect to coordinator")?;
-    let client = pb::coordinator_service_client::CoordinatorServiceClient::new(channel.clone());
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let client = coordinator
+        .wrap(channel.clone())
+        .map_err(|e| anyhow::anyhow!(e))?;
     let health = tonic_health::pb::health_client::HealthClient::new(channel);
 
     let mut tenant = pb::Tenant {

@@ -263,13 +263,15 @@ impl Auth {
             }
             Ok(Some(t)) => t,
         };
-        let Some(id) = auth::token_id(token) else {
-            return match &self.bootstrap_hash {
-                Some(h) if auth::hash_matches(h, token) => Ok(Principal::Admin {
+        if let Some(h) = &self.bootstrap_hash {
+            if auth::hash_matches(h, token) {
+                return Ok(Principal::Admin {
                     token_id: "bootstrap".into(),
-                }),
-                _ => Err(unauthenticated("unknown token")),
-            };
+                });
+            }
+        }
+        let Some(id) = auth::token_id(token) else {
+            return Err(unauthenticated("unknown token"));
         };
         let found = self.tokens.read().get(id).cloned();
         let found = match found {
@@ -389,9 +391,13 @@ where
                 None => layer
                     .auth
                     .authenticate(req.headers().get("authorization"))
-                    .await
-                    .and_then(|p| p.allows(need).map(|()| p)),
+                    .await,
             };
+            let mut caller = "unauthenticated".to_string();
+            let p = p.and_then(|p| {
+                caller = p.describe();
+                p.allows(need).map(|()| p)
+            });
             let p = match p {
                 Ok(p) => p,
                 Err(e) => {
@@ -407,7 +413,7 @@ where
                             .map(|i| i.describe())
                             .unwrap_or_default();
                         pairdb_common::telemetry::audit(
-                            "refused",
+                            &caller,
                             &peer,
                             req.uri().path(),
                             "",
