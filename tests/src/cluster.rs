@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use pairdb_common::api::pb;
-use pairdb_common::api::pb::coordinator_service_client::CoordinatorServiceClient;
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
 use pairdb_common::ring::NodeState;
 use pairdb_coordinator::meta::{self, MetaStore, NodeRecord, NodeStatus, TenantRecord};
@@ -230,11 +229,11 @@ impl TestCluster {
         })
     }
 
-    pub async fn client(&self, i: usize) -> Result<CoordinatorServiceClient<Channel>> {
-        Ok(
-            CoordinatorServiceClient::connect(format!("http://{}", self.coordinators[i].grpc_addr))
-                .await?,
-        )
+    pub async fn client(&self, i: usize) -> Result<pairdb_common::client::Coordinator> {
+        pairdb_common::client::Dial::plaintext(self.coordinators[i].grpc_addr.to_string())
+            .connect()
+            .await
+            .map_err(anyhow::Error::msg)
     }
 
     pub async fn storage(&self, i: usize) -> Result<StorageNodeServiceClient<Channel>> {
@@ -395,7 +394,7 @@ pub fn read_req(key: &[u8], consistency: pb::Consistency) -> pb::ReadRequest {
 /// Polls a repair through `client` until it is no longer running (at most `deadline`); returns
 /// its final status.
 pub async fn wait_repair(
-    client: &mut CoordinatorServiceClient<Channel>,
+    client: &mut pairdb_common::client::Coordinator,
     repair_id: &str,
     deadline: Duration,
 ) -> Result<pb::RepairStatus> {

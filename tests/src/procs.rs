@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use pairdb_common::api::pb;
-use pairdb_common::api::pb::coordinator_service_client::CoordinatorServiceClient;
+use pairdb_common::client::{Coordinator, Dial};
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
 use pairdb_common::ring::{NodeState, Ring, RingMember};
 use pairdb_coordinator::meta::{self, MetaStore, NodeRecord, TenantRecord};
@@ -17,6 +17,74 @@ use tonic::transport::Channel;
 
 use crate::cluster::{PgDb, wait_async};
 use crate::{ChildGuard, binary, free_port, wait_until};
+
+/// TLS and token material of a secure process cluster: a CA, a certificate per process, the
+/// bootstrap admin token. The test process acts as a coordinator towards storage nodes.
+pub struct Secure {
+    pub dir: std::path::PathBuf,
+    ca_cert: String,
+    ca_key: String,
+    pub token: String,
+}
+
+impl Secure {
+    fn new(dir: &std::path::Path) -> Result<Secure> {
+        use pairdb_common::tls::certs;
+        let dir = dir.join("tls");
+        let ca = certs::new_ca("test CA", 30)?;
+        certs::write_pair(&dir, "ca", &ca)?;
+        let s = Secure {
+            dir,
+            ca_cert: ca.cert_pem,
+            ca_key: ca.key_pem,
+            token: pairdb_common::auth::new_token().token,
+        };
+        s.issue(certs::LeafSpec::coordinator(
+            "coordinator",
+            &["127.0.0.1", "localhost"],
+            30,
+        ))?;
+        Ok(s)
+    }
+
+    /// Issues (or reissues) the certificate `spec.common_name`.
+    pub fn issue(&self, spec: pairdb_common::tls::certs::LeafSpec) -> Result<()> {
+        let issued = pairdb_common::tls::certs::issue(&self.ca_cert, &self.ca_key, &spec)?;
+        pairdb_common::tls::certs::write_pair(&self.dir, &spec.common_name, &issued)?;
+        Ok(())
+    }
+
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// `PAIRDB_TLS_*` for the process whose certificate is `name`.
+    fn env(&self, name: &str) -> Vec<(String, String)> {
+        let f = |ext: &str| self.dir.join(format!("{name}.{ext}")).display().to_string();
+        vec![
+            ("PAIRDB_TLS_CERT".into(), f("crt")),
+            ("PAIRDB_TLS_KEY".into(), f("key")),
+            ("PAIRDB_TLS_CA".into(), self.ca().display().to_string()),
+            ("PAIRDB_ADMIN_TOKEN".into(), self.token.clone()),
+        ]
+    }
+
+    /// A client TLS configuration presenting the coordinator certificate, expecting `expect`.
+    pub fn client_tls(
+        &self,
+        expect: &pairdb_common::tls::Expect,
+    ) -> Result<pairdb_common::tls::connect::ClientTls> {
+        let cfg = pairdb_common::tls::connect::tool_config(
+            &self.ca(),
+            Some((
+                &self.dir.join("coordinator.crt"),
+                &self.dir.join("coordinator.key"),
+            )),
+            expect,
+        )?;
+        Ok(pairdb_common::tls::connect::ClientTls::Fixed(cfg))
+    }
+}
 
 /// Spawns a server process and waits until it accepts connections on `port`.
 fn spawn_listening(name: &str, cmd: &mut Command, port: u16) -> Result<ChildGuard> {
@@ -44,6 +112,8 @@ pub struct NodeProc {
     /// Coordinator to self-register with (`--join`).
     pub join: Option<String>,
     pub child: Option<ChildGuard>,
+    /// TLS and admin token (a secure cluster).
+    pub secure: Option<Arc<Secure>>,
 }
 
 impl NodeProc {
@@ -55,6 +125,7 @@ impl NodeProc {
             admin: free_port()?,
             join: None,
             child: None,
+            secure: None,
         })
     }
 
@@ -79,6 +150,16 @@ impl NodeProc {
         if let Some(j) = &self.join {
             cmd.args(["--join", j]);
         }
+        if let Some(sec) = &self.secure {
+            if !sec.dir.join(format!("{}.crt", self.id)).exists() {
+                sec.issue(pairdb_common::tls::certs::LeafSpec::storage_node(
+                    &self.id,
+                    &["127.0.0.1", "localhost"],
+                    30,
+                ))?;
+            }
+            cmd.envs(sec.env(&self.id));
+        }
         self.child = Some(spawn_listening(&self.id, &mut cmd, self.grpc)?);
         Ok(())
     }
@@ -97,9 +178,61 @@ impl NodeProc {
         )
     }
 
+    /// A client to this node (with the coordinator certificate in a secure cluster).
     pub async fn client(&self) -> Result<StorageNodeServiceClient<Channel>> {
-        Ok(StorageNodeServiceClient::connect(format!("http://{}", self.addr())).await?)
+        let tls = match &self.secure {
+            Some(sec) => sec.client_tls(&pairdb_common::tls::Expect::storage_node(Some(&self.id)))?,
+            None => pairdb_common::tls::connect::ClientTls::Off,
+        };
+        let ep = pairdb_common::tls::connect::endpoint(&self.addr()).map_err(anyhow::Error::msg)?;
+        Ok(StorageNodeServiceClient::new(
+            pairdb_common::tls::connect::channel(ep, tls).await?,
+        ))
     }
+
+    /// The Prometheus text this node serves.
+    pub async fn metrics(&self) -> Result<String> {
+        admin_get(self.admin, "/metrics", self.secure.as_deref()).await
+    }
+}
+
+/// GET `path` on a local admin port (HTTPS with the cluster CA and the admin token in a
+/// secure cluster).
+pub async fn admin_get(port: u16, path: &str, secure: Option<&Secure>) -> Result<String> {
+    let Some(sec) = secure else {
+        return Ok(reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+            .await?
+            .text()
+            .await?);
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = pairdb_common::tls::connect::tool_config(
+        &sec.ca(),
+        None,
+        &pairdb_common::tls::Expect::any(),
+    )?;
+    let mut cfg = (*cfg).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1")?;
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await?;
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            sec.token
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    // A TLS close without close_notify still leaves the whole answer in `buf`.
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+    Ok(body.to_string())
 }
 
 /// A coordinator process.
@@ -109,6 +242,7 @@ pub struct CoordProc {
     pub admin: u16,
     pub env: Vec<(String, String)>,
     pub child: Option<ChildGuard>,
+    pub secure: Option<Arc<Secure>>,
 }
 
 impl CoordProc {
@@ -127,6 +261,9 @@ impl CoordProc {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        if let Some(sec) = &self.secure {
+            cmd.envs(sec.env("coordinator")).env("PAIRDB_AUTH", "required");
+        }
         self.child = Some(spawn_listening(&self.id, &mut cmd, self.grpc)?);
         Ok(())
     }
@@ -139,8 +276,18 @@ impl CoordProc {
         self.child.is_some()
     }
 
-    pub async fn client(&self) -> Result<CoordinatorServiceClient<Channel>> {
-        Ok(CoordinatorServiceClient::connect(format!("http://{}", self.addr())).await?)
+    /// How a client reaches this coordinator (TLS and the admin token in a secure cluster).
+    pub fn dial(&self) -> Dial {
+        Dial {
+            address: self.addr(),
+            token: self.secure.as_ref().map(|s| s.token.clone()),
+            ca: self.secure.as_ref().map(|s| s.ca()),
+            ..Dial::default()
+        }
+    }
+
+    pub async fn client(&self) -> Result<Coordinator> {
+        self.dial().connect().await.map_err(anyhow::Error::msg)
     }
 }
 
@@ -151,6 +298,9 @@ pub struct ProcOptions {
     pub coordinators: usize,
     /// Extra coordinator environment (throttles, grace, lease).
     pub coord_env: Vec<(String, String)>,
+    /// TLS on every port (mTLS to storage nodes), tokens required, admin tokens on the
+    /// admin HTTP ports.
+    pub secure: bool,
 }
 
 impl Default for ProcOptions {
@@ -162,6 +312,7 @@ impl Default for ProcOptions {
                 ("PAIRDB_CLEANUP_GRACE_SECS".into(), "2".into()),
                 ("PAIRDB_CHANGE_LEASE_MS".into(), "3000".into()),
             ],
+            secure: false,
         }
     }
 }
@@ -172,6 +323,7 @@ pub struct ProcCluster {
     pub meta: Arc<dyn MetaStore>,
     pub nodes: Vec<NodeProc>,
     pub coords: Vec<CoordProc>,
+    pub secure: Option<Arc<Secure>>,
     _pg: PgDb,
 }
 
@@ -179,12 +331,18 @@ impl ProcCluster {
     /// PostgreSQL database, `nodes` NORMAL storage nodes, tenant `t1` (RF 3), coordinators.
     pub async fn start(o: ProcOptions) -> Result<ProcCluster> {
         let dir = tempfile::tempdir()?;
+        let secure = if o.secure {
+            Some(Arc::new(Secure::new(dir.path())?))
+        } else {
+            None
+        };
         let pg = PgDb::create().await?;
         let meta = meta::connect(&pg.url).await?;
         meta.migrate().await?;
         let mut nodes = Vec::new();
         for i in 1..=o.nodes {
             let mut n = NodeProc::new(&format!("n{i}"), dir.path())?;
+            n.secure = secure.clone();
             n.start()?;
             meta.add_node(&n.record()).await?;
             nodes.push(n);
@@ -199,6 +357,7 @@ impl ProcCluster {
                 admin: free_port()?,
                 env: o.coord_env.clone(),
                 child: None,
+                secure: secure.clone(),
             };
             c.start(&pg.url)?;
             coords.push(c);
@@ -209,13 +368,15 @@ impl ProcCluster {
             meta,
             nodes,
             coords,
+            secure,
             _pg: pg,
         })
     }
 
     /// A new node process (not started).
     pub fn new_node(&mut self, id: &str) -> Result<&mut NodeProc> {
-        let n = NodeProc::new(id, self.dir.path())?;
+        let mut n = NodeProc::new(id, self.dir.path())?;
+        n.secure = self.secure.clone();
         self.nodes.push(n);
         self.nodes.last_mut().context("pushed")
     }
@@ -227,8 +388,17 @@ impl ProcCluster {
             .unwrap_or_else(|| panic!("no node {id}"))
     }
 
+    /// How clients reach every running coordinator.
+    pub fn coord_dials(&self) -> Vec<Dial> {
+        self.coords
+            .iter()
+            .filter(|c| c.running())
+            .map(|c| c.dial())
+            .collect()
+    }
+
     /// A client to the first running coordinator.
-    pub async fn coord(&self) -> Result<CoordinatorServiceClient<Channel>> {
+    pub async fn coord(&self) -> Result<Coordinator> {
         let c = self
             .coords
             .iter()
@@ -460,15 +630,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(coords: Vec<String>, prefix: &str, max: usize, max_time: Duration) -> Writer {
+    pub fn start(coords: Vec<Dial>, prefix: &str, max: usize, max_time: Duration) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let prefix = prefix.to_string();
         let handle = tokio::spawn(async move {
             let deadline = Instant::now() + max_time;
             let mut clients = Vec::new();
-            for a in &coords {
-                if let Ok(c) = CoordinatorServiceClient::connect(format!("http://{a}")).await {
+            for d in &coords {
+                if let Ok(c) = d.connect().await {
                     clients.push(c);
                 }
             }
@@ -502,7 +672,7 @@ impl Writer {
 
 /// Loads `count` keys of about `value_bytes` each through BatchWrite at QUORUM.
 pub async fn preload(
-    c: &mut CoordinatorServiceClient<Channel>,
+    c: &mut Coordinator,
     prefix: &str,
     count: usize,
     value_bytes: usize,

@@ -43,7 +43,7 @@ async fn a_repair_survives_kill9_of_its_driving_coordinator() {
     );
 
     // Writes go on through both coordinators for the whole run.
-    let writer = Writer::start(c.coord_addrs(), "during", 100_000, Duration::from_secs(150));
+    let writer = Writer::start(c.coord_dials(), "during", 100_000, Duration::from_secs(150));
     let mut client = c.coord().await.unwrap();
     let run = client
         .start_repair(pb::StartRepairRequest::default())

@@ -62,19 +62,50 @@ async fn wait_mid_stream(c: &ProcCluster, id: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Runs with TLS on every port, mTLS between coordinators and storage nodes (the new node's
+/// pulls verify their sources' certificates), tokens required and admin tokens on the admin
+/// ports: the secured cluster loses nothing either, and the new node joins (`--join`) on the
+/// strength of its certificate alone.
 async fn bootstrap_3_to_4_under_writes_loses_nothing_and_cleanup_drops_surplus() {
     let _s = serial_async().await;
-    let mut c = ProcCluster::start(ProcOptions::default()).await.unwrap();
+    let mut c = ProcCluster::start(ProcOptions {
+        secure: true,
+        ..ProcOptions::default()
+    })
+    .await
+    .unwrap();
+    // Secure really is on: the coordinator refuses a client without a token, and a node
+    // refuses plaintext.
+    let anonymous = pairdb_common::client::Dial {
+        token: None,
+        ..c.coords[0].dial()
+    };
+    let err = anonymous
+        .connect()
+        .await
+        .unwrap()
+        .get_hint_stats(pb::GetHintStatsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let plain = pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient::connect(
+        format!("http://{}", c.nodes[0].addr()),
+    )
+    .await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(mut p) => p.node_info(pb::NodeInfoRequest {}).await.is_err(),
+    };
+    assert!(refused, "a storage node served plaintext in a secure cluster");
     let mut acked = preload(&mut c.coord().await.unwrap(), "pre", 2000, 200)
         .await
         .unwrap();
-    let writer = Writer::start(c.coord_addrs(), "live", 50_000, Duration::from_secs(60));
+    let writer = Writer::start(c.coord_dials(), "live", 50_000, Duration::from_secs(60));
     // Self-registration: the node joins through a coordinator and bootstraps.
     let coord = c.coords[0].addr();
     let n4 = c.new_node("n4").unwrap();
     n4.join = Some(coord);
     n4.start().unwrap();
-    let n4_admin = n4.admin;
     let id = change_of(&c, "n4", ChangeKind::Bootstrap).await;
     c.wait_change(&id, "completed", CHANGE_DEADLINE)
         .await
@@ -93,7 +124,7 @@ async fn bootstrap_3_to_4_under_writes_loses_nothing_and_cleanup_drops_surplus()
     c.check_quorum_reads(&acked).await.unwrap();
     c.check_digests("n4").await.unwrap();
     // The new node's ranges went in as ingested tables while the writer was writing to them.
-    let metrics = metrics_text(n4_admin).await.unwrap();
+    let metrics = c.node("n4").metrics().await.unwrap();
     let ingested = metrics
         .lines()
         .find(|l| l.starts_with("stream_keys_ingested_total"))
@@ -116,7 +147,7 @@ async fn decommission_4_to_3_under_writes_and_removal_below_rf_is_refused() {
     let mut acked = preload(&mut c.coord().await.unwrap(), "pre", 2000, 200)
         .await
         .unwrap();
-    let writer = Writer::start(c.coord_addrs(), "live", 50_000, Duration::from_secs(60));
+    let writer = Writer::start(c.coord_dials(), "live", 50_000, Duration::from_secs(60));
     let r = c
         .coord()
         .await
@@ -196,7 +227,7 @@ async fn driving_coordinator_killed_mid_bootstrap_another_resumes() {
         .unwrap()
         .kill9()
         .unwrap();
-    let writer = Writer::start(c.coord_addrs(), "live", 50_000, Duration::from_secs(60));
+    let writer = Writer::start(c.coord_dials(), "live", 50_000, Duration::from_secs(60));
     c.wait_change(&id, "completed", CHANGE_DEADLINE)
         .await
         .unwrap();
@@ -305,7 +336,7 @@ async fn two_bootstraps_requested_together_both_complete() {
     let mut acked = preload(&mut c.coord().await.unwrap(), "pre", 2000, 200)
         .await
         .unwrap();
-    let writer = Writer::start(c.coord_addrs(), "live", 50_000, Duration::from_secs(90));
+    let writer = Writer::start(c.coord_dials(), "live", 50_000, Duration::from_secs(90));
     let (a, b) = (c.coords[0].addr(), c.coords[1].addr());
     let n4 = c.new_node("n4").unwrap();
     n4.join = Some(a);
@@ -342,7 +373,7 @@ async fn abort_mid_bootstrap_restores_the_ring_and_loses_nothing() {
     n4.join = Some(coord);
     n4.start().unwrap();
     let id = change_of(&c, "n4", ChangeKind::Bootstrap).await;
-    let writer = Writer::start(c.coord_addrs(), "live", 50_000, Duration::from_secs(60));
+    let writer = Writer::start(c.coord_dials(), "live", 50_000, Duration::from_secs(60));
     wait_mid_stream(&c, &id).await;
     let aborted = c
         .coord()
