@@ -8,7 +8,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use pairdb_common::api::pb;
 use serde_json::{Value, json};
 
-
 fn consistency(s: &Option<String>) -> Result<i32> {
     Ok(match s.as_deref().map(str::to_ascii_uppercase).as_deref() {
         None => 0,

@@ -173,8 +173,14 @@ pub async fn run(a: DevArgs, json: bool) -> anyhow::Result<()> {
         let ca = t.dir.join("ca.crt");
         let tok = t.dir.join("admin-token");
         let c = coordinator.grpc_addr;
-        println!("pairdb dev cluster is up with TLS and tokens (data in {})", data_dir.display());
-        println!("  coordinator      gRPC {c}   admin https://{}", coordinator.admin_addr);
+        println!(
+            "pairdb dev cluster is up with TLS and tokens (data in {})",
+            data_dir.display()
+        );
+        println!(
+            "  coordinator      gRPC {c}   admin https://{}",
+            coordinator.admin_addr
+        );
         for n in &nodes {
             println!(
                 "  storage node {:<4} gRPC {}    admin https://{}",
@@ -182,12 +188,22 @@ pub async fn run(a: DevArgs, json: bool) -> anyhow::Result<()> {
             );
         }
         println!("  CA               {}", ca.display());
-        println!("  admin token      {} (bootstrap token: make real ones with `pairdbctl token create`)", tok.display());
+        println!(
+            "  admin token      {} (bootstrap token: make real ones with `pairdbctl token create`)",
+            tok.display()
+        );
         println!("\nTry:");
-        println!("  export PAIRDB_TLS_CA={} PAIRDB_TOKEN=$(cat {})", ca.display(), tok.display());
+        println!(
+            "  export PAIRDB_TLS_CA={} PAIRDB_TOKEN=$(cat {})",
+            ca.display(),
+            tok.display()
+        );
         println!("  pairdbctl cluster status");
         println!("  pairdbctl token create --role tenant --tenant default");
-        println!("  grpcurl -cacert {} -H \"authorization: Bearer $PAIRDB_TOKEN\" {c} list", ca.display());
+        println!(
+            "  grpcurl -cacert {} -H \"authorization: Bearer $PAIRDB_TOKEN\" {c} list",
+            ca.display()
+        );
         println!(
             "  grpcurl -cacert {} -H \"authorization: Bearer $PAIRDB_TOKEN\" -d '{{\"tenant_id\":\"default\",\"key\":\"aGVsbG8=\",\"value\":\"d29ybGQ=\"}}' {c} pairdb.CoordinatorService/Write",
             ca.display()
@@ -195,10 +211,17 @@ pub async fn run(a: DevArgs, json: bool) -> anyhow::Result<()> {
         println!(
             "  curl --cacert {} -H \"Authorization: Bearer $PAIRDB_TOKEN\" -X POST https://{}/api/v1/integrity/scan-all",
             ca.display(),
-            nodes.first().map(|n| n.admin_addr.to_string()).unwrap_or_default()
+            nodes
+                .first()
+                .map(|n| n.admin_addr.to_string())
+                .unwrap_or_default()
         );
-        println!("\nStorage nodes admit only the coordinator's and each other's certificates (mTLS).");
-        println!("Ctrl-C stops the cluster; the data, certificates and token stay for the next start.");
+        println!(
+            "\nStorage nodes admit only the coordinator's and each other's certificates (mTLS)."
+        );
+        println!(
+            "Ctrl-C stops the cluster; the data, certificates and token stay for the next start."
+        );
     } else {
         println!("pairdb dev cluster is up (data in {})", data_dir.display());
         println!(

@@ -113,38 +113,18 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let dial = cli.dial();
-    let connect = || async {
-        dial.connect()
-            .await
-            .map_err(|e| anyhow::anyhow!(e))
-    };
+    let connect = || async { dial.connect().await.map_err(|e| anyhow::anyhow!(e)) };
     match cli.cmd {
         Cmd::Dev(a) => dev::run(a, cli.json).await,
         Cmd::Bench(b) => bench::run(b, &dial, cli.json).await,
-        Cmd::Put(a) => {
-            client::put(&mut connect().await?, a, cli.json).await
-        }
-        Cmd::Get(a) => {
-            client::get(&mut connect().await?, a, cli.json).await
-        }
-        Cmd::Delete(a) => {
-            client::delete(&mut connect().await?, a, cli.json).await
-        }
-        Cmd::Tenant(t) => {
-            client::tenant(&mut connect().await?, t, cli.json).await
-        }
-        Cmd::Cluster(c) => {
-            client::cluster(&mut connect().await?, c, cli.json).await
-        }
-        Cmd::Node(n) => {
-            topology::node(&mut connect().await?, n, cli.json).await
-        }
-        Cmd::Changes(c) => {
-            topology::changes(&mut connect().await?, c, cli.json).await
-        }
-        Cmd::Repair(r) => {
-            repair::repair(&mut connect().await?, r, cli.json).await
-        }
+        Cmd::Put(a) => client::put(&mut connect().await?, a, cli.json).await,
+        Cmd::Get(a) => client::get(&mut connect().await?, a, cli.json).await,
+        Cmd::Delete(a) => client::delete(&mut connect().await?, a, cli.json).await,
+        Cmd::Tenant(t) => client::tenant(&mut connect().await?, t, cli.json).await,
+        Cmd::Cluster(c) => client::cluster(&mut connect().await?, c, cli.json).await,
+        Cmd::Node(n) => topology::node(&mut connect().await?, n, cli.json).await,
+        Cmd::Changes(c) => topology::changes(&mut connect().await?, c, cli.json).await,
+        Cmd::Repair(r) => repair::repair(&mut connect().await?, r, cli.json).await,
         Cmd::Token(t) => security::token(&mut connect().await?, t, cli.json).await,
         Cmd::Certs(c) => security::certs(c, cli.json),
     }

@@ -47,7 +47,12 @@ impl ContextKeys {
         Ok(Arc::new(ContextKeys {
             meta,
             ring: RwLock::new(Arc::new(ring)),
-            last_reload: Mutex::new(Instant::now()),
+            // The first unknown key id may reload at once.
+            last_reload: Mutex::new(
+                Instant::now()
+                    .checked_sub(MIN_RELOAD_GAP)
+                    .unwrap_or_else(Instant::now),
+            ),
             refresh,
         }))
     }

@@ -122,7 +122,7 @@ pub struct TestCluster {
     _pg: Option<PgDb>,
 }
 
-fn free_addr() -> Result<std::net::SocketAddr> {
+pub fn free_addr() -> Result<std::net::SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 

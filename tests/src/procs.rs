@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use pairdb_common::api::pb;
-use pairdb_common::client::{Coordinator, Dial};
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
+use pairdb_common::client::{Coordinator, Dial};
 use pairdb_common::ring::{NodeState, Ring, RingMember};
 use pairdb_coordinator::meta::{self, MetaStore, NodeRecord, TenantRecord};
 use tonic::transport::Channel;
@@ -181,7 +181,9 @@ impl NodeProc {
     /// A client to this node (with the coordinator certificate in a secure cluster).
     pub async fn client(&self) -> Result<StorageNodeServiceClient<Channel>> {
         let tls = match &self.secure {
-            Some(sec) => sec.client_tls(&pairdb_common::tls::Expect::storage_node(Some(&self.id)))?,
+            Some(sec) => {
+                sec.client_tls(&pairdb_common::tls::Expect::storage_node(Some(&self.id)))?
+            }
             None => pairdb_common::tls::connect::ClientTls::Off,
         };
         let ep = pairdb_common::tls::connect::endpoint(&self.addr()).map_err(anyhow::Error::msg)?;
@@ -205,34 +207,68 @@ pub async fn admin_get(port: u16, path: &str, secure: Option<&Secure>) -> Result
             .text()
             .await?);
     };
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let cfg = pairdb_common::tls::connect::tool_config(
-        &sec.ca(),
-        None,
-        &pairdb_common::tls::Expect::any(),
-    )?;
-    let mut cfg = (*cfg).clone();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1")?;
-    let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await?;
-    s.write_all(
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            sec.token
+    let auth = AdminAuth {
+        ca: sec.ca(),
+        token: Some(sec.token.clone()),
+    };
+    let (status, body) = auth.get(port, path).await?;
+    anyhow::ensure!(status == 200, "{path}: HTTP {status}: {body}");
+    Ok(body)
+}
+
+/// HTTPS requests to a local admin port: trusting `ca`, sending `token` when given.
+#[derive(Clone)]
+pub struct AdminAuth {
+    pub ca: std::path::PathBuf,
+    pub token: Option<String>,
+}
+
+impl AdminAuth {
+    pub async fn get(&self, port: u16, path: &str) -> Result<(u16, String)> {
+        self.request(port, "GET", path).await
+    }
+
+    pub async fn post(&self, port: u16, path: &str) -> Result<(u16, String)> {
+        self.request(port, "POST", path).await
+    }
+
+    async fn request(&self, port: u16, method: &str, path: &str) -> Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cfg = pairdb_common::tls::connect::tool_config(
+            &self.ca,
+            None,
+            &pairdb_common::tls::Expect::any(),
+        )?;
+        let mut cfg = (*cfg).clone();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1")?;
+        let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await?;
+        let auth = match &self.token {
+            Some(t) => format!("Authorization: Bearer {t}\r\n"),
+            None => String::new(),
+        };
+        s.write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            )
+            .as_bytes(),
         )
-        .as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    // A TLS close without close_notify still leaves the whole answer in `buf`.
-    let _ = s.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
-    Ok(body.to_string())
+        .await?;
+        let mut buf = Vec::new();
+        // A TLS close without close_notify still leaves the whole answer in `buf`.
+        let _ = s.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status")?;
+        Ok((status, body.to_string()))
+    }
 }
 
 /// A coordinator process.
@@ -262,7 +298,8 @@ impl CoordProc {
             cmd.env(k, v);
         }
         if let Some(sec) = &self.secure {
-            cmd.envs(sec.env("coordinator")).env("PAIRDB_AUTH", "required");
+            cmd.envs(sec.env("coordinator"))
+                .env("PAIRDB_AUTH", "required");
         }
         self.child = Some(spawn_listening(&self.id, &mut cmd, self.grpc)?);
         Ok(())

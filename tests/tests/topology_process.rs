@@ -88,15 +88,19 @@ async fn bootstrap_3_to_4_under_writes_loses_nothing_and_cleanup_drops_surplus()
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
-    let plain = pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient::connect(
-        format!("http://{}", c.nodes[0].addr()),
-    )
-    .await;
+    let plain =
+        pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient::connect(
+            format!("http://{}", c.nodes[0].addr()),
+        )
+        .await;
     let refused = match plain {
         Err(_) => true,
         Ok(mut p) => p.node_info(pb::NodeInfoRequest {}).await.is_err(),
     };
-    assert!(refused, "a storage node served plaintext in a secure cluster");
+    assert!(
+        refused,
+        "a storage node served plaintext in a secure cluster"
+    );
     let mut acked = preload(&mut c.coord().await.unwrap(), "pre", 2000, 200)
         .await
         .unwrap();
