@@ -30,7 +30,8 @@ export RUST_LOG=warn
 admin=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
 run() { # run <label> <secure 0|1>
-  local label=$1 secure=$2 db="pairdb_secbench_$$_$label" run_pids=() tls_node=() tls_coord=() ctl_tls=()
+  local label=$1 secure=$2
+  local db="pairdb_secbench_$$_$label" run_pids=() tls_node=() tls_coord=() ctl_tls=()
   dbs+=("$db")
   psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db"
   rm -rf "$work/data"
