@@ -95,29 +95,98 @@ fn dev_tls_cluster_serves_grpcurl_over_tls_with_tokens_only() -> Result<()> {
         b64(b"tls-key"),
         b64(b"tls-value")
     );
-    let read = format!("{{\"tenant_id\":\"default\",\"key\":\"{}\"}}", b64(b"tls-key"));
+    let read = format!(
+        "{{\"tenant_id\":\"default\",\"key\":\"{}\"}}",
+        b64(b"tls-key")
+    );
     // Plaintext is refused; TLS without a token is UNAUTHENTICATED.
     assert!(run_grpcurl(&["-plaintext", &addr, "list"]).is_err());
-    let e = run_grpcurl(&["-cacert", &ca, "-d", &write, &addr, "pairdb.CoordinatorService/Write"])
-        .unwrap_err()
-        .to_string();
+    let e = run_grpcurl(&[
+        "-cacert",
+        &ca,
+        "-d",
+        &write,
+        &addr,
+        "pairdb.CoordinatorService/Write",
+    ])
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("Unauthenticated"), "{e}");
-    run_grpcurl(&["-cacert", &ca, "-H", &bearer, "-d", &write, &addr, "pairdb.CoordinatorService/Write"])?;
-    let out = run_grpcurl(&["-cacert", &ca, "-H", &bearer, "-d", &read, &addr, "pairdb.CoordinatorService/Read"])?;
+    run_grpcurl(&[
+        "-cacert",
+        &ca,
+        "-H",
+        &bearer,
+        "-d",
+        &write,
+        &addr,
+        "pairdb.CoordinatorService/Write",
+    ])?;
+    let out = run_grpcurl(&[
+        "-cacert",
+        &ca,
+        "-H",
+        &bearer,
+        "-d",
+        &read,
+        &addr,
+        "pairdb.CoordinatorService/Read",
+    ])?;
     assert!(out.contains(&b64(b"tls-value")), "{out}");
     // A read-only tenant token, made with pairdbctl over TLS.
     let made = Command::new(binary("pairdbctl")?)
-        .args(["--coordinator", &addr, "--tls-ca", &ca, "--token", token.trim(), "--json"])
-        .args(["token", "create", "--role", "tenant", "--tenant", "default", "--read-only"])
+        .args([
+            "--coordinator",
+            &addr,
+            "--tls-ca",
+            &ca,
+            "--token",
+            token.trim(),
+            "--json",
+        ])
+        .args([
+            "token",
+            "create",
+            "--role",
+            "tenant",
+            "--tenant",
+            "default",
+            "--read-only",
+        ])
         .output()?;
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&made.stdout)?;
-    let ro = format!("authorization: Bearer {}", v["token"].as_str().unwrap_or_default());
-    let out = run_grpcurl(&["-cacert", &ca, "-H", &ro, "-d", &read, &addr, "pairdb.CoordinatorService/Read"])?;
+    let ro = format!(
+        "authorization: Bearer {}",
+        v["token"].as_str().unwrap_or_default()
+    );
+    let out = run_grpcurl(&[
+        "-cacert",
+        &ca,
+        "-H",
+        &ro,
+        "-d",
+        &read,
+        &addr,
+        "pairdb.CoordinatorService/Read",
+    ])?;
     assert!(out.contains(&b64(b"tls-value")), "{out}");
-    let e = run_grpcurl(&["-cacert", &ca, "-H", &ro, "-d", &write, &addr, "pairdb.CoordinatorService/Write"])
-        .unwrap_err()
-        .to_string();
+    let e = run_grpcurl(&[
+        "-cacert",
+        &ca,
+        "-H",
+        &ro,
+        "-d",
+        &write,
+        &addr,
+        "pairdb.CoordinatorService/Write",
+    ])
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("PermissionDenied"), "{e}");
     // A storage node refuses grpcurl even with the cluster CA: it has no client certificate.
     let node = format!("127.0.0.1:{storage}");
