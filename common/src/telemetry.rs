@@ -14,8 +14,10 @@ pub fn init_logging(json: bool) {
         Ok(d) => filter.add_directive(d),
         Err(_) => filter,
     };
+    // Colours only on a terminal: a log file or a collector gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()

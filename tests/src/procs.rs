@@ -28,7 +28,7 @@ pub struct Secure {
 }
 
 impl Secure {
-    fn new(dir: &std::path::Path) -> Result<Secure> {
+    pub fn new(dir: &std::path::Path) -> Result<Secure> {
         use pairdb_common::tls::certs;
         let dir = dir.join("tls");
         let ca = certs::new_ca("test CA", 30)?;
@@ -59,7 +59,7 @@ impl Secure {
     }
 
     /// `PAIRDB_TLS_*` for the process whose certificate is `name`.
-    fn env(&self, name: &str) -> Vec<(String, String)> {
+    pub fn env(&self, name: &str) -> Vec<(String, String)> {
         let f = |ext: &str| self.dir.join(format!("{name}.{ext}")).display().to_string();
         vec![
             ("PAIRDB_TLS_CERT".into(), f("crt")),
@@ -114,6 +114,8 @@ pub struct NodeProc {
     pub child: Option<ChildGuard>,
     /// TLS and admin token (a secure cluster).
     pub secure: Option<Arc<Secure>>,
+    /// Extra environment, applied last (a test switching settings between restarts).
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeProc {
@@ -126,6 +128,7 @@ impl NodeProc {
             join: None,
             child: None,
             secure: None,
+            env: Vec::new(),
         })
     }
 
@@ -160,6 +163,7 @@ impl NodeProc {
             }
             cmd.envs(sec.env(&self.id));
         }
+        cmd.envs(self.env.iter().cloned());
         self.child = Some(spawn_listening(&self.id, &mut cmd, self.grpc)?);
         Ok(())
     }
@@ -279,6 +283,8 @@ pub struct CoordProc {
     pub env: Vec<(String, String)>,
     pub child: Option<ChildGuard>,
     pub secure: Option<Arc<Secure>>,
+    /// Append the process's stderr (its log, the audit trail) to this file.
+    pub log: Option<std::path::PathBuf>,
 }
 
 impl CoordProc {
@@ -300,6 +306,13 @@ impl CoordProc {
         if let Some(sec) = &self.secure {
             cmd.envs(sec.env("coordinator"))
                 .env("PAIRDB_AUTH", "required");
+        }
+        if let Some(path) = &self.log {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            cmd.stderr(f);
         }
         self.child = Some(spawn_listening(&self.id, &mut cmd, self.grpc)?);
         Ok(())
@@ -395,6 +408,7 @@ impl ProcCluster {
                 env: o.coord_env.clone(),
                 child: None,
                 secure: secure.clone(),
+                log: None,
             };
             c.start(&pg.url)?;
             coords.push(c);

@@ -898,3 +898,49 @@ fn a_non_loopback_bind_without_tls_and_auth_refuses_to_start_unless_insecure() {
     env.push(("PAIRDB_INSECURE", "true"));
     starts("pairdb-coordinator", &["serve"], &env, cg).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_at_once() {
+    let _s = serial_async().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(&dir.path().join("tls"), "cluster CA");
+    let hosts = ["127.0.0.1", "localhost"];
+    ca.issue(LeafSpec::coordinator("coordinator", &hosts, 30));
+    ca.issue(LeafSpec::storage_node("n1", &hosts, 30));
+    let cfg = pairdb_storage_node::Config {
+        node_id: "n1".into(),
+        data_dir: dir.path().join("n1"),
+        grpc_addr: free_addr().unwrap(),
+        admin_addr: free_addr().unwrap(),
+        block_cache_mb: 16,
+        memtable_mb: 8,
+        // Polling would take an hour: only the signal can explain a prompt reload.
+        tls: TlsSettings {
+            reload_interval_ms: 3_600_000,
+            ..ca.settings("n1")
+        },
+        ..Default::default()
+    };
+    let n = pairdb_storage_node::server::start(cfg, StartOptions::default())
+        .await
+        .unwrap();
+    // The reload worker has installed its SIGHUP handler once it has run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let old = pem_der(&ca.dir.join("n1.crt"));
+    assert_eq!(served_certificate(n.grpc_addr, &ca).await, old);
+    ca.issue(LeafSpec::storage_node("n1", &hosts, 60));
+    let new = pem_der(&ca.dir.join("n1.crt"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        served_certificate(n.grpc_addr, &ca).await,
+        old,
+        "reloaded without a signal"
+    );
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::HUP).unwrap();
+    wait_async("SIGHUP reloads", Duration::from_secs(3), || async {
+        served_certificate(n.grpc_addr, &ca).await == new
+    })
+    .await
+    .unwrap();
+    n.shutdown().await;
+}
