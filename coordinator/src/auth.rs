@@ -14,18 +14,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pairdb_common::Error as E;
 use pairdb_common::auth::{self, BearerError};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::meta::{MetaResult, MetaStore, TokenRecord, TokenRole};
-
-/// Least time between two reloads caused by unknown token ids.
-const MIN_RELOAD_GAP: Duration = Duration::from_secs(1);
 
 /// How the coordinator treats bearer tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -150,7 +147,7 @@ pub struct Auth {
     bootstrap_hash: Option<String>,
     meta: Arc<dyn MetaStore>,
     tokens: RwLock<Arc<HashMap<String, TokenRecord>>>,
-    last_reload: Mutex<Instant>,
+    gate: crate::contexts::ReloadGate,
     refresh: Duration,
     on_anonymous: Box<dyn Fn() + Send + Sync>,
 }
@@ -173,12 +170,7 @@ impl Auth {
             bootstrap_hash: bootstrap.map(auth::hash),
             meta,
             tokens: RwLock::new(Arc::new(HashMap::new())),
-            // The first unknown id may reload at once.
-            last_reload: Mutex::new(
-                Instant::now()
-                    .checked_sub(MIN_RELOAD_GAP)
-                    .unwrap_or_else(Instant::now),
-            ),
+            gate: Default::default(),
             refresh,
             on_anonymous: Box::new(on_anonymous),
         });
@@ -203,12 +195,7 @@ impl Auth {
     }
 
     fn may_reload(&self) -> bool {
-        let mut last = self.last_reload.lock();
-        if last.elapsed() < MIN_RELOAD_GAP {
-            return false;
-        }
-        *last = Instant::now();
-        true
+        self.gate.pass()
     }
 
     /// Makes a revocation (or a new token) on this coordinator take effect at once.

@@ -18,13 +18,39 @@ use tokio_util::sync::CancellationToken;
 
 use crate::meta::{MetaError, MetaResult, MetaStore};
 
-/// Least time between two reloads caused by unknown key ids.
+/// Least time between two reloads caused by unknown ids (key ids here, token ids in `auth`).
 const MIN_RELOAD_GAP: Duration = Duration::from_secs(1);
+
+/// Lets an on-demand reload through at most once per [`MIN_RELOAD_GAP`] (the first at once),
+/// so unknown ids sent by anyone cannot hammer the metadata store.
+pub struct ReloadGate(Mutex<Instant>);
+
+impl Default for ReloadGate {
+    fn default() -> Self {
+        ReloadGate(Mutex::new(
+            Instant::now()
+                .checked_sub(MIN_RELOAD_GAP)
+                .unwrap_or_else(Instant::now),
+        ))
+    }
+}
+
+impl ReloadGate {
+    /// Whether a reload may run now (and, if so, starts the next gap).
+    pub fn pass(&self) -> bool {
+        let mut last = self.0.lock();
+        if last.elapsed() < MIN_RELOAD_GAP {
+            return false;
+        }
+        *last = Instant::now();
+        true
+    }
+}
 
 pub struct ContextKeys {
     meta: Arc<dyn MetaStore>,
     ring: RwLock<Arc<Keyring>>,
-    last_reload: Mutex<Instant>,
+    gate: ReloadGate,
     refresh: Duration,
 }
 
@@ -47,12 +73,7 @@ impl ContextKeys {
         Ok(Arc::new(ContextKeys {
             meta,
             ring: RwLock::new(Arc::new(ring)),
-            // The first unknown key id may reload at once.
-            last_reload: Mutex::new(
-                Instant::now()
-                    .checked_sub(MIN_RELOAD_GAP)
-                    .unwrap_or_else(Instant::now),
-            ),
+            gate: ReloadGate::default(),
             refresh,
         }))
     }
@@ -79,12 +100,7 @@ impl ContextKeys {
     }
 
     fn may_reload(&self) -> bool {
-        let mut last = self.last_reload.lock();
-        if last.elapsed() < MIN_RELOAD_GAP {
-            return false;
-        }
-        *last = Instant::now();
-        true
+        self.gate.pass()
     }
 
     /// Reads the keys from the metadata store again.

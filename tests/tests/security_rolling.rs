@@ -18,6 +18,22 @@ fn kv(k: &str, v: &str) -> (String, String) {
     (k.to_string(), v.to_string())
 }
 
+/// A plaintext, token-less write through every coordinator: the transitional states of
+/// steps 2–3 keep serving old clients (so the writer's traffic overlapped each restart).
+async fn plaintext_write_works(c: &ProcCluster, key: &str) {
+    for co in &c.coords {
+        let mut w = Dial::plaintext(co.addr()).connect().await.unwrap();
+        w.write(pairdb_tests::cluster::write_req(
+            key.as_bytes(),
+            b"probe",
+            vec![],
+            pb::Consistency::Quorum,
+        ))
+        .await
+        .unwrap();
+    }
+}
+
 async fn wait_all_up(c: &ProcCluster) {
     // One heartbeat round after the restart is visible in storage_nodes.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -60,6 +76,7 @@ async fn tls_and_tokens_are_enabled_one_process_at_a_time_under_writes_losing_no
         n.env.push(kv("PAIRDB_TLS_ACCEPT_PLAINTEXT", "true"));
         n.start().unwrap();
         wait_all_up(&c).await;
+        plaintext_write_works(&c, &format!("probe-node-{id}")).await;
     }
     // Step 3: each coordinator restarts with TLS (mutual TLS to the nodes), plaintext still
     // accepted, tokens checked when sent.
@@ -73,6 +90,7 @@ async fn tls_and_tokens_are_enabled_one_process_at_a_time_under_writes_losing_no
         co.log = Some(log.clone());
         co.start(&db).unwrap();
         wait_all_up(&c).await;
+        plaintext_write_works(&c, &format!("probe-coord-{i}")).await;
     }
     // Step 4: the application moves to TLS and a tenant token.
     let admin = Dial {
