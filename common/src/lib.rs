@@ -24,6 +24,7 @@ pub mod tls;
 pub mod token;
 pub mod validate;
 pub mod version;
+pub mod worker;
 
 pub use error::{Error, ErrorCode};
 

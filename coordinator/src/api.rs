@@ -335,6 +335,7 @@ impl CoordinatorApi {
             .create_change(
                 &change,
                 &[NodeWrite::Insert(node_record(a, NodeState::Bootstrapping))],
+                &topology::rules::bootstrap,
             )
             .await?;
         self.data.cluster.refresh().await?;
@@ -351,8 +352,9 @@ impl CoordinatorApi {
         let node = self.meta.get_node(node_id).await?;
         let change = if change_id.is_empty() {
             self.meta.list_changes(false).await?.into_iter().find(|c| {
-                let p = topology::parse_params(c);
-                c.node_id == node_id || p.adds.iter().chain(&p.removes).any(|n| n == node_id)
+                c.node_id == node_id
+                    || topology::parse_params(c)
+                        .is_ok_and(|p| p.adds.iter().chain(&p.removes).any(|n| n == node_id))
             })
         } else {
             self.meta.get_change(change_id).await?
@@ -739,19 +741,6 @@ impl CoordinatorService for CoordinatorApi {
                     ))
                     .into());
                 }
-                let nodes = self.meta.list_nodes().await?;
-                let remaining = nodes
-                    .iter()
-                    .filter(|n| n.state == NodeState::Normal && n.node_id != q.node_id)
-                    .count();
-                let max_rf = self.topology.max_rf().await?;
-                if remaining == 0 || (remaining < max_rf && !q.force) {
-                    return Err(E::TopologyConflict(format!(
-                        "removing {} would leave {remaining} NORMAL node(s), fewer than the largest tenant replication factor ({max_rf})",
-                        q.node_id
-                    ))
-                    .into());
-                }
                 let params = Params {
                     adds: vec![],
                     removes: vec![q.node_id.clone()],
@@ -766,6 +755,7 @@ impl CoordinatorService for CoordinatorApi {
                             from: vec![NodeState::Normal],
                             to: NodeState::Leaving,
                         }],
+                        &topology::rules::removal(&q.node_id, q.force),
                     )
                     .await?;
                 tracing::warn!(node_id = %q.node_id, force = q.force, change_id = %change.change_id, "decommission requested");
@@ -826,6 +816,7 @@ impl CoordinatorService for CoordinatorApi {
                                 to: NodeState::Leaving,
                             },
                         ],
+                        &topology::rules::replacement(&q.old_node_id),
                     )
                     .await?;
                 tracing::warn!(old = %q.old_node_id, new = %new.node_id, change_id = %change.change_id, "replace requested");

@@ -9,13 +9,15 @@
 //! one client in flight a batch holds one item, so latency at low load is one channel hop more
 //! than a direct call. Per-item errors come back as the same `tonic::Status` (with its
 //! `ErrorInfo`) a direct call would give. The drain tasks end when their queue's senders are
-//! dropped (the node left the cluster view).
+//! dropped (the node left the cluster view), or at shutdown once their queue is empty. Drain
+//! tasks and batch RPCs are owned tasks of the process's [`Supervisor`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use pairdb_common::api::pb;
 use pairdb_common::validate::MAX_BATCH_REQUEST_BYTES;
+use pairdb_common::worker::Supervisor;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::cluster::StorageClient;
@@ -66,6 +68,7 @@ fn per_item<T>(
 
 /// Drains one queue: batch, send, fan the answers back out.
 async fn drain<Req, Res, Fut>(
+    sup: Supervisor,
     mut rx: mpsc::Receiver<(Req, Reply<Res>)>,
     timeout: Duration,
     size: fn(&Req) -> usize,
@@ -80,10 +83,15 @@ async fn drain<Req, Res, Fut>(
     let send = Arc::new(send);
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut carried: Option<(Req, Reply<Res>)> = None;
+    let cancel = sup.cancel_token();
     loop {
         let first = match carried.take() {
             Some(x) => x,
-            None => match rx.recv().await {
+            None => match tokio::select! {
+                biased;
+                x = rx.recv() => x,
+                _ = cancel.cancelled() => None,
+            } {
                 Some(x) => x,
                 None => return,
             },
@@ -110,7 +118,7 @@ async fn drain<Req, Res, Fut>(
             return;
         };
         let send = send.clone();
-        tokio::spawn(async move {
+        drop(sup.spawn("replica-batch", async move {
             let _permit = permit;
             let (reqs, replies): (Vec<Req>, Vec<Reply<Res>>) = items.into_iter().unzip();
             let n = reqs.len();
@@ -139,63 +147,75 @@ async fn drain<Req, Res, Fut>(
                     }
                 }
             }
-        });
+        }));
     }
 }
 
 impl Batcher {
     /// Starts the drain tasks for one node's client.
-    pub fn start(client: StorageClient, timeout: Duration) -> Batcher {
+    pub fn start(client: StorageClient, timeout: Duration, sup: &Supervisor) -> Batcher {
         let (wtx, wrx) = mpsc::channel(QUEUE);
         let (atx, arx) = mpsc::channel(QUEUE);
         let (rtx, rrx) = mpsc::channel(QUEUE);
         let c = client.clone();
-        tokio::spawn(drain(
-            wrx,
-            timeout,
-            write_size,
-            move |ops: Vec<pb::WriteOp>| {
-                let mut c = c.clone();
-                async move {
-                    let r = c
-                        .batch_write(pb::BatchWriteRequest { ops })
-                        .await?
-                        .into_inner();
-                    Ok(per_item(r.results, |x| x.error.as_ref()))
-                }
-            },
+        drop(sup.spawn(
+            "replica-batcher",
+            drain(
+                sup.clone(),
+                wrx,
+                timeout,
+                write_size,
+                move |ops: Vec<pb::WriteOp>| {
+                    let mut c = c.clone();
+                    async move {
+                        let r = c
+                            .batch_write(pb::BatchWriteRequest { ops })
+                            .await?
+                            .into_inner();
+                        Ok(per_item(r.results, |x| x.error.as_ref()))
+                    }
+                },
+            ),
         ));
         let c = client.clone();
-        tokio::spawn(drain(
-            arx,
-            timeout,
-            apply_size,
-            move |items: Vec<pb::KeyVersions>| {
-                let mut c = c.clone();
-                async move {
-                    let r = c
-                        .batch_apply(pb::BatchApplyRequest { items })
-                        .await?
-                        .into_inner();
-                    Ok(per_item(r.results, |x| x.error.as_ref()))
-                }
-            },
+        drop(sup.spawn(
+            "replica-batcher",
+            drain(
+                sup.clone(),
+                arx,
+                timeout,
+                apply_size,
+                move |items: Vec<pb::KeyVersions>| {
+                    let mut c = c.clone();
+                    async move {
+                        let r = c
+                            .batch_apply(pb::BatchApplyRequest { items })
+                            .await?
+                            .into_inner();
+                        Ok(per_item(r.results, |x| x.error.as_ref()))
+                    }
+                },
+            ),
         ));
         let c = client;
-        tokio::spawn(drain(
-            rrx,
-            timeout,
-            read_size,
-            move |keys: Vec<pb::KeyRef>| {
-                let mut c = c.clone();
-                async move {
-                    let r = c
-                        .batch_read(pb::BatchReadRequest { keys })
-                        .await?
-                        .into_inner();
-                    Ok(per_item(r.results, |x| x.error.as_ref()))
-                }
-            },
+        drop(sup.spawn(
+            "replica-batcher",
+            drain(
+                sup.clone(),
+                rrx,
+                timeout,
+                read_size,
+                move |keys: Vec<pb::KeyRef>| {
+                    let mut c = c.clone();
+                    async move {
+                        let r = c
+                            .batch_read(pb::BatchReadRequest { keys })
+                            .await?
+                            .into_inner();
+                        Ok(per_item(r.results, |x| x.error.as_ref()))
+                    }
+                },
+            ),
         ));
         Batcher {
             writes: wtx,

@@ -18,6 +18,7 @@ use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClien
 use pairdb_common::ring::{Ring, RingMember};
 use pairdb_common::tls::connect::{self, ClientTls};
 use pairdb_common::tls::{Expect, Tls};
+use pairdb_common::worker::Supervisor;
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -156,6 +157,8 @@ pub struct Cluster {
     health: RwLock<HashMap<String, Arc<Health>>>,
     /// TLS to storage nodes (`None`: plaintext).
     tls: Option<Arc<Tls>>,
+    /// Owns each node's batcher tasks.
+    sup: Supervisor,
 }
 
 /// A lazy channel to `host:port` that, with TLS, only completes its handshake with the
@@ -186,11 +189,13 @@ impl Cluster {
         meta: Arc<dyn MetaStore>,
         cfg: ClusterConfig,
         tls: Option<Arc<Tls>>,
+        sup: Supervisor,
     ) -> Arc<Cluster> {
         Arc::new(Cluster {
             meta,
             cfg,
             tls,
+            sup,
             snap: RwLock::new(Arc::new(Snapshot {
                 ring: Ring::default(),
                 nodes: HashMap::new(),
@@ -244,7 +249,8 @@ impl Cluster {
                             .max_decoding_message_size(64 << 20)
                             .max_encoding_message_size(64 << 20);
                         let timeout = Duration::from_millis(self.cfg.replica_timeout_ms);
-                        let batcher = crate::batcher::Batcher::start(client.clone(), timeout);
+                        let batcher =
+                            crate::batcher::Batcher::start(client.clone(), timeout, &self.sup);
                         (client, batcher)
                     }
                     Err(e) => {
@@ -274,7 +280,12 @@ impl Cluster {
         );
         let futures: Vec<Ring> = changes
             .iter()
-            .filter_map(|c| crate::topology::future_ring(&ring, &nodes, c))
+            .filter_map(|c| {
+                crate::topology::future_ring(&ring, &nodes, c)
+                    .inspect_err(|e| tracing::error!(change_id = %c.change_id, error = %e, "change left out of the future rings"))
+                    .ok()
+                    .flatten()
+            })
             .collect();
         if version != old.version {
             tracing::info!(

@@ -50,8 +50,10 @@ pub struct Config {
     pub max_message_mb: u64,
     /// Log as JSON lines.
     pub log_json: bool,
-    /// Lease of a topology change's driver; another coordinator takes over after it expires.
-    pub change_lease_ms: u64,
+    /// Lease of a job's driver (topology changes and repair runs); another coordinator takes
+    /// the job over after it expires. (`job_lease_ms` is accepted as its old name.)
+    #[serde(alias = "job_lease_ms")]
+    pub job_lease_ms: u64,
     /// How often the topology worker looks for changes to drive.
     pub change_poll_ms: u64,
     /// Streaming changes (bootstrap, decommission, replace) that may run at once.
@@ -146,7 +148,7 @@ impl Default for Config {
             max_hints_per_target: 1_000_000,
             max_message_mb: 64,
             log_json: false,
-            change_lease_ms: 10_000,
+            job_lease_ms: 10_000,
             change_poll_ms: 1_000,
             max_concurrent_bootstraps: 1,
             stream_max_bytes_per_sec: 256 << 20,
@@ -204,8 +206,9 @@ pub struct Args {
     /// Per-stream throttle in bytes per second (0 = unthrottled).
     #[arg(long, env = "PAIRDB_STREAM_MAX_BYTES_PER_SEC")]
     pub stream_max_bytes_per_sec: Option<u64>,
-    #[arg(long, env = "PAIRDB_CHANGE_LEASE_MS")]
-    pub change_lease_ms: Option<u64>,
+    /// Lease of a job's driver in ms (topology changes and repairs).
+    #[arg(long, env = "PAIRDB_JOB_LEASE_MS", alias = "change-lease-ms")]
+    pub job_lease_ms: Option<u64>,
     /// Seconds between scheduled anti-entropy repairs (0 = only on demand).
     #[arg(long, env = "PAIRDB_REPAIR_INTERVAL_SECS")]
     pub repair_interval_secs: Option<u64>,
@@ -287,8 +290,8 @@ impl Config {
         if let Some(v) = args.stream_max_bytes_per_sec {
             c.stream_max_bytes_per_sec = v;
         }
-        if let Some(v) = args.change_lease_ms {
-            c.change_lease_ms = v;
+        if let Some(v) = args.job_lease_ms {
+            c.job_lease_ms = v;
         }
         if let Some(v) = args.repair_interval_secs {
             c.repair_interval_secs = v;
@@ -352,7 +355,7 @@ impl Config {
             ("ring_poll_ms", self.ring_poll_ms),
             ("tenant_refresh_ms", self.tenant_refresh_ms),
             ("hint_replay_interval_ms", self.hint_replay_interval_ms),
-            ("change_lease_ms", self.change_lease_ms),
+            ("job_lease_ms", self.job_lease_ms),
             ("change_poll_ms", self.change_poll_ms),
             ("context_key_refresh_ms", self.context_key_refresh_ms),
             ("hint_retry_base_ms", self.hint_retry_base_ms),
@@ -410,9 +413,9 @@ impl Config {
         if self.stream_batch_size == 0 || self.stream_batch_size > 10_000 {
             return Err(ConfigError("stream_batch_size must be 1-10000".into()));
         }
-        if self.change_lease_ms < 1_000 {
+        if self.job_lease_ms < 1_000 {
             return Err(ConfigError(
-                "change_lease_ms must be at least 1000 (progress is saved every second)".into(),
+                "job_lease_ms must be at least 1000 (progress is saved every second)".into(),
             ));
         }
         if self.tombstone_gc_grace_secs <= self.hint_ttl_secs {

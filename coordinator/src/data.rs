@@ -19,6 +19,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use pairdb_common::api::pb;
 use pairdb_common::version::{ConflictPolicy, Dot, KeyState, Version, VersionVector};
+use pairdb_common::worker::Supervisor;
 use pairdb_common::{Error as E, ErrorCode, convert, now_ms, token, validate};
 use tokio::sync::mpsc;
 
@@ -60,6 +61,8 @@ pub struct DataPlane {
     pub owned_tasks: Arc<tokio::sync::Semaphore>,
     /// Per-tenant request rates.
     pub limiter: crate::admission::RateLimiter,
+    /// Owns the replication and read-repair tasks.
+    pub sup: Supervisor,
 }
 
 /// A client write (or delete, when `tombstone`).
@@ -116,13 +119,13 @@ enum WriteEvent {
 }
 
 /// Converts a replica's key state, on a blocking thread when it is large.
-async fn decode_state(st: pb::KeyState) -> std::result::Result<KeyState, String> {
+async fn decode_state(sup: &Supervisor, st: pb::KeyState) -> std::result::Result<KeyState, String> {
     if !convert::is_large_state(&st) {
         return convert::state_from_pb(st).map_err(|e| e.to_string());
     }
-    tokio::task::spawn_blocking(move || convert::state_from_pb(st))
+    sup.spawn_blocking("decode-state", move || convert::state_from_pb(st))
         .await
-        .map_err(|e| format!("decode task failed: {e}"))?
+        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
 }
 
@@ -232,10 +235,10 @@ impl DataPlane {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let me = self.clone();
         let t = tenant.clone();
-        tokio::spawn(async move {
+        drop(self.sup.spawn("replicate", async move {
             let _slot = slot;
             me.replicate(t, req, replicas, pending, level, tx).await
-        });
+        }));
 
         let mut acked = 0usize;
         let mut coordinated: Option<Box<pb::WriteResult>> = None;
@@ -342,7 +345,7 @@ impl DataPlane {
                     // one the other replicas would then acknowledge. The version stays on the
                     // coordinating replica; read repair and anti-entropy spread it.
                     let state = match resp.state.clone() {
-                        Some(st) => decode_state(st).await,
+                        Some(st) => decode_state(&self.sup, st).await,
                         None => Err("no state".to_string()),
                     };
                     let state = match state {
@@ -494,10 +497,10 @@ impl DataPlane {
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, ReplicaRead)>();
         let me = self.clone();
         let (tenant_id, key) = (req.tenant.clone(), req.key.clone());
-        tokio::spawn(async move {
+        drop(self.sup.spawn("read-repair", async move {
             let _slot = slot;
             me.read_and_repair(tenant_id, key, replicas, tx).await
-        });
+        }));
 
         let mut merged = KeyState::new();
         let mut good = 0usize;
@@ -582,6 +585,7 @@ impl DataPlane {
             .map(|node| {
                 let timeout = self.replica_timeout();
                 let gc_grace_ms = self.cfg.gc_grace_ms;
+                let sup = self.sup.clone();
                 let kr = pb::KeyRef {
                     tenant_id: tenant.clone(),
                     key: key.clone(),
@@ -625,7 +629,7 @@ impl DataPlane {
                         }
                         Ok(Ok(resp)) => {
                             let state = match resp.state {
-                                Some(st) => decode_state(st).await.map(Some),
+                                Some(st) => decode_state(&sup, st).await.map(Some),
                                 None => Ok(None),
                             };
                             match state {

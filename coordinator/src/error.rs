@@ -2,6 +2,7 @@
 
 use pairdb_common::Error as Common;
 
+use crate::jobs::JobError;
 use crate::meta::MetaError;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -12,6 +13,9 @@ pub enum Error {
     /// The metadata store failed.
     #[error(transparent)]
     Meta(#[from] MetaError),
+    /// A job (topology change, repair) failed.
+    #[error(transparent)]
+    Job(#[from] JobError),
 }
 
 impl Error {
@@ -26,6 +30,16 @@ impl Error {
             Error::Meta(MetaError::Db(m)) => {
                 Common::NodeNotReady(format!("metadata store unavailable: {m}"))
             }
+            Error::Meta(MetaError::Driver(e)) => {
+                Common::NodeNotReady(format!("metadata store unavailable: {e}"))
+            }
+            Error::Job(JobError::Meta(m)) => Error::Meta(m.clone()).to_common(),
+            Error::Job(JobError::Node(c)) => c.to_common(),
+            Error::Job(e @ (JobError::LeaseLost | JobError::Precondition(_))) => {
+                Common::TopologyConflict(e.to_string())
+            }
+            Error::Job(e @ JobError::Cancelled) => Common::NodeNotReady(e.to_string()),
+            Error::Job(e @ JobError::BadDocument { .. }) => Common::Internal(e.to_string()),
             Error::Meta(MetaError::BadRow(m)) => Common::Internal(format!("metadata store: {m}")),
         }
     }

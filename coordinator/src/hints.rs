@@ -85,7 +85,8 @@ pub struct Hints {
     owner: String,
     pending: Mutex<HashMap<String, Pending>>,
     queue: mpsc::Sender<Queued>,
-    queue_rx: Mutex<Option<mpsc::Receiver<Queued>>>,
+    /// Held by the running writer; a restarted writer (after a panic) finds it again.
+    queue_rx: tokio::sync::Mutex<mpsc::Receiver<Queued>>,
     queued_bytes: AtomicUsize,
 }
 
@@ -121,7 +122,7 @@ impl Hints {
             owner,
             pending: Mutex::new(HashMap::new()),
             queue: tx,
-            queue_rx: Mutex::new(Some(rx)),
+            queue_rx: tokio::sync::Mutex::new(rx),
             queued_bytes: AtomicUsize::new(0),
         })
     }
@@ -254,9 +255,7 @@ impl Hints {
     /// The `hint-writer` worker: stores queued hints in batches until cancelled, then stores
     /// what is left (bounded by the shutdown deadline of its caller).
     pub async fn run_writer(self: Arc<Self>, cancel: CancellationToken) {
-        let Some(mut rx) = self.queue_rx.lock().take() else {
-            return;
-        };
+        let mut rx = self.queue_rx.lock().await;
         loop {
             let first = tokio::select! {
                 _ = cancel.cancelled() => { rx.close(); rx.recv().await }

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub context_refusals: Counter,
     /// TLS certificate expiry, refused connections, denied requests.
     pub security: pairdb_common::tls::metrics::SecurityMetrics,
+    /// Background worker panics, restarts and state (`pairdb_common::worker`).
+    pub workers: pairdb_common::worker::WorkerMetrics,
     /// Requests served without a token in `auth = "permissive"` mode.
     pub anonymous_requests: Counter,
     pub read_repairs: Counter,
@@ -107,6 +109,7 @@ impl Metrics {
             overloaded: Family::default(),
             context_refusals: Counter::default(),
             security: Default::default(),
+            workers: Default::default(),
             anonymous_requests: Counter::default(),
             read_repairs: Counter::default(),
             quorum_failures: Counter::default(),
@@ -307,6 +310,7 @@ impl Metrics {
             m.repair_lost.clone(),
         );
         m.security.register(r);
+        m.workers.register(r);
         r.register(
             "anonymous_requests",
             "Requests served without a bearer token (auth = permissive); must reach 0 before auth = required",

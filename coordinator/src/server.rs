@@ -1,5 +1,7 @@
 //! Starting and stopping a coordinator: metadata store, cluster view, tenants, hints, gRPC and
-//! admin HTTP, each background worker named and stopped by one cancellation token.
+//! admin HTTP. Every background worker and owned task runs under one
+//! [`Supervisor`](pairdb_common::worker::Supervisor), which `/health` shows and `shutdown` stops
+//! within one deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,9 +13,8 @@ use axum::routing::get;
 use pairdb_common::api::pb::coordinator_service_server::CoordinatorServiceServer;
 use pairdb_common::tls::listen::{self, ListenConfig};
 use pairdb_common::tls::{ClientAuth, Tls};
+use pairdb_common::worker::Supervisor;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::api::CoordinatorApi;
 use crate::auth::{Auth, AuthLayer};
@@ -21,7 +22,8 @@ use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
 use crate::data::{DataConfig, DataPlane};
 use crate::hints::{HintConfig, Hints};
-use crate::meta::{self, MetaStore};
+use crate::jobs::JobDriver;
+use crate::meta::{self, JobTable, MetaStore};
 use crate::metrics::Metrics;
 use crate::repair::{RepairConfig, Repairs};
 use crate::tenants::Tenants;
@@ -52,8 +54,7 @@ pub struct RunningCoordinator {
     pub meta: Arc<dyn MetaStore>,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    cancel: CancellationToken,
-    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    sup: Supervisor,
 }
 
 /// Starts a coordinator on an already-open metadata store (hints share its pool).
@@ -76,6 +77,7 @@ pub async fn start_with_stores(
         meta.migrate().await?;
     }
     let metrics = Arc::new(Metrics::new());
+    let sup = Supervisor::new(metrics.workers.clone());
     if let Some(warning) = cfg
         .exposure()
         .map_err(|e| StartError::Config(e.to_string()))?
@@ -108,6 +110,7 @@ pub async fn start_with_stores(
             replica_timeout_ms: cfg.replica_timeout_ms,
         },
         tls.clone(),
+        sup.clone(),
     );
     cluster.refresh().await?;
     let tenants = Tenants::new(meta.clone(), cfg.tenant_refresh_ms);
@@ -140,13 +143,20 @@ pub async fn start_with_stores(
         },
         cfg.coordinator_id.clone(),
     );
+    let driver = |table| {
+        JobDriver::new(
+            table,
+            meta.clone(),
+            sup.clone(),
+            cfg.coordinator_id.clone(),
+            cfg.job_lease_ms,
+        )
+    };
     let topology = Topology::new(
         meta.clone(),
         cluster.clone(),
         metrics.clone(),
         TopologyConfig {
-            owner: cfg.coordinator_id.clone(),
-            lease_ms: cfg.change_lease_ms,
             poll_ms: cfg.change_poll_ms,
             max_concurrent_bootstraps: cfg.max_concurrent_bootstraps,
             stream_max_bytes_per_sec: cfg.stream_max_bytes_per_sec,
@@ -155,20 +165,20 @@ pub async fn start_with_stores(
             cleanup_grace_ms: cfg.cleanup_grace_secs.saturating_mul(1000),
             hint_drain_timeout_ms: cfg.hint_drain_timeout_ms,
         },
+        driver(JobTable::Change),
     );
     let repairs = Repairs::new(
         meta.clone(),
         cluster.clone(),
         metrics.clone(),
         RepairConfig {
-            owner: cfg.coordinator_id.clone(),
-            lease_ms: cfg.change_lease_ms,
             poll_ms: cfg.change_poll_ms,
             interval_ms: cfg.repair_interval_secs.saturating_mul(1000),
             parallelism: cfg.repair_parallelism,
             max_bytes_per_sec: cfg.repair_max_bytes_per_sec,
             gc_grace_ms: cfg.tombstone_gc_grace_secs.saturating_mul(1000),
         },
+        driver(JobTable::Repair),
     );
     let data = Arc::new(DataPlane {
         cluster: cluster.clone(),
@@ -183,6 +193,7 @@ pub async fn start_with_stores(
         },
         owned_tasks: Arc::new(tokio::sync::Semaphore::new(cfg.max_owned_tasks)),
         limiter: Default::default(),
+        sup: sup.clone(),
     });
 
     let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
@@ -199,47 +210,31 @@ pub async fn start_with_stores(
         .local_addr()
         .map_err(bind_err("admin", cfg.admin_addr))?;
 
-    let cancel = CancellationToken::new();
-    let mut tasks: Vec<(&'static str, JoinHandle<()>)> = vec![
-        (
-            "topology",
-            tokio::spawn(cluster.clone().run_topology(cancel.clone())),
-        ),
-        (
-            "failure-detector",
-            tokio::spawn(cluster.clone().run_failure_detector(cancel.clone())),
-        ),
-        (
-            "tenant-refresh",
-            tokio::spawn(tenants.clone().run(cancel.clone())),
-        ),
-        (
-            "hint-replay",
-            tokio::spawn(hints.clone().run(cancel.clone())),
-        ),
-        (
-            "hint-writer",
-            tokio::spawn(hints.clone().run_writer(cancel.clone())),
-        ),
-        (
-            "context-keys",
-            tokio::spawn(contexts.clone().run(cancel.clone())),
-        ),
-        (
-            "topology-changes",
-            tokio::spawn(topology.clone().run(cancel.clone())),
-        ),
-        ("repair", tokio::spawn(repairs.clone().run(cancel.clone()))),
-        (
-            "token-refresh",
-            tokio::spawn(auth.clone().run(cancel.clone())),
-        ),
-    ];
-    if let Some(t) = &tls {
-        tasks.push((
-            "tls-reload",
-            tokio::spawn(t.clone().run_reload(cancel.clone())),
-        ));
+    {
+        let c = cluster.clone();
+        sup.worker("topology", move |cancel| c.clone().run_topology(cancel));
+        let c = cluster.clone();
+        sup.worker("failure-detector", move |cancel| {
+            c.clone().run_failure_detector(cancel)
+        });
+        let t = tenants.clone();
+        sup.worker("tenant-refresh", move |cancel| t.clone().run(cancel));
+        let h = hints.clone();
+        sup.worker("hint-replay", move |cancel| h.clone().run(cancel));
+        let h = hints.clone();
+        sup.worker("hint-writer", move |cancel| h.clone().run_writer(cancel));
+        let k = contexts.clone();
+        sup.worker("context-keys", move |cancel| k.clone().run(cancel));
+        let t = topology.clone();
+        sup.worker("topology-changes", move |cancel| t.clone().run(cancel));
+        let r = repairs.clone();
+        sup.worker("repair", move |cancel| r.clone().run(cancel));
+        let a = auth.clone();
+        sup.worker("token-refresh", move |cancel| a.clone().run(cancel));
+        if let Some(t) = &tls {
+            let t = t.clone();
+            sup.worker("tls-reload", move |cancel| t.clone().run_reload(cancel));
+        }
     }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -293,50 +288,41 @@ pub async fn start_with_stores(
     let grpc_conns = listen::incoming(
         grpc_listener,
         listen(ClientAuth::Optional, listen::ALPN_H2),
-        cancel.clone(),
+        &sup,
+        "grpc-accept",
     );
     let admin_conns = listen::incoming(
         admin_listener,
         listen(ClientAuth::None, listen::ALPN_HTTP1),
-        cancel.clone(),
+        &sup,
+        "admin-accept",
     );
-    let c = cancel.clone();
-    tasks.push((
+    let c = sup.cancel_token();
+    sup.service(
         "grpc",
-        tokio::spawn(async move {
-            if let Err(e) = grpc
-                .serve_with_incoming_shutdown(listen::tonic_incoming(grpc_conns), c.cancelled())
-                .await
-            {
-                tracing::error!(error = %e, "gRPC server stopped with an error");
-            }
+        grpc.serve_with_incoming_shutdown(listen::tonic_incoming(grpc_conns), async move {
+            c.cancelled().await
         }),
-    ));
+    );
     let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
         .with_state(data.clone());
-    let c = cancel.clone();
-    tasks.push((
+    let c = sup.cancel_token();
+    let listener = listen::AxumListener::new(admin_conns, admin_addr);
+    sup.service(
         "admin-http",
-        tokio::spawn(async move {
-            let listener = listen::AxumListener::new(admin_conns, admin_addr);
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { c.cancelled().await })
-                .await
-            {
-                tracing::error!(error = %e, "admin HTTP server stopped with an error");
-            }
-        }),
-    ));
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { c.cancelled().await })
+            .into_future(),
+    );
     tracing::info!(grpc = %grpc_addr, admin = %admin_addr, coordinator_id = %cfg.coordinator_id, tls = tls.is_some(), auth = ?cfg.auth, "coordinator serving");
     Ok(RunningCoordinator {
         data,
         meta,
         grpc_addr,
         admin_addr,
-        cancel,
-        tasks,
+        sup,
     })
 }
 
@@ -367,10 +353,15 @@ async fn health(State(d): State<Arc<DataPlane>>) -> axum::Json<serde_json::Value
         .values()
         .filter(|e| e.health.status() == crate::meta::NodeStatus::Up)
         .count();
+    let workers = d.sup.statuses();
+    let failed = workers
+        .iter()
+        .any(|w| w.state != pairdb_common::worker::WorkerState::Running);
     axum::Json(serde_json::json!({
-        "status": if up > 0 || snap.nodes.is_empty() { "ok" } else { "degraded" },
+        "status": if (up > 0 || snap.nodes.is_empty()) && !failed { "ok" } else { "degraded" },
         "ring_version": snap.version,
         "storage_nodes": nodes,
+        "workers": workers,
     }))
 }
 
@@ -401,13 +392,14 @@ async fn render_metrics(State(d): State<Arc<DataPlane>>) -> axum::response::Resp
 }
 
 impl RunningCoordinator {
+    /// Stops every worker and owned task, all within [`SHUTDOWN_DEADLINE`].
     pub async fn shutdown(self) {
-        self.cancel.cancel();
-        for (name, t) in self.tasks {
-            if tokio::time::timeout(SHUTDOWN_DEADLINE, t).await.is_err() {
-                tracing::warn!(task = name, "did not stop within the deadline");
-            }
-        }
+        self.sup.shutdown(SHUTDOWN_DEADLINE).await;
         tracing::info!("coordinator stopped");
+    }
+
+    /// The supervisor of this coordinator's background work.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.sup
     }
 }

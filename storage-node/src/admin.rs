@@ -203,8 +203,9 @@ async fn on_blocking<T: Send + 'static>(
     node: &Arc<Node>,
     f: impl FnOnce(&Node) -> T + Send + 'static,
 ) -> Result<T, AdminError> {
-    let node = node.clone();
-    tokio::task::spawn_blocking(move || f(&node))
+    let n = node.clone();
+    node.sup
+        .spawn_blocking("admin", move || f(&n))
         .await
         .map_err(|e| {
             AdminError(
@@ -218,9 +219,17 @@ async fn health(State(s): State<AdminState>) -> Json<Value> {
     let n = &s.node;
     let stats = n.store.engine().stats();
     let disk = n.disk.status();
+    let workers = n.sup.statuses();
+    let worker_down = workers
+        .iter()
+        .any(|w| w.state != pairdb_common::worker::WorkerState::Running);
     let status = if n.maintenance() {
         "maintenance"
-    } else if disk.is_circuit_broken || disk.is_throttled || disk.last_error.is_some() {
+    } else if disk.is_circuit_broken
+        || disk.is_throttled
+        || disk.last_error.is_some()
+        || worker_down
+    {
         "degraded"
     } else {
         "ok"
@@ -250,6 +259,7 @@ async fn health(State(s): State<AdminState>) -> Json<Value> {
             "bytes": stats.memtable_bytes,
             "budget_bytes": stats.memtable_budget_bytes,
         },
+        "workers": workers,
         "background_jobs": {
             "running_compactions": stats.running_compactions,
             "running_flushes": stats.running_flushes,
@@ -295,7 +305,7 @@ async fn compact(s: AdminState, kind: CompactionKind, wait: bool) -> Result<Resp
     let started = Instant::now();
     let node = s.node.clone();
     let jobs = s.jobs.clone();
-    let task = tokio::task::spawn_blocking(move || {
+    let task = s.node.sup.spawn_blocking("compaction", move || {
         let engine = node.store.engine();
         let before = engine.stats();
         let r = (|| {

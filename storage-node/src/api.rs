@@ -78,13 +78,11 @@ impl StorageApi {
     ) -> Result<T> {
         let store = self.node.store.clone();
         // The task owns the work: a client that goes away cannot cut a write in half.
-        tokio::task::spawn_blocking(move || f(&store))
+        self.node
+            .sup
+            .spawn_blocking("storage", move || f(&store))
             .await
-            .map_err(|e| {
-                Error::Engine(crate::engine::EngineError::Io(format!(
-                    "storage task failed: {e}"
-                )))
-            })
+            .map_err(|e| Error::Engine(crate::engine::EngineError::Io(e.to_string())))
     }
 
     /// Runs a (short) scan on the node's scan pool.
@@ -469,7 +467,7 @@ impl StorageNodeService for StorageApi {
         let metrics = self.node.metrics.clone();
         let stall = Duration::from_millis(self.node.limits.stream_stall_timeout_ms);
         let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
+        drop(self.node.sup.spawn_blocking("range-stream", move || {
             let _permit = permit;
             let mut stalled = false;
             let mut sink = |b: crate::store::StreamBatch| {
@@ -525,7 +523,7 @@ impl StorageNodeService for StorageApi {
                 .latency
                 .get_or_create(&labels)
                 .observe(started.elapsed().as_secs_f64());
-        });
+        }));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -695,7 +693,10 @@ impl StorageNodeService for StorageApi {
     ) -> Result<Response<pb::MarkRepairedResponse>, Status> {
         let at = req.into_inner().node_started_at_ms;
         let outage = self.node.outage.clone();
-        let cleared = tokio::task::spawn_blocking(move || outage.mark_repaired(at))
+        let cleared = self
+            .node
+            .sup
+            .spawn_blocking("mark-repaired", move || outage.mark_repaired(at))
             .await
             .map_err(|e| Common::Internal(format!("mark repaired: {e}")).to_status())?
             .map_err(|e| Status::from(Error::Engine(e)))?;
@@ -720,10 +721,10 @@ impl StorageNodeService for StorageApi {
         })?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let node = self.node.clone();
-        tokio::spawn(async move {
+        drop(self.node.sup.spawn("pull-range", async move {
             let _permit = permit;
             crate::pull::run(node, req, tx).await
-        });
+        }));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

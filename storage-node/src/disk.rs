@@ -372,7 +372,12 @@ impl DiskMonitor {
     }
 
     /// The sampling worker: one reading every `interval` until `cancel`.
-    pub async fn run(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        interval: Duration,
+        sup: pairdb_common::worker::Supervisor,
+        cancel: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -381,7 +386,7 @@ impl DiskMonitor {
                 _ = tick.tick() => {
                     let me = self.clone();
                     // statvfs is a blocking syscall; keep it off the async workers.
-                    let _ = tokio::task::spawn_blocking(move || me.sample_now()).await;
+                    let _ = sup.spawn_blocking("disk-sample", move || me.sample_now()).await;
                 }
             }
         }

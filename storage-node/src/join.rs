@@ -77,8 +77,9 @@ pub fn spawn(
     grpc: SocketAddr,
     admin: SocketAddr,
     tls: &Option<std::sync::Arc<pairdb_common::tls::Tls>>,
-    cancel: CancellationToken,
+    sup: &pairdb_common::worker::Supervisor,
 ) {
+    let cancel = sup.cancel_token();
     let Some(coordinator) = cfg.join.clone() else {
         return;
     };
@@ -102,7 +103,7 @@ pub fn spawn(
         admin_port: u32::from(admin.port()),
         initial_member: false,
     };
-    tokio::spawn(async move {
+    drop(sup.spawn("join", async move {
         match register(&coordinator, req, tls, token, cancel).await {
             Ok(r) => {
                 let state = r
@@ -118,5 +119,5 @@ pub fn spawn(
             }
             Err(e) => tracing::error!(%coordinator, error = %e, "could not join the cluster"),
         }
-    });
+    }));
 }

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub requests_refused: Counter,
     /// TLS certificate expiry, refused connections, denied requests.
     pub security: pairdb_common::tls::metrics::SecurityMetrics,
+    /// Background worker panics, restarts and state (`pairdb_common::worker`).
+    pub workers: pairdb_common::worker::WorkerMetrics,
 }
 
 impl Metrics {
@@ -123,6 +125,7 @@ impl Metrics {
             streams_stalled: Counter::default(),
             requests_refused: Counter::default(),
             security: Default::default(),
+            workers: Default::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -307,6 +310,7 @@ impl Metrics {
             m.requests_refused.clone(),
         );
         m.security.register(r);
+        m.workers.register(r);
         Metrics { registry, ..m }
     }
 

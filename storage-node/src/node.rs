@@ -1,6 +1,7 @@
 //! A running storage node's shared state: the store, disk manager, metrics and modes, as used by
 //! the gRPC service, the admin HTTP API and the background workers.
 
+use pairdb_common::worker::Supervisor;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,6 +46,8 @@ pub struct Node {
     /// When the compaction that reclaims dropped ranges is due (Unix ms; 0 = none).
     reclaim_due_ms: AtomicU64,
     reclaim_scheduled: AtomicBool,
+    /// Owns this node's background work and blocking engine calls.
+    pub sup: Supervisor,
 }
 
 /// Quiet time after the last DropRange before the reclaiming compaction runs (a cleanup drops
@@ -52,6 +55,7 @@ pub struct Node {
 pub const RECLAIM_DELAY_MS: u64 = 3_000;
 
 impl Node {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node_id: String,
         data_dir: PathBuf,
@@ -60,6 +64,7 @@ impl Node {
         metrics: Arc<Metrics>,
         outage: Arc<crate::outage::Outage>,
         limits: NodeLimits,
+        sup: Supervisor,
     ) -> Node {
         let pool = |name| {
             ScanPool::new(
@@ -67,6 +72,7 @@ impl Node {
                 limits.scan_threads,
                 limits.max_queued_scans,
                 metrics.clone(),
+                sup.clone(),
             )
         };
         Node {
@@ -86,6 +92,7 @@ impl Node {
             maintenance: AtomicBool::new(false),
             reclaim_due_ms: AtomicU64::new(0),
             reclaim_scheduled: AtomicBool::new(false),
+            sup,
         }
     }
 
@@ -118,7 +125,7 @@ impl Node {
             return;
         }
         let node = self.clone();
-        tokio::spawn(async move {
+        drop(self.sup.spawn("reclaim-compaction", async move {
             loop {
                 let due = node.reclaim_due_ms.load(Ordering::SeqCst);
                 let now = pairdb_common::now_ms();
@@ -130,7 +137,10 @@ impl Node {
             node.reclaim_scheduled.store(false, Ordering::SeqCst);
             let store = node.store.clone();
             let started = Instant::now();
-            match tokio::task::spawn_blocking(move || store.engine().compact(true)).await {
+            let compaction = node
+                .sup
+                .spawn_blocking("reclaim-compaction", move || store.engine().compact(true));
+            match compaction.await {
                 Ok(Ok(())) => tracing::info!(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "compacted to reclaim dropped ranges"
@@ -138,6 +148,6 @@ impl Node {
                 Ok(Err(e)) => tracing::warn!(error = %e, "reclaiming compaction failed"),
                 Err(e) => tracing::warn!(error = %e, "reclaiming compaction task failed"),
             }
-        });
+        }));
     }
 }

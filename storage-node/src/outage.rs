@@ -107,14 +107,20 @@ impl Outage {
     }
 
     /// Records being alive every [`ALIVE_EVERY`] until cancelled.
-    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        sup: pairdb_common::worker::Supervisor,
+        cancel: CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(ALIVE_EVERY) => {}
             }
             let me = self.clone();
-            let r = tokio::task::spawn_blocking(move || me.persist(now_ms())).await;
+            let r = sup
+                .spawn_blocking("liveness", move || me.persist(now_ms()))
+                .await;
             if let Ok(Err(e)) = r {
                 tracing::warn!(error = %e, "could not record being alive");
             }

@@ -205,11 +205,14 @@ async fn pull(
             let store = node.store.clone();
             let fence = fence.clone();
             let entries = chunk.entries;
-            let reply =
-                tokio::task::spawn_blocking(move || store.apply_streamed(&fence, entries, origin))
-                    .await
-                    .map_err(|e| internal(format!("apply task failed: {e}")))?
-                    .map_err(Status::from)?;
+            let reply = node
+                .sup
+                .spawn_blocking("apply-streamed", move || {
+                    store.apply_streamed(&fence, entries, origin)
+                })
+                .await
+                .map_err(|e| internal(format!("apply task failed: {e}")))?
+                .map_err(Status::from)?;
             node.metrics.stream_keys_received.inc_by(n);
             node.metrics.stream_keys_ingested.inc_by(reply.ingested);
             node.metrics.stream_bytes_received.inc_by(chunk.bytes);

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use pairdb_common::worker::Supervisor;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Error, Result};
@@ -22,6 +23,7 @@ pub struct ScanPool {
     waiting: AtomicUsize,
     max_queued: usize,
     metrics: Arc<Metrics>,
+    sup: Supervisor,
 }
 
 impl ScanPool {
@@ -30,6 +32,7 @@ impl ScanPool {
         threads: usize,
         max_queued: usize,
         metrics: Arc<Metrics>,
+        sup: Supervisor,
     ) -> ScanPool {
         ScanPool {
             name,
@@ -37,6 +40,7 @@ impl ScanPool {
             waiting: AtomicUsize::new(0),
             max_queued,
             metrics,
+            sup,
         }
     }
 
@@ -67,17 +71,13 @@ impl ScanPool {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T> {
         let permit = self.admit().await?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            f()
-        })
-        .await
-        .map_err(|e| {
-            Error::Engine(crate::engine::EngineError::Io(format!(
-                "{} task failed: {e}",
-                self.name
-            )))
-        })
+        self.sup
+            .spawn_blocking(self.name, move || {
+                let _permit = permit;
+                f()
+            })
+            .await
+            .map_err(|e| Error::Engine(crate::engine::EngineError::Io(e.to_string())))
     }
 }
 

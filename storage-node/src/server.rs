@@ -1,5 +1,7 @@
 //! Starting and stopping a storage node: engine, identity, disk manager, gRPC (with health and
-//! reflection) and admin HTTP, each a named task that stops on one cancellation token.
+//! reflection) and admin HTTP. Every background worker, owned task and blocking engine call
+//! runs under one [`Supervisor`], which `/health` shows and `shutdown` stops within one
+//! deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,8 +10,8 @@ use std::time::Duration;
 use pairdb_common::api::pb::storage_node_service_server::StorageNodeServiceServer;
 use pairdb_common::tls::listen::{self, ListenConfig};
 use pairdb_common::tls::{ClientAuth, Role, Tls};
+use pairdb_common::worker::Supervisor;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::StorageApi;
@@ -22,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::store::{Store, StoreConfig};
 
-/// How long shutdown waits for each task before giving up on it.
+/// How long shutdown waits for every task together before giving up on them.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A started storage node.
@@ -30,8 +32,7 @@ pub struct RunningNode {
     pub node: Arc<Node>,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    cancel: CancellationToken,
-    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    sup: Supervisor,
 }
 
 /// Overrides for tests and embedding.
@@ -127,6 +128,7 @@ pub fn open_store(
 /// Starts a node and returns once both listeners are bound and the node is serving.
 pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, StartError> {
     let metrics = Arc::new(Metrics::new(&cfg.node_id));
+    let sup = Supervisor::new(metrics.workers.clone());
     let admin_token = cfg.admin_token().map_err(StartError::Config)?;
     if let Some(warning) = cfg
         .exposure(admin_token.is_some())
@@ -140,13 +142,15 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
     let (store, disk) = {
         let cfg = cfg.clone();
         let metrics = metrics.clone();
-        tokio::task::spawn_blocking(move || open_store(&cfg, metrics, opts.usage_source))
-            .await
-            .map_err(|e| StartError::Task(e.to_string()))??
+        sup.spawn_blocking("open-store", move || {
+            open_store(&cfg, metrics, opts.usage_source)
+        })
+        .await
+        .map_err(|e| StartError::Task(e.to_string()))??
     };
     let outage = {
         let engine = store.engine().clone();
-        tokio::task::spawn_blocking(move || crate::outage::Outage::open(engine))
+        sup.spawn_blocking("open-outage", move || crate::outage::Outage::open(engine))
             .await
             .map_err(|e| StartError::Task(e.to_string()))?
             .map_err(|e| StartError::Task(format!("record liveness: {e}")))?
@@ -166,11 +170,10 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
                 stream_stall_timeout_ms: cfg.stream_stall_timeout_ms,
                 max_concurrent_pulls: cfg.max_concurrent_pulls,
             },
+            sup.clone(),
         )
         .with_tls(tls.clone()),
     );
-    let cancel = CancellationToken::new();
-    let mut tasks = Vec::new();
 
     let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
     let grpc_listener = TcpListener::bind(cfg.grpc_addr)
@@ -228,55 +231,48 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
     let grpc_conns = listen::incoming(
         grpc_listener,
         listen(ClientAuth::Required, listen::ALPN_H2),
-        cancel.clone(),
+        &sup,
+        "grpc-accept",
     );
     let admin_conns = listen::incoming(
         admin_listener,
         listen(ClientAuth::None, listen::ALPN_HTTP1),
-        cancel.clone(),
+        &sup,
+        "admin-accept",
     );
-    let c = cancel.clone();
-    tasks.push((
+    let c = sup.cancel_token();
+    sup.service(
         "grpc",
-        tokio::spawn(async move {
-            if let Err(e) = grpc
-                .serve_with_incoming_shutdown(listen::tonic_incoming(grpc_conns), c.cancelled())
-                .await
-            {
-                tracing::error!(error = %e, "gRPC server stopped with an error");
-            }
+        grpc.serve_with_incoming_shutdown(listen::tonic_incoming(grpc_conns), async move {
+            c.cancelled().await
         }),
-    ));
+    );
 
     let app = crate::admin::router(node.clone(), admin_token.as_deref());
-    let c = cancel.clone();
-    tasks.push((
+    let c = sup.cancel_token();
+    let listener = listen::AxumListener::new(admin_conns, admin_addr);
+    sup.service(
         "admin-http",
-        tokio::spawn(async move {
-            let listener = listen::AxumListener::new(admin_conns, admin_addr);
-            if let Err(e) = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<listen::PeerInfo>(),
-            )
-            .with_graceful_shutdown(async move { c.cancelled().await })
-            .await
-            {
-                tracing::error!(error = %e, "admin HTTP server stopped with an error");
-            }
-        }),
-    ));
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<listen::PeerInfo>(),
+        )
+        .with_graceful_shutdown(async move { c.cancelled().await })
+        .into_future(),
+    );
 
     let interval = Duration::from_millis(cfg.disk_sample_interval_ms);
-    tasks.push((
-        "disk-manager",
-        tokio::spawn(disk.run(interval, cancel.clone())),
-    ));
-    tasks.push(("liveness", tokio::spawn(outage.run(cancel.clone()))));
+    let s = sup.clone();
+    sup.worker("disk-manager", move |cancel| {
+        disk.clone().run(interval, s.clone(), cancel)
+    });
+    let s = sup.clone();
+    sup.worker("liveness", move |cancel| {
+        outage.clone().run(s.clone(), cancel)
+    });
     if let Some(t) = &tls {
-        tasks.push((
-            "tls-reload",
-            tokio::spawn(t.clone().run_reload(cancel.clone())),
-        ));
+        let t = t.clone();
+        sup.worker("tls-reload", move |cancel| t.clone().run_reload(cancel));
     }
 
     tracing::info!(
@@ -289,38 +285,40 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         admin_token = admin_token.is_some(),
         "storage node serving"
     );
-    crate::join::spawn(&cfg, grpc_addr, admin_addr, &tls, cancel.clone());
+    crate::join::spawn(&cfg, grpc_addr, admin_addr, &tls, &sup);
     Ok(RunningNode {
         node,
         grpc_addr,
         admin_addr,
-        cancel,
-        tasks,
+        sup,
     })
 }
 
 impl RunningNode {
-    /// Stops every task (each within the shutdown deadline) and flushes the engine.
+    /// Stops every task (all within the shutdown deadline) and flushes the engine.
     pub async fn shutdown(self) {
-        self.cancel.cancel();
-        for (name, task) in self.tasks {
-            match tokio::time::timeout(SHUTDOWN_DEADLINE, task).await {
-                Ok(_) => tracing::debug!(task = name, "stopped"),
-                Err(_) => tracing::warn!(task = name, "did not stop within the deadline"),
-            }
-        }
+        self.sup.shutdown(SHUTDOWN_DEADLINE).await;
         let store = self.node.store.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Err(e) = store.engine().flush() {
-                tracing::error!(error = %e, "flush on shutdown failed");
-            }
-        })
-        .await;
+        // Every other task has stopped: the last blocking call flushes the memtables.
+        let flushed = self
+            .sup
+            .spawn_blocking("flush", move || store.engine().flush())
+            .await;
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "flush on shutdown failed"),
+            Err(e) => tracing::error!(error = %e, "flush on shutdown failed"),
+        }
         tracing::info!(node_id = %self.node.node_id, "storage node stopped");
     }
 
     /// The cancellation token that stops the node (for embedding).
     pub fn cancel_token(&self) -> CancellationToken {
-        self.cancel.clone()
+        self.sup.cancel_token()
+    }
+
+    /// The supervisor of this node's background work.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.sup
     }
 }

@@ -360,7 +360,7 @@ impl Default for ProcOptions {
             coordinators: 2,
             coord_env: vec![
                 ("PAIRDB_CLEANUP_GRACE_SECS".into(), "2".into()),
-                ("PAIRDB_CHANGE_LEASE_MS".into(), "3000".into()),
+                ("PAIRDB_JOB_LEASE_MS".into(), "3000".into()),
             ],
             secure: false,
         }

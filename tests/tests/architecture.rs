@@ -74,3 +74,99 @@ fn common_depends_on_no_service_and_no_engine() -> Result<()> {
     }
     Ok(())
 }
+
+/// Every `.rs` file under `dir`, recursively, with its path relative to the workspace.
+fn sources(dir: &str) -> Result<Vec<(String, String)>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut out = Vec::new();
+    let mut todo = vec![root.join(dir)];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("read {}", d.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let rel = p
+                    .strip_prefix(&root)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, std::fs::read_to_string(&p)?));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Lines of `code` (outside `//` comments) that start a task or thread by hand.
+fn bare_spawns(code: &str) -> Vec<String> {
+    const SPAWNS: [&str; 5] = [
+        "tokio::spawn",
+        "tokio::task::spawn",
+        "task::spawn_blocking",
+        "thread::spawn",
+        "spawn_local",
+    ];
+    code.lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .filter(|l| SPAWNS.iter().any(|s| l.contains(s)))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn background_work_is_started_only_by_the_supervisor() -> Result<()> {
+    // The detector itself can fail.
+    assert_eq!(bare_spawns("let h = tokio::spawn(async {});").len(), 1);
+    assert!(bare_spawns("// tokio::spawn is not used").is_empty());
+    let mut found = Vec::new();
+    let mut scanned = 0;
+    for dir in ["common/src", "coordinator/src", "storage-node/src"] {
+        for (path, code) in sources(dir)? {
+            scanned += 1;
+            if path.ends_with("common/src/worker.rs") {
+                assert!(code.contains("TaskTracker"), "the supervisor tracks tasks");
+                continue;
+            }
+            for l in bare_spawns(&code) {
+                found.push(format!("{path}: {l}"));
+            }
+        }
+    }
+    assert!(scanned > 50, "sanity: scanned {scanned} files");
+    assert!(
+        found.is_empty(),
+        "start tasks through pairdb_common::worker::Supervisor, not by hand:\n{}",
+        found.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn only_the_engine_module_names_rocksdb() -> Result<()> {
+    let mut found = Vec::new();
+    let mut engine_seen = false;
+    for dir in [
+        "common/src",
+        "coordinator/src",
+        "storage-node/src",
+        "cli/src",
+    ] {
+        for (path, code) in sources(dir)? {
+            if path.ends_with("storage-node/src/engine/rocks.rs") {
+                engine_seen = code.contains("rocksdb::");
+                continue;
+            }
+            if code.contains("rocksdb::") || code.contains("use rocksdb") {
+                found.push(path);
+            }
+        }
+    }
+    assert!(engine_seen, "sanity: the engine module imports rocksdb");
+    assert!(
+        found.is_empty(),
+        "rocksdb named outside storage-node/src/engine/rocks.rs: {found:?}"
+    );
+    Ok(())
+}

@@ -292,6 +292,7 @@ async fn changes(store: &dyn MetaStore) {
         .create_change(
             &boot,
             &[NodeWrite::Insert(node("n3", NodeState::Bootstrapping))],
+            &|_| Ok(()),
         )
         .await
         .unwrap();
@@ -306,6 +307,7 @@ async fn changes(store: &dyn MetaStore) {
                 from: vec![NodeState::Leaving],
                 to: NodeState::Removed,
             }],
+            &|_| Ok(()),
         )
         .await;
     assert!(matches!(r, Err(MetaError::Conflict(_))), "{r:?}");
@@ -315,7 +317,8 @@ async fn changes(store: &dyn MetaStore) {
         store
             .create_change(
                 &change("c3", ChangeKind::Bootstrap, "n3"),
-                &[NodeWrite::Insert(node("n3", NodeState::Bootstrapping))]
+                &[NodeWrite::Insert(node("n3", NodeState::Bootstrapping))],
+                &|_| Ok(()),
             )
             .await,
         Err(MetaError::Conflict(_))
@@ -323,23 +326,28 @@ async fn changes(store: &dyn MetaStore) {
 
     // Leases: one owner; another gets it only after expiry.
     let now = pairdb_common::now_ms();
-    assert!(store.claim_change("c1", "a", now, 1_000).await.unwrap());
+    assert!(
+        store
+            .claim_job(JobTable::Change, "c1", "a", now, 1_000)
+            .await
+            .unwrap()
+    );
     assert!(
         !store
-            .claim_change("c1", "b", now + 10, 1_000)
+            .claim_job(JobTable::Change, "c1", "b", now + 10, 1_000)
             .await
             .unwrap()
     );
     assert!(
         store
-            .claim_change("c1", "a", now + 10, 1_000)
+            .claim_job(JobTable::Change, "c1", "a", now + 10, 1_000)
             .await
             .unwrap(),
         "renewal"
     );
     assert!(
         store
-            .claim_change("c1", "b", now + 5_000, 1_000)
+            .claim_job(JobTable::Change, "c1", "b", now + 5_000, 1_000)
             .await
             .unwrap(),
         "after expiry"
@@ -347,7 +355,16 @@ async fn changes(store: &dyn MetaStore) {
     // a lost the lease: its saves fail.
     assert!(
         !store
-            .save_change("c1", "a", now + 5_001, 1_000, None, "{}", None)
+            .save_job(
+                JobTable::Change,
+                "c1",
+                "a",
+                now + 5_001,
+                1_000,
+                None,
+                "{}",
+                None
+            )
             .await
             .unwrap()
     );
@@ -386,7 +403,8 @@ async fn changes(store: &dyn MetaStore) {
     assert_eq!(plan[0]["x"], 1);
     assert!(
         store
-            .save_change(
+            .save_job(
+                JobTable::Change,
                 "c1",
                 "b",
                 now + 5_100,
@@ -456,7 +474,10 @@ async fn changes(store: &dyn MetaStore) {
         from: vec![NodeState::Normal],
         to: NodeState::Leaving,
     }];
-    store.create_change(&dec, &to_leaving).await.unwrap();
+    store
+        .create_change(&dec, &to_leaving, &|_| Ok(()))
+        .await
+        .unwrap();
     let back = [NodeWrite::SetState {
         node_id: "n3".into(),
         from: vec![NodeState::Leaving],
@@ -510,6 +531,54 @@ async fn changes(store: &dyn MetaStore) {
         (n3.host.as_str(), n3.port, n3.state),
         ("10.0.0.3", 7003, NodeState::Bootstrapping)
     );
+    racing_decommissions(store).await;
+}
+
+/// Two decommissions racing, each allowed only while it leaves `need` NORMAL nodes: the
+/// admission rule runs inside the transaction that records the change, so only one passes.
+async fn racing_decommissions(store: &dyn MetaStore) {
+    for id in ["r1", "r2"] {
+        store.add_node(&node(id, NodeState::Normal)).await.unwrap();
+    }
+    let normal = |m: &[NodeRecord]| m.iter().filter(|n| n.state == NodeState::Normal).count();
+    let need = normal(&store.list_nodes().await.unwrap()) - 1;
+    let admit = move |m: &Membership| {
+        let left = normal(&m.nodes) - 1;
+        if left >= need {
+            Ok(())
+        } else {
+            Err(format!(
+                "would leave {left} NORMAL nodes, fewer than {need}"
+            ))
+        }
+    };
+    let leave = |id: &str| {
+        [NodeWrite::SetState {
+            node_id: id.into(),
+            from: vec![NodeState::Normal],
+            to: NodeState::Leaving,
+        }]
+    };
+    let (w1, w2) = (leave("r1"), leave("r2"));
+    let (c1, c2) = (
+        change("d1", ChangeKind::Decommission, "r1"),
+        change("d2", ChangeKind::Decommission, "r2"),
+    );
+    let (a, b) = tokio::join!(
+        store.create_change(&c1, &w1, &admit),
+        store.create_change(&c2, &w2, &admit)
+    );
+    let refused: Vec<&MetaResult<u64>> = [&a, &b].into_iter().filter(|r| r.is_err()).collect();
+    assert_eq!(
+        refused.len(),
+        1,
+        "exactly one decommission passes: {a:?} {b:?}"
+    );
+    assert!(
+        matches!(refused[0], Err(MetaError::Conflict(m)) if m.contains("would leave")),
+        "{refused:?}"
+    );
+    assert_eq!(normal(&store.list_nodes().await.unwrap()), need);
 }
 
 #[tokio::test]

@@ -238,7 +238,7 @@ async fn a_repair_whose_coordinator_dies_is_resumed_by_another() {
         Backend::Postgres,
         2,
         Some(|cfg| {
-            cfg.change_lease_ms = 2_000;
+            cfg.job_lease_ms = 2_000;
             cfg.change_poll_ms = 200;
             cfg.repair_parallelism = 1;
             // ~100 KiB of missed records at 20 KB/s: the run lasts several seconds.

@@ -13,11 +13,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::worker::Supervisor;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::{
     ClientAuth, HANDSHAKE_TIMEOUT, MAX_CONCURRENT_HANDSHAKES, Material, Peer, Tls, TlsError,
@@ -234,22 +234,26 @@ async fn handshake(
     })
 }
 
-/// Accepts on `listener` until `cancel`, handing finished connections to the receiver.
+/// Accepts on `listener` until shutdown, handing finished connections to the receiver. The
+/// accept loop is the supervisor's service `name`; each handshake is an owned task.
 pub fn incoming(
     listener: TcpListener,
     cfg: ListenConfig,
-    cancel: CancellationToken,
+    sup: &Supervisor,
+    name: &'static str,
 ) -> mpsc::Receiver<Conn> {
+    let cancel = sup.cancel_token();
+    let handshakes = sup.clone();
     let (tx, rx) = mpsc::channel(64);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
     let cache = Arc::new(Mutex::new(ConfigCache {
         material: None,
         config: None,
     }));
-    tokio::spawn(async move {
+    sup.service(name, async move {
         loop {
             let accepted = tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => return Ok::<(), io::Error>(()),
                 a = listener.accept() => a,
             };
             let stream = match accepted {
@@ -262,10 +266,10 @@ pub fn incoming(
                 }
             };
             let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
+                return Ok(());
             };
             let (tx, cfg, cache) = (tx.clone(), cfg.clone(), cache.clone());
-            tokio::spawn(async move {
+            drop(handshakes.spawn("tls-handshake", async move {
                 let r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream, &cfg, &cache))
                     .await
                     .unwrap_or(Err("timeout"));
@@ -276,7 +280,7 @@ pub fn incoming(
                     }
                     Err(why) => (cfg.on_refused)(why),
                 }
-            });
+            }));
         }
     });
     rx

@@ -7,6 +7,7 @@
 //! Timestamps cross the trait as Unix milliseconds.
 
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -382,6 +383,22 @@ pub struct RepairRecord {
     pub error: Option<String>,
 }
 
+/// The tables holding lease-driven jobs (`crate::jobs`): topology changes and repair runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobTable {
+    Change,
+    Repair,
+}
+
+impl JobTable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobTable::Change => "topology change",
+            JobTable::Repair => "repair",
+        }
+    }
+}
+
 /// A membership write made in the same transaction as a change (and a `ring_version` bump).
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeWrite {
@@ -402,6 +419,17 @@ pub enum NodeWrite {
     },
 }
 
+/// What a new change's admission rules see, read inside its transaction.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub nodes: Vec<NodeRecord>,
+    /// The largest replication factor over tenants (`None` without tenants).
+    pub max_rf: Option<u32>,
+}
+
+/// Admission rules of a new change (`crate::topology::rules`), run inside its transaction.
+pub type ChangeAdmit = dyn Fn(&Membership) -> Result<(), String> + Send + Sync;
+
 /// Admission check run inside the admission transaction with every running change.
 pub type AdmitFn = dyn Fn(&[ChangeRecord]) -> Result<(), String> + Send + Sync;
 
@@ -413,7 +441,10 @@ pub enum MetaError {
     Conflict(String),
     #[error("not found: {0}")]
     NotFound(String),
-    /// The database failed or is unreachable.
+    /// The database failed or is unreachable: the driver's error, kept as the source.
+    #[error("metadata store: {0}")]
+    Driver(#[source] Arc<sqlx::Error>),
+    /// The store could not be set up (connection URL, migrations, key material).
     #[error("metadata store: {0}")]
     Db(String),
     #[error("bad row in metadata store: {0}")]
@@ -427,7 +458,7 @@ impl From<sqlx::Error> for MetaError {
         {
             return MetaError::Conflict(db.message().to_string());
         }
-        MetaError::Db(e.to_string())
+        MetaError::Driver(Arc::new(e))
     }
 }
 
@@ -489,23 +520,22 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn hint_targets(&self) -> MetaResult<Vec<HintTarget>>;
     async fn count_hints_for(&self, target: &str) -> MetaResult<u64>;
 
-    /// Applies `nodes` (with a `ring_version` bump when there are any) and records the change,
-    /// atomically; returns the ring version. `Conflict` when a node write's precondition fails.
-    async fn create_change(&self, c: &ChangeRecord, nodes: &[NodeWrite]) -> MetaResult<u64>;
+    /// Records a new change in one transaction under the admission lock: calls `admit` with
+    /// the membership as it is inside the transaction (so two requests never both pass a rule
+    /// that only one of them may), then applies `nodes` (with a `ring_version` bump when there
+    /// are any) and inserts the change; returns the ring version. `Conflict` when `admit`
+    /// refuses (its reason) or a node write's precondition fails.
+    async fn create_change(
+        &self,
+        c: &ChangeRecord,
+        nodes: &[NodeWrite],
+        admit: &ChangeAdmit,
+    ) -> MetaResult<u64>;
     /// Applies membership writes alone (address changes), with a `ring_version` bump.
     async fn write_nodes(&self, nodes: &[NodeWrite]) -> MetaResult<u64>;
     async fn get_change(&self, change_id: &str) -> MetaResult<Option<ChangeRecord>>;
     /// Active changes (pending, running), plus finished ones when asked, oldest first.
     async fn list_changes(&self, include_finished: bool) -> MetaResult<Vec<ChangeRecord>>;
-    /// Takes or renews the lease of an active change for `lease_ms`: succeeds when the lease is
-    /// free, already `owner`'s, or expired. One driver at a time.
-    async fn claim_change(
-        &self,
-        change_id: &str,
-        owner: &str,
-        now_ms: u64,
-        lease_ms: u64,
-    ) -> MetaResult<bool>;
     /// Admits a pending change `owner` holds the lease of: under the admission lock (so two
     /// coordinators never admit side by side), and only while `ring_version` is still
     /// `ring_version`, calls `admit` with every running change; on `Ok` the change becomes
@@ -519,19 +549,6 @@ pub trait MetaStore: Send + Sync + 'static {
         progress: &str,
         admit: &AdmitFn,
     ) -> MetaResult<Result<(), String>>;
-    /// Persists plan (when given), progress and error of a change `owner` drives, renewing the
-    /// lease. `false` when the lease was lost or the change is no longer active (aborted).
-    #[allow(clippy::too_many_arguments)]
-    async fn save_change(
-        &self,
-        change_id: &str,
-        owner: &str,
-        now_ms: u64,
-        lease_ms: u64,
-        plan: Option<&str>,
-        progress: &str,
-        error: Option<&str>,
-    ) -> MetaResult<bool>;
     /// Ends an active change in one transaction: final status and error, membership writes
     /// (with a `ring_version` bump when there are any), and an optional follow-up change (the
     /// cleanup). With `owner`, the lease must still be theirs. Returns the ring version.
@@ -567,20 +584,23 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn get_repair(&self, repair_id: &str) -> MetaResult<Option<RepairRecord>>;
     /// The newest `limit` repairs, newest first.
     async fn list_repairs(&self, limit: u32) -> MetaResult<Vec<RepairRecord>>;
-    /// Takes or renews the lease of the running repair `repair_id` (as [`Self::claim_change`]).
-    async fn claim_repair(
+    /// Takes or renews the lease of the active job `id` in `table` for `lease_ms`: succeeds
+    /// when the lease is free, already `owner`'s, or expired. One driver at a time.
+    async fn claim_job(
         &self,
-        repair_id: &str,
+        table: JobTable,
+        id: &str,
         owner: &str,
         now_ms: u64,
         lease_ms: u64,
     ) -> MetaResult<bool>;
-    /// Persists plan (when given), progress and error of a repair `owner` drives, renewing the
-    /// lease. `false` when the lease was lost or the repair is no longer running.
+    /// Persists plan (when given), progress and error of a job `owner` drives, renewing the
+    /// lease. `false` when the lease was lost or the job is no longer active (aborted).
     #[allow(clippy::too_many_arguments)]
-    async fn save_repair(
+    async fn save_job(
         &self,
-        repair_id: &str,
+        table: JobTable,
+        id: &str,
         owner: &str,
         now_ms: u64,
         lease_ms: u64,

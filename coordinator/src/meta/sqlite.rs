@@ -511,8 +511,29 @@ impl MetaStore for SqliteMeta {
             .await?;
         Ok(to_u64(n))
     }
-    async fn create_change(&self, c: &ChangeRecord, nodes: &[NodeWrite]) -> MetaResult<u64> {
+    async fn create_change(
+        &self,
+        c: &ChangeRecord,
+        nodes: &[NodeWrite],
+        admit: &ChangeAdmit,
+    ) -> MetaResult<u64> {
         let mut tx = begin_write(&self.pool).await?;
+        // begin_write took the admission lock (and SQLite's write lock).
+        let sql = format!("SELECT {NODE_COLS} FROM storage_nodes ORDER BY node_id");
+        let members = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(node_row)
+            .collect::<MetaResult<Vec<_>>>()?;
+        let max_rf: Option<i64> = sqlx::query_scalar("SELECT MAX(replication_factor) FROM tenants")
+            .fetch_one(&mut *tx)
+            .await?;
+        admit(&Membership {
+            nodes: members,
+            max_rf: max_rf.map(|v| v as u32),
+        })
+        .map_err(MetaError::Conflict)?;
         let v = apply_node_writes(&mut tx, nodes).await?;
         insert_change(&mut tx, c).await?;
         tx.commit().await?;
@@ -548,28 +569,6 @@ impl MetaStore for SqliteMeta {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(change_row).collect()
-    }
-
-    async fn claim_change(
-        &self,
-        change_id: &str,
-        owner: &str,
-        now_ms: u64,
-        lease_ms: u64,
-    ) -> MetaResult<bool> {
-        let r = sqlx::query(
-            "UPDATE pending_changes SET lease_owner = ?2, lease_expires_at = ?3 + ?4, updated_at = ?3 \
-             WHERE change_id = ?1 AND status IN ('pending', 'running') \
-               AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_expires_at IS NULL \
-                    OR lease_expires_at < ?3)",
-        )
-        .bind(change_id)
-        .bind(owner)
-        .bind(now_ms as i64)
-        .bind(lease_ms as i64)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
     }
 
     async fn admit_change(
@@ -617,33 +616,6 @@ impl MetaStore for SqliteMeta {
         }
         tx.commit().await?;
         Ok(Ok(()))
-    }
-
-    async fn save_change(
-        &self,
-        change_id: &str,
-        owner: &str,
-        now_ms: u64,
-        lease_ms: u64,
-        plan: Option<&str>,
-        progress: &str,
-        error: Option<&str>,
-    ) -> MetaResult<bool> {
-        let r = sqlx::query(
-            "UPDATE pending_changes SET plan = COALESCE(?5, plan), progress = ?6, \
-             error = ?7, lease_expires_at = ?3 + ?4, updated_at = ?3 \
-             WHERE change_id = ?1 AND lease_owner = ?2 AND status IN ('pending', 'running')",
-        )
-        .bind(change_id)
-        .bind(owner)
-        .bind(now_ms as i64)
-        .bind(lease_ms as i64)
-        .bind(plan)
-        .bind(progress)
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
     }
 
     async fn finish_change(
@@ -839,21 +811,19 @@ impl MetaStore for SqliteMeta {
         rows.iter().map(repair_row).collect()
     }
 
-    async fn claim_repair(
+    async fn claim_job(
         &self,
-        repair_id: &str,
+        table: JobTable,
+        id: &str,
         owner: &str,
         now_ms: u64,
         lease_ms: u64,
     ) -> MetaResult<bool> {
-        let r = sqlx::query(
-            "UPDATE repairs SET lease_owner = ?2, \
-             lease_expires_at = ?3 + ?4, updated_at = ?3 \
-             WHERE repair_id = ?1 AND status = 'running' \
-               AND (lease_owner IS NULL OR lease_owner = ?2 OR lease_expires_at IS NULL \
-                    OR lease_expires_at < ?3)",
-        )
-        .bind(repair_id)
+        let r = sqlx::query(sqlx::AssertSqlSafe(super::sql::claim_job(
+            &super::sql::SQLITE,
+            table,
+        )))
+        .bind(id)
         .bind(owner)
         .bind(now_ms as i64)
         .bind(lease_ms as i64)
@@ -862,9 +832,10 @@ impl MetaStore for SqliteMeta {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn save_repair(
+    async fn save_job(
         &self,
-        repair_id: &str,
+        table: JobTable,
+        id: &str,
         owner: &str,
         now_ms: u64,
         lease_ms: u64,
@@ -872,12 +843,11 @@ impl MetaStore for SqliteMeta {
         progress: &str,
         error: Option<&str>,
     ) -> MetaResult<bool> {
-        let r = sqlx::query(
-            "UPDATE repairs SET plan = COALESCE(?5, plan), progress = ?6, \
-             error = ?7, lease_expires_at = ?3 + ?4, updated_at = ?3 \
-             WHERE repair_id = ?1 AND lease_owner = ?2 AND status = 'running'",
-        )
-        .bind(repair_id)
+        let r = sqlx::query(sqlx::AssertSqlSafe(super::sql::save_job(
+            &super::sql::SQLITE,
+            table,
+        )))
+        .bind(id)
         .bind(owner)
         .bind(now_ms as i64)
         .bind(lease_ms as i64)
