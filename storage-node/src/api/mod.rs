@@ -1,0 +1,262 @@
+//! `pairdb.StorageNodeService`: the gRPC edge of the storage node. Converts wire types to store
+//! commands, enforces maintenance mode, counts and times every RPC. Only this module (and
+//! `pairdb_common::convert`) touches prost types on the node.
+//!
+//! Files: `replica` (writes, applies, reads, record repair), `ranges` (streams, pulls,
+//! digests, key listings, purges, drops); this file holds the service, the maintenance gate,
+//! the blocking-call helpers and node info.
+
+mod ranges;
+mod replica;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pairdb_common::api::pb;
+use pairdb_common::api::pb::storage_node_service_server::StorageNodeService;
+use pairdb_common::{Error as Common, context, convert};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::store::{ApplyCmd, ApplyReply, Origin, Store, WriteCmd, WriteReply};
+
+/// Most items in one batch RPC.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+/// Bytes of key state a batch answer may carry (items past it fail with OVERLOADED and are
+/// sent again on their own), leaving room in the message for everything else.
+pub const BATCH_ANSWER_BUDGET_BYTES: usize = 48 << 20;
+/// Most sub-ranges and key hashes an anti-entropy filter may name.
+const MAX_FILTER_RANGES: usize = 65_536;
+const MAX_FILTER_KEYS: usize = 1 << 20;
+
+pub struct StorageApi {
+    node: Arc<Node>,
+}
+
+/// Checks the sizes of an anti-entropy filter and its tenant ids.
+pub(crate) fn check_filter(
+    sub_ranges: usize,
+    tenant_ids: &[String],
+    key_hashes: usize,
+) -> Result<()> {
+    if sub_ranges > MAX_FILTER_RANGES || key_hashes > MAX_FILTER_KEYS {
+        return Err(Error::Invalid(Common::InvalidArgument(format!(
+            "a filter may name at most {MAX_FILTER_RANGES} sub-ranges and {MAX_FILTER_KEYS} key hashes"
+        ))));
+    }
+    Ok(pairdb_common::validate::tenant_filter(tenant_ids)?)
+}
+
+/// The anti-entropy narrowing of a stream or pull request, within its limits.
+pub(crate) fn filter_from(
+    sub_ranges: Vec<pb::TokenRange>,
+    tenant_ids: Vec<String>,
+    key_hashes: Vec<u64>,
+) -> Result<crate::store::Filter> {
+    check_filter(sub_ranges.len(), &tenant_ids, key_hashes.len())?;
+    Ok(crate::store::Filter {
+        sub_ranges: sub_ranges
+            .into_iter()
+            .map(|r| convert::range_from_pb(Some(r)))
+            .collect(),
+        tenants: tenant_ids.into_iter().collect(),
+        key_hashes: key_hashes.into_iter().collect(),
+    })
+}
+
+impl StorageApi {
+    pub fn new(node: Arc<Node>) -> StorageApi {
+        StorageApi { node }
+    }
+
+    fn observe<T>(&self, op: &'static str, started: Instant, r: &Result<T>) {
+        let m = &self.node.metrics;
+        let labels = crate::metrics::OpLabels { op };
+        m.requests.get_or_create(&labels).inc();
+        m.latency
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = r {
+            m.error(op, e.to_common().code());
+        }
+        self.node.recent.record(op, started.elapsed(), r.is_ok());
+    }
+
+    fn serving_clients(&self) -> Result<()> {
+        if self.node.maintenance() {
+            return Err(Error::Maintenance);
+        }
+        Ok(())
+    }
+
+    /// Runs a write. Without `sync_writes` a small RocksDB write is a memtable insert plus an
+    /// unsynced WAL append (microseconds), cheaper inline than a hop to the blocking pool; with
+    /// it, or when the request is large (`big`), it runs on a blocking thread (concurrent synced
+    /// ones share one fsync).
+    async fn write_path<T: Send + 'static>(
+        &self,
+        big: bool,
+        f: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Result<T> {
+        if big || self.node.store.sync_writes() {
+            self.blocking(f).await
+        } else {
+            Ok(f(&self.node.store))
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> T + Send + 'static,
+    ) -> Result<T> {
+        let store = self.node.store.clone();
+        // The task owns the work: a client that goes away cannot cut a write in half.
+        self.node
+            .sup
+            .spawn_blocking("storage", move || f(&store))
+            .await
+            .map_err(|e| Error::Engine(crate::engine::EngineError::Io(e.to_string())))
+    }
+
+    /// Runs a (short) scan on the node's scan pool.
+    async fn scan<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.node.store.clone();
+        self.node.scans.run(move || f(&store)).await?
+    }
+}
+
+#[tonic::async_trait]
+impl StorageNodeService for StorageApi {
+    async fn write(&self, req: Request<pb::WriteOp>) -> Result<Response<pb::WriteResult>, Status> {
+        self.rpc_write(req).await
+    }
+
+    async fn batch_write(
+        &self,
+        req: Request<pb::BatchWriteRequest>,
+    ) -> Result<Response<pb::BatchWriteResponse>, Status> {
+        self.rpc_batch_write(req).await
+    }
+
+    async fn apply(
+        &self,
+        req: Request<pb::KeyVersions>,
+    ) -> Result<Response<pb::ApplyResult>, Status> {
+        self.rpc_apply(req).await
+    }
+
+    async fn batch_apply(
+        &self,
+        req: Request<pb::BatchApplyRequest>,
+    ) -> Result<Response<pb::BatchApplyResponse>, Status> {
+        self.rpc_batch_apply(req).await
+    }
+
+    async fn read(&self, req: Request<pb::KeyRef>) -> Result<Response<pb::ReadResult>, Status> {
+        self.rpc_read(req).await
+    }
+
+    async fn batch_read(
+        &self,
+        req: Request<pb::BatchReadRequest>,
+    ) -> Result<Response<pb::BatchReadResponse>, Status> {
+        self.rpc_batch_read(req).await
+    }
+
+    async fn repair(
+        &self,
+        req: Request<pb::KeyVersions>,
+    ) -> Result<Response<pb::ApplyResult>, Status> {
+        self.rpc_repair(req).await
+    }
+
+    type StreamRangeStream = ReceiverStream<Result<pb::StreamBatch, Status>>;
+
+    async fn stream_range(
+        &self,
+        req: Request<pb::StreamRangeRequest>,
+    ) -> Result<Response<Self::StreamRangeStream>, Status> {
+        self.rpc_stream_range(req).await
+    }
+
+    async fn range_digest(
+        &self,
+        req: Request<pb::RangeDigestRequest>,
+    ) -> Result<Response<pb::RangeDigestResponse>, Status> {
+        self.rpc_range_digest(req).await
+    }
+
+    async fn repair_digest(
+        &self,
+        req: Request<pb::RepairDigestRequest>,
+    ) -> Result<Response<pb::RepairDigestResponse>, Status> {
+        self.rpc_repair_digest(req).await
+    }
+
+    async fn repair_keys(
+        &self,
+        req: Request<pb::RepairKeysRequest>,
+    ) -> Result<Response<pb::RepairKeysResponse>, Status> {
+        self.rpc_repair_keys(req).await
+    }
+
+    async fn purge_tombstones(
+        &self,
+        req: Request<pb::PurgeTombstonesRequest>,
+    ) -> Result<Response<pb::PurgeTombstonesResponse>, Status> {
+        self.rpc_purge_tombstones(req).await
+    }
+
+    async fn mark_repaired(
+        &self,
+        req: Request<pb::MarkRepairedRequest>,
+    ) -> Result<Response<pb::MarkRepairedResponse>, Status> {
+        self.rpc_mark_repaired(req).await
+    }
+
+    type PullRangeStream = ReceiverStream<Result<pb::PullProgress, Status>>;
+
+    async fn pull_range(
+        &self,
+        req: Request<pb::PullRangeRequest>,
+    ) -> Result<Response<Self::PullRangeStream>, Status> {
+        self.rpc_pull_range(req).await
+    }
+
+    async fn drop_range(
+        &self,
+        req: Request<pb::DropRangeRequest>,
+    ) -> Result<Response<pb::DropRangeResponse>, Status> {
+        self.rpc_drop_range(req).await
+    }
+
+    async fn node_info(
+        &self,
+        _req: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        let d = self.node.disk.status();
+        Ok(Response::new(pb::NodeInfoResponse {
+            node_id: self.node.node_id.clone(),
+            epoch: self.node.store.identity().actor().epoch,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            disk: Some(pb::DiskStatus {
+                usage_percent: d.usage_percent,
+                available_bytes: d.available_bytes,
+                total_bytes: d.total_bytes,
+                is_throttled: d.is_throttled,
+                is_circuit_broken: d.is_circuit_broken,
+                state: d.state.as_str().to_string(),
+            }),
+            maintenance: self.node.maintenance(),
+            uptime_secs: self.node.started.elapsed().as_secs(),
+            data_dir: self.node.data_dir.display().to_string(),
+            unrepaired_outage_ms: self.node.outage.outage_ms(),
+            started_at_ms: self.node.outage.started_ms(),
+        }))
+    }
+}
