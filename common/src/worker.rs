@@ -365,6 +365,24 @@ impl<T> Future for Owned<T> {
     }
 }
 
+/// The loop of a periodic worker: calls `tick` at once and then every `period` (a late tick is
+/// delayed, never bunched) until `cancel`. `tick` handles (logs) its own errors.
+pub async fn every<F, Fut>(period: Duration, cancel: &CancellationToken, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        tick().await;
+    }
+}
+
 fn restart_delays() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(RESTART_MIN_DELAY)

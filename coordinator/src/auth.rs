@@ -285,19 +285,15 @@ impl Auth {
     /// Reloads the tokens every `refresh` until `cancel`.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         if self.mode == AuthMode::Off {
-            return;
+            // Nothing to refresh; a worker that returned early would be restarted.
+            return cancel.cancelled().await;
         }
-        let mut tick = tokio::time::interval(self.refresh);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        pairdb_common::worker::every(self.refresh, &cancel, || async {
             if let Err(e) = self.reload().await {
                 tracing::warn!(error = %e, "token refresh failed; keeping the cached tokens");
             }
-        }
+        })
+        .await
     }
 }
 

@@ -450,24 +450,21 @@ impl Hints {
 
     /// The `hint-replay` worker.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.replay_interval_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_cleanup = Instant::now();
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let period = Duration::from_millis(self.cfg.replay_interval_ms);
+        let last_cleanup = Mutex::new(Instant::now());
+        pairdb_common::worker::every(period, &cancel, || async {
             if let Err(e) = self.replay_once().await {
                 tracing::warn!(error = %e, "hint replay cycle failed");
             }
-            if last_cleanup.elapsed() > Duration::from_secs(30) {
-                last_cleanup = Instant::now();
+            let due = last_cleanup.lock().elapsed() > Duration::from_secs(30);
+            if due {
+                *last_cleanup.lock() = Instant::now();
                 if let Err(e) = self.cleanup_once().await {
                     tracing::warn!(error = %e, "hint cleanup failed");
                 }
             }
-        }
+        })
+        .await
     }
 }
 

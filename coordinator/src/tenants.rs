@@ -106,16 +106,11 @@ impl Tenants {
 
     /// The refresh worker.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(self.refresh);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        pairdb_common::worker::every(self.refresh, &cancel, || async {
             if let Err(e) = self.reload().await {
                 tracing::warn!(error = %e, "reload tenants failed; keeping the cached ones");
             }
-        }
+        })
+        .await
     }
 }

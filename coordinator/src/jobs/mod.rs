@@ -117,17 +117,36 @@ impl JobDriver {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<(), MetaError>>,
     {
-        let mut interval = tokio::time::interval(every);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = interval.tick() => {}
+        pairdb_common::worker::every(every, &cancel, || {
+            let t = tick();
+            async move {
+                if let Err(e) = t.await {
+                    tracing::warn!(job = self.table.as_str(), error = %e, "job worker: metadata store unavailable");
+                }
             }
-            if let Err(e) = tick().await {
-                tracing::warn!(job = self.table.as_str(), error = %e, "job worker: metadata store unavailable");
-            }
+        })
+        .await
+    }
+
+    /// Claims job `id` ([`Self::claim`]) and, when it is ours, starts driving it
+    /// ([`Self::start`]). `Ok(true)`: it was started.
+    pub async fn take<F, Fut>(
+        self: &Arc<Self>,
+        id: &str,
+        held_by: Option<&str>,
+        expires_at_ms: Option<u64>,
+        now: u64,
+        drive: F,
+    ) -> Result<bool, MetaError>
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = Result<(), JobError>> + Send + 'static,
+    {
+        if !self.claim(id, held_by, expires_at_ms, now).await? {
+            return Ok(false);
         }
+        self.start(id.to_string(), drive);
+        Ok(true)
     }
 
     /// Claims job `id` (whose lease row says `held_by` until `expires_at_ms`) unless this

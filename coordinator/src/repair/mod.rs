@@ -196,23 +196,21 @@ impl Repairs {
             self.start_when_due(recent.first(), now).await;
             return Ok(());
         };
-        if !self
-            .driver
-            .claim(
-                &r.repair_id,
-                r.lease_owner.as_deref(),
-                r.lease_expires_at_ms,
-                now,
-            )
-            .await?
-        {
-            return Ok(());
-        }
+        let (id, holder, expires) = (
+            r.repair_id.clone(),
+            r.lease_owner.clone(),
+            r.lease_expires_at_ms,
+        );
         let me = self.clone();
         self.driver
-            .start(r.repair_id.clone(), move |cancel| async move {
-                me.drive(r, cancel).await
-            });
+            .take(
+                &id,
+                holder.as_deref(),
+                expires,
+                now,
+                move |cancel| async move { me.drive(r, cancel).await },
+            )
+            .await?;
         Ok(())
     }
 

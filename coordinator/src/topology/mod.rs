@@ -141,31 +141,31 @@ impl Topology {
             if c.not_before_ms.is_some_and(|t| t > now) {
                 continue;
             }
-            if !self
-                .driver
-                .claim(
-                    &c.change_id,
-                    c.lease_owner.as_deref(),
-                    c.lease_expires_at_ms,
-                    now,
-                )
-                .await?
-            {
-                continue;
-            }
+            let (id, holder, expires) = (
+                c.change_id.clone(),
+                c.lease_owner.clone(),
+                c.lease_expires_at_ms,
+            );
             let me = self.clone();
             self.driver
-                .start(c.change_id.clone(), move |cancel| async move {
-                    let streaming = c.kind != ChangeKind::Cleanup;
-                    if streaming {
-                        me.metrics.concurrent_bootstraps.inc();
-                    }
-                    let r = me.drive(c, cancel).await;
-                    if streaming {
-                        me.metrics.concurrent_bootstraps.dec();
-                    }
-                    r
-                });
+                .take(
+                    &id,
+                    holder.as_deref(),
+                    expires,
+                    now,
+                    move |cancel| async move {
+                        let streaming = c.kind != ChangeKind::Cleanup;
+                        if streaming {
+                            me.metrics.concurrent_bootstraps.inc();
+                        }
+                        let r = me.drive(c, cancel).await;
+                        if streaming {
+                            me.metrics.concurrent_bootstraps.dec();
+                        }
+                        r
+                    },
+                )
+                .await?;
         }
         Ok(())
     }
