@@ -82,6 +82,21 @@ async fn admin_endpoints_act_on_the_engine() {
         "{h}"
     );
     assert!(h["disk_status"]["usage_percent"].as_f64().unwrap() > 0.0);
+    // Every supervised worker is listed, by name, and running.
+    let workers = h["workers"].as_array().unwrap();
+    for name in [
+        "disk-manager",
+        "liveness",
+        "grpc",
+        "admin-http",
+        "grpc-accept",
+    ] {
+        let w = workers.iter().find(|w| w["name"] == name);
+        assert!(
+            w.is_some_and(|w| w["state"] == "running" && w["restarts"] == 0),
+            "{name}: {workers:?}"
+        );
+    }
 
     // WAL: writes make the current WAL live; cleanup flushes so it becomes obsolete and goes.
     c.write(write_op("t1", b"wal", b"x", vec![])).await.unwrap();
@@ -100,6 +115,7 @@ async fn admin_endpoints_act_on_the_engine() {
         "rocksdb_sst_files",
         "rocksdb_block_cache_capacity_bytes",
         "checksum_failures_total",
+        "worker_up",
     ] {
         assert!(m.contains(name), "metric {name} missing");
     }

@@ -593,3 +593,88 @@ async fn postgres_store_behaviour() {
     let db = PgDb::create().await.unwrap();
     behaviour(connect(&db.url).await.unwrap()).await;
 }
+
+/// A job whose work panics stops renewing its lease with it (the keeper runs in the same
+/// task), is no longer counted as driven, and another coordinator takes it over once the
+/// lease expires.
+#[tokio::test]
+async fn a_panicking_job_leaves_its_lease_to_expire_and_another_driver_takes_over() {
+    use pairdb_coordinator::jobs::{JobDriver, Run, Work};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+    let store = connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let c = change("p1", ChangeKind::Bootstrap, "n9");
+    store.create_change(&c, &[], &|_| Ok(())).await.unwrap();
+    let sup = pairdb_common::worker::Supervisor::default();
+    let a = JobDriver::new(
+        JobTable::Change,
+        store.clone(),
+        sup.clone(),
+        "a".into(),
+        1_000,
+    );
+    let now = pairdb_common::now_ms();
+    let d = a.clone();
+    let started = a
+        .take("p1", None, None, now, move |cancel| async move {
+            let run: Run<u32> = Run::new(
+                d,
+                "p1",
+                "[]",
+                Work::new(vec![1], "test", ()),
+                cancel,
+                |_| "{}".into(),
+            );
+            run.keeping_lease(async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                panic!("a bug in a step");
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    assert!(started && a.is_driving("p1"));
+    let lease = || async {
+        store
+            .get_change("p1")
+            .await
+            .unwrap()
+            .unwrap()
+            .lease_expires_at_ms
+            .unwrap()
+    };
+    let first = lease().await;
+    pairdb_tests::cluster::wait_async(
+        "the panicked job to be forgotten",
+        Duration::from_secs(5),
+        || async { !a.is_driving("p1") },
+    )
+    .await
+    .unwrap();
+    assert!(
+        lease().await > first,
+        "the keeper renewed while the work ran"
+    );
+    let last = lease().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        lease().await,
+        last,
+        "nothing renews the lease after the panic"
+    );
+    let b = JobDriver::new(
+        JobTable::Change,
+        store.clone(),
+        sup.clone(),
+        "b".into(),
+        1_000,
+    );
+    let later = last + 1;
+    assert!(
+        b.claim("p1", Some("a"), Some(last), later).await.unwrap(),
+        "another driver takes over after expiry"
+    );
+    assert!(sup.shutdown(Duration::from_secs(5)).await);
+}
