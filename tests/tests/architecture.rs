@@ -170,3 +170,50 @@ fn only_the_engine_module_names_rocksdb() -> Result<()> {
     );
     Ok(())
 }
+
+/// Whether ARCHITECTURE.md names a source file: by its file name (`store.rs`), its path in
+/// its folder (`api/data.rs`), its whole path, or, for a folder's `mod.rs`, the folder (`store/`).
+fn mapped(doc: &str, path: &str) -> bool {
+    let p = std::path::Path::new(path);
+    let file = p.file_name().and_then(|f| f.to_str()).unwrap_or("");
+    let dir = p
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|d| d.to_str())
+        .unwrap_or("");
+    if file == "mod.rs" {
+        return doc.contains(&format!("`{dir}/`"));
+    }
+    doc.contains(&format!("`{file}`"))
+        || doc.contains(&format!("`{dir}/{file}`"))
+        || doc.contains(&format!("`{path}`"))
+}
+
+#[test]
+fn every_source_file_is_in_the_code_map() -> Result<()> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../ARCHITECTURE.md"))?;
+    // The check itself can fail.
+    assert!(!mapped("`a.rs`", "coordinator/src/b.rs"));
+    assert!(mapped("`jobs/`", "coordinator/src/jobs/mod.rs"));
+    let mut missing = Vec::new();
+    for dir in [
+        "common/src",
+        "coordinator/src",
+        "storage-node/src",
+        "cli/src",
+    ] {
+        for (path, _) in sources(dir)? {
+            if path.ends_with("/main.rs") || path.ends_with("/lib.rs") {
+                continue;
+            }
+            if !mapped(&doc, &path) {
+                missing.push(path);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "files missing from ARCHITECTURE.md's code map: {missing:?}"
+    );
+    Ok(())
+}
