@@ -618,7 +618,7 @@ async fn a_panicking_job_leaves_its_lease_to_expire_and_another_driver_takes_ove
     let now = pairdb_common::now_ms();
     let d = a.clone();
     let started = a
-        .take("p1", None, None, now, move |cancel| async move {
+        .take(c.clone(), now, move |_, cancel| async move {
             let run: Run<u32> = Run::new(
                 d,
                 "p1",

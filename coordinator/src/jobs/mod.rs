@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{JobError, decode};
 
-use crate::meta::{JobTable, MetaError, MetaStore};
+use crate::meta::{ChangeRecord, JobTable, MetaError, MetaStore, RepairRecord};
 
 /// Pause after a pass in which some steps failed.
 const RETRY_PAUSE: Duration = Duration::from_secs(2);
@@ -128,24 +128,28 @@ impl JobDriver {
         .await
     }
 
-    /// Claims job `id` ([`Self::claim`]) and, when it is ours, starts driving it
-    /// ([`Self::start`]). `Ok(true)`: it was started.
-    pub async fn take<F, Fut>(
+    /// Claims the job of `row` ([`Self::claim`]) and, when it is ours, starts driving it
+    /// with `drive(row, cancel)` ([`Self::start`]). `Ok(true)`: it was started.
+    pub async fn take<R, F, Fut>(
         self: &Arc<Self>,
-        id: &str,
-        held_by: Option<&str>,
-        expires_at_ms: Option<u64>,
+        row: R,
         now: u64,
         drive: F,
     ) -> Result<bool, MetaError>
     where
-        F: FnOnce(CancellationToken) -> Fut,
+        R: JobRow,
+        F: FnOnce(R, CancellationToken) -> Fut,
         Fut: Future<Output = Result<(), JobError>> + Send + 'static,
     {
-        if !self.claim(id, held_by, expires_at_ms, now).await? {
+        let (held_by, expires_at_ms) = row.lease();
+        if !self
+            .claim(row.job_id(), held_by, expires_at_ms, now)
+            .await?
+        {
             return Ok(false);
         }
-        self.start(id.to_string(), drive);
+        let id = row.job_id().to_string();
+        self.start(id, move |cancel| drive(row, cancel));
         Ok(true)
     }
 
@@ -237,6 +241,32 @@ impl JobDriver {
 
     fn save_every(&self) -> Duration {
         Duration::from_millis((self.lease_ms / 5).clamp(100, 1000))
+    }
+}
+
+/// A job's row as the driver sees it: its id, and who holds its lease until when.
+pub trait JobRow: Send + 'static {
+    fn job_id(&self) -> &str;
+    fn lease(&self) -> (Option<&str>, Option<u64>);
+}
+
+impl JobRow for ChangeRecord {
+    fn job_id(&self) -> &str {
+        &self.change_id
+    }
+
+    fn lease(&self) -> (Option<&str>, Option<u64>) {
+        (self.lease_owner.as_deref(), self.lease_expires_at_ms)
+    }
+}
+
+impl JobRow for RepairRecord {
+    fn job_id(&self) -> &str {
+        &self.repair_id
+    }
+
+    fn lease(&self) -> (Option<&str>, Option<u64>) {
+        (self.lease_owner.as_deref(), self.lease_expires_at_ms)
     }
 }
 

@@ -196,19 +196,12 @@ impl Repairs {
             self.start_when_due(recent.first(), now).await;
             return Ok(());
         };
-        let (id, holder, expires) = (
-            r.repair_id.clone(),
-            r.lease_owner.clone(),
-            r.lease_expires_at_ms,
-        );
         let me = self.clone();
         self.driver
             .take(
-                &id,
-                holder.as_deref(),
-                expires,
+                r,
                 now,
-                move |cancel| async move { me.drive(r, cancel).await },
+                move |r, cancel| async move { me.drive(r, cancel).await },
             )
             .await?;
         Ok(())

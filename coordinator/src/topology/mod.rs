@@ -141,30 +141,19 @@ impl Topology {
             if c.not_before_ms.is_some_and(|t| t > now) {
                 continue;
             }
-            let (id, holder, expires) = (
-                c.change_id.clone(),
-                c.lease_owner.clone(),
-                c.lease_expires_at_ms,
-            );
             let me = self.clone();
             self.driver
-                .take(
-                    &id,
-                    holder.as_deref(),
-                    expires,
-                    now,
-                    move |cancel| async move {
-                        let streaming = c.kind != ChangeKind::Cleanup;
-                        if streaming {
-                            me.metrics.concurrent_bootstraps.inc();
-                        }
-                        let r = me.drive(c, cancel).await;
-                        if streaming {
-                            me.metrics.concurrent_bootstraps.dec();
-                        }
-                        r
-                    },
-                )
+                .take(c, now, move |c, cancel| async move {
+                    let streaming = c.kind != ChangeKind::Cleanup;
+                    if streaming {
+                        me.metrics.concurrent_bootstraps.inc();
+                    }
+                    let r = me.drive(c, cancel).await;
+                    if streaming {
+                        me.metrics.concurrent_bootstraps.dec();
+                    }
+                    r
+                })
                 .await?;
         }
         Ok(())
