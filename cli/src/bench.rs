@@ -297,12 +297,6 @@ impl NodeProc {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 async fn start_node(a: &StorageArgs, dir: &std::path::Path) -> anyhow::Result<NodeProc> {
     let bin = match &a.node_bin {
         Some(b) => b.clone(),
@@ -311,7 +305,7 @@ async fn start_node(a: &StorageArgs, dir: &std::path::Path) -> anyhow::Result<No
             .context("pairdbctl has no directory")?
             .join("pairdb-storage-node"),
     };
-    let (grpc, admin) = (free_port()?, free_port()?);
+    let (grpc, admin) = (pairdb_kit::free_port()?, pairdb_kit::free_port()?);
     let child = std::process::Command::new(&bin)
         .args(["--node-id", "bench", "--data-dir"])
         .arg(dir)

@@ -5,10 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use pairdb_common::ring::NodeState;
-use pairdb_coordinator::meta::{self, NodeRecord, TenantRecord};
-use pairdb_storage_node::Config;
-use pairdb_storage_node::server::{self, StartOptions};
+use pairdb_coordinator::meta;
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -92,49 +89,29 @@ pub async fn run(a: DevArgs, json: bool) -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     for i in 0..a.nodes {
         let id = format!("dev-{}", i + 1);
-        let cfg = Config {
-            node_id: id.clone(),
-            data_dir: data_dir.join(&id),
-            grpc_addr: ([127, 0, 0, 1], a.storage_base_port + i).into(),
-            admin_addr: ([127, 0, 0, 1], a.admin_base_port + i).into(),
+        let cfg = pairdb_storage_node::Config {
             block_cache_mb: 64,
             memtable_mb: 16,
             tls: sec.as_ref().map(|t| t.settings(&id)).unwrap_or_default(),
             admin_token: sec.as_ref().map(|t| t.token.clone()).unwrap_or_default(),
-            ..Config::default()
+            ..pairdb_kit::node_config(
+                &id,
+                &data_dir,
+                pairdb_kit::loopback(a.storage_base_port + i),
+                pairdb_kit::loopback(a.admin_base_port + i),
+            )
         };
-        let node = server::start(cfg, StartOptions::default())
-            .await
-            .with_context(|| format!("start storage node {id}"))?;
-        nodes.push(node);
+        nodes.push(pairdb_kit::start_node(cfg, None).await?);
     }
 
     let url = format!("sqlite://{}", data_dir.join("meta.db").display());
     let store = meta::connect(&url).await?;
     store.migrate().await?;
-    for n in &nodes {
-        if store.get_node(&n.node.node_id).await?.is_none() {
-            store
-                .add_node(&NodeRecord::new(
-                    &n.node.node_id,
-                    "127.0.0.1",
-                    n.grpc_addr.port(),
-                    n.admin_addr.port(),
-                    NodeState::Normal,
-                ))
-                .await?;
-        }
-    }
-    if store.get_tenant("default").await?.is_none() {
-        store
-            .create_tenant(&TenantRecord::with_defaults("default"))
-            .await?;
-    }
+    pairdb_kit::register(store.as_ref(), &nodes.iter().collect::<Vec<_>>()).await?;
+    pairdb_kit::ensure_tenant(store.as_ref(), "default").await?;
     let ccfg = pairdb_coordinator::config::Config {
-        coordinator_id: "dev-coordinator".into(),
-        database_url: url.clone(),
-        grpc_addr: ([127, 0, 0, 1], a.port).into(),
-        admin_addr: ([127, 0, 0, 1], a.admin_port).into(),
+        grpc_addr: pairdb_kit::loopback(a.port),
+        admin_addr: pairdb_kit::loopback(a.admin_port),
         tls: sec
             .as_ref()
             .map(|t| t.settings("dev-coordinator"))
@@ -145,11 +122,9 @@ pub async fn run(a: DevArgs, json: bool) -> anyhow::Result<()> {
             pairdb_coordinator::auth::AuthMode::Off
         },
         admin_token: sec.as_ref().map(|t| t.token.clone()).unwrap_or_default(),
-        ..Default::default()
+        ..pairdb_kit::coordinator_config(&url, "dev-coordinator")
     };
-    let coordinator = pairdb_coordinator::server::start_with(ccfg, store)
-        .await
-        .context("start coordinator")?;
+    let coordinator = pairdb_kit::start_coordinator(ccfg, store).await?;
 
     let scheme = if sec.is_some() { "https" } else { "http" };
     if json {

@@ -22,9 +22,8 @@ use anyhow::bail;
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
 use pairdb_common::framing;
-use pairdb_common::ring::NodeState;
 use pairdb_common::version::{Actor, ConflictPolicy, Dot, KeyState, NewVersion};
-use pairdb_coordinator::meta::{self, NodeRecord, TenantRecord};
+use pairdb_coordinator::meta;
 use pairdb_storage_node::store::{ApplyCmd, Origin};
 
 use crate::streambench::node;
@@ -143,18 +142,8 @@ pub async fn run(a: RepairArgs, json: bool) -> anyhow::Result<()> {
     let url = format!("sqlite://{}", dir.join("meta.db").display());
     let meta = meta::connect(&url).await?;
     meta.migrate().await?;
-    for n in &nodes {
-        meta.add_node(&NodeRecord::new(
-            &n.node.node_id,
-            "127.0.0.1",
-            n.grpc_addr.port(),
-            n.admin_addr.port(),
-            NodeState::Normal,
-        ))
-        .await?;
-    }
-    meta.create_tenant(&TenantRecord::with_defaults("bench"))
-        .await?;
+    pairdb_kit::register(meta.as_ref(), &nodes.iter().collect::<Vec<_>>()).await?;
+    pairdb_kit::ensure_tenant(meta.as_ref(), "bench").await?;
     let (coordinator, mut cc) = crate::streambench::coordinator(url, meta.clone()).await?;
     // Let the failure detector see every node up.
     tokio::time::sleep(Duration::from_secs(2)).await;

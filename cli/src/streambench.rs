@@ -18,10 +18,9 @@ use anyhow::{Context, bail};
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::coordinator_service_client::CoordinatorServiceClient;
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
-use pairdb_common::ring::NodeState;
-use pairdb_coordinator::meta::{self, NodeRecord, TenantRecord};
+use pairdb_coordinator::meta::{self, TenantRecord};
 use pairdb_storage_node::engine::{Scan, Space};
-use pairdb_storage_node::server::{self, RunningNode, StartOptions};
+use pairdb_storage_node::server::RunningNode;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StreamArgs {
@@ -39,17 +38,15 @@ pub struct StreamArgs {
     pub out: Option<std::path::PathBuf>,
 }
 
+/// A kit storage node with the default cache and memtable (the bench measures them).
 pub(crate) async fn node(id: &str, dir: &std::path::Path) -> anyhow::Result<RunningNode> {
+    let any = pairdb_kit::loopback(0);
     let cfg = pairdb_storage_node::Config {
-        node_id: id.into(),
-        data_dir: dir.join(id),
-        grpc_addr: ([127, 0, 0, 1], 0).into(),
-        admin_addr: ([127, 0, 0, 1], 0).into(),
-        ..Default::default()
+        block_cache_mb: pairdb_storage_node::Config::default().block_cache_mb,
+        memtable_mb: pairdb_storage_node::Config::default().memtable_mb,
+        ..pairdb_kit::node_config(id, dir, any, any)
     };
-    server::start(cfg, StartOptions::default())
-        .await
-        .with_context(|| format!("start storage node {id}"))
+    pairdb_kit::start_node(cfg, None).await
 }
 
 /// An in-process coordinator for a benchmark (unthrottled streams and repairs, no scheduled
@@ -62,17 +59,13 @@ pub(crate) async fn coordinator(
     CoordinatorServiceClient<tonic::transport::Channel>,
 )> {
     let ccfg = pairdb_coordinator::config::Config {
-        coordinator_id: "bench-coordinator".into(),
-        database_url: url,
-        grpc_addr: ([127, 0, 0, 1], 0).into(),
-        admin_addr: ([127, 0, 0, 1], 0).into(),
         stream_max_bytes_per_sec: 0,
         repair_interval_secs: 0,
         repair_max_bytes_per_sec: 0,
         change_poll_ms: 200,
-        ..Default::default()
+        ..pairdb_kit::coordinator_config(&url, "bench-coordinator")
     };
-    let c = pairdb_coordinator::server::start_with(ccfg, meta).await?;
+    let c = pairdb_kit::start_coordinator(ccfg, meta).await?;
     let client = CoordinatorServiceClient::connect(format!("http://{}", c.grpc_addr)).await?;
     Ok((c, client))
 }
@@ -196,14 +189,7 @@ pub async fn run(a: StreamArgs, json: bool) -> anyhow::Result<()> {
     let url = format!("sqlite://{}", dir.join("meta.db").display());
     let meta = meta::connect(&url).await?;
     meta.migrate().await?;
-    meta.add_node(&NodeRecord::new(
-        "source",
-        "127.0.0.1",
-        source.grpc_addr.port(),
-        source.admin_addr.port(),
-        NodeState::Normal,
-    ))
-    .await?;
+    pairdb_kit::register(meta.as_ref(), &[&source]).await?;
     let mut t2 = TenantRecord::with_defaults("bench");
     t2.replication_factor = 2;
     meta.create_tenant(&t2).await?;

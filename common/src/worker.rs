@@ -70,8 +70,22 @@ pub struct WorkerStatus {
     pub state: WorkerState,
     pub restarts: u64,
     pub panics: u64,
+    /// The last failure, cut to [`LAST_ERROR_MAX_CHARS`]: `/health` answers without
+    /// authentication (probes), so it shows what failed, not a whole panic payload; the log
+    /// has the full text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+/// Longest `last_error` `/health` shows.
+pub const LAST_ERROR_MAX_CHARS: usize = 120;
+
+/// `why` cut to [`LAST_ERROR_MAX_CHARS`] characters.
+fn brief(why: &str) -> String {
+    match why.char_indices().nth(LAST_ERROR_MAX_CHARS) {
+        None => why.to_string(),
+        Some((i, _)) => format!("{}… (see the log)", &why[..i]),
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -229,7 +243,7 @@ impl Supervisor {
                 me.set(name, |s| {
                     s.state = WorkerState::Restarting;
                     s.restarts += 1;
-                    s.last_error = Some(why);
+                    s.last_error = Some(brief(&why));
                 });
                 tokio::select! {
                     _ = cancel.cancelled() => {
@@ -269,7 +283,7 @@ impl Supervisor {
                     tracing::error!(worker = name, error = %why, "service stopped");
                     me.set(name, |s| {
                         s.state = WorkerState::Failed;
-                        s.last_error = Some(why);
+                        s.last_error = Some(brief(&why));
                     });
                 }
             }
@@ -404,6 +418,15 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn health_shows_a_brief_last_error() {
+        assert_eq!(brief("bind lost"), "bind lost");
+        let long = "é".repeat(500);
+        let b = brief(&long);
+        assert!(b.starts_with(&"é".repeat(LAST_ERROR_MAX_CHARS)) && b.ends_with("(see the log)"));
+        assert!(b.chars().count() < LAST_ERROR_MAX_CHARS + 20);
+    }
+
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -1,7 +1,7 @@
 //! pairdb-coordinator: the stateless quorum router serving `pairdb.CoordinatorService`.
 //!
 //! Code map: [`server`] wires everything; [`api`] is the gRPC edge; [`data`] is the quorum
-//! write/read path with read repair; [`hints`] is hinted handoff; [`cluster`] holds the ring and
+//! write/read path with read repair, its replica calls through the fan-out in [`quorum`]; [`hints`] is hinted handoff; [`cluster`] holds the ring and
 //! node health (topology and failure-detector workers); [`tenants`] caches tenant settings;
 //! [`topology`] drives bootstrap / decommission / replace / cleanup under leases;
 //! [`meta`] is the metadata store (PostgreSQL / SQLite behind one trait); [`config`],
@@ -24,6 +24,7 @@ pub mod jobs;
 pub mod meta;
 pub mod metrics;
 pub mod node_call;
+pub mod quorum;
 pub mod repair;
 pub mod server;
 pub mod tenants;

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
-use pairdb_common::ring::NodeState;
-use pairdb_coordinator::meta::{self, MetaStore, NodeRecord, NodeStatus, TenantRecord};
+use pairdb_coordinator::meta::{self, MetaStore, NodeStatus, TenantRecord};
 use pairdb_coordinator::server::RunningCoordinator;
 use pairdb_storage_node::server::RunningNode;
 use tonic::transport::Channel;
@@ -122,9 +121,7 @@ pub struct TestCluster {
     _pg: Option<PgDb>,
 }
 
-pub fn free_addr() -> Result<std::net::SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
+pub use pairdb_kit::free_addr;
 
 pub fn coordinator_config(
     db_url: &str,
@@ -132,10 +129,6 @@ pub fn coordinator_config(
     hints: bool,
 ) -> Result<pairdb_coordinator::config::Config> {
     Ok(pairdb_coordinator::config::Config {
-        coordinator_id: id.into(),
-        database_url: db_url.into(),
-        grpc_addr: "127.0.0.1:0".parse()?,
-        admin_addr: "127.0.0.1:0".parse()?,
         request_timeout_ms: 5_000,
         replica_timeout_ms: 1_000,
         heartbeat_ms: 200,
@@ -145,7 +138,7 @@ pub fn coordinator_config(
         tenant_refresh_ms: 500,
         hints_enabled: hints,
         hint_replay_interval_ms: 200,
-        ..Default::default()
+        ..pairdb_kit::coordinator_config(db_url, id)
     })
 }
 
@@ -184,24 +177,9 @@ impl TestCluster {
         let mut nodes = Vec::new();
         for i in 0..o.nodes {
             let id = format!("n{}", i + 1);
-            let cfg = pairdb_storage_node::Config {
-                node_id: id.clone(),
-                data_dir: dir.path().join(&id),
-                grpc_addr: free_addr()?,
-                admin_addr: free_addr()?,
-                block_cache_mb: 16,
-                memtable_mb: 8,
-                ..Default::default()
-            };
+            let cfg = pairdb_kit::node_config(&id, dir.path(), free_addr()?, free_addr()?);
             let node = start_node(&cfg).await?;
-            meta.add_node(&NodeRecord::new(
-                &id,
-                "127.0.0.1",
-                cfg.grpc_addr.port(),
-                cfg.admin_addr.port(),
-                NodeState::Normal,
-            ))
-            .await?;
+            pairdb_kit::register(meta.as_ref(), &[&node]).await?;
             node_cfgs.push(cfg);
             nodes.push(Some(node));
         }
@@ -324,15 +302,9 @@ impl TestCluster {
     }
 }
 
+/// A kit node that sees its disk 10% full whatever the machine's disk is.
 async fn start_node(cfg: &pairdb_storage_node::Config) -> Result<RunningNode> {
-    let usage = pairdb_storage_node::disk::FixedUsage::new(10.0);
-    Ok(pairdb_storage_node::server::start(
-        cfg.clone(),
-        pairdb_storage_node::server::StartOptions {
-            usage_source: Some(Box::new(usage)),
-        },
-    )
-    .await?)
+    pairdb_kit::start_node(cfg.clone(), Some(10.0)).await
 }
 
 /// Polls an async condition until it holds or `deadline` passes.

@@ -6,7 +6,6 @@ pub mod cluster;
 pub mod procs;
 pub mod proxy;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -54,9 +53,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 }
 
 /// A free port on 127.0.0.1 (bound then released; tests run serially, so reuse races are rare).
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+pub use pairdb_kit::{free_addr, free_port};
 
 /// A child process killed (SIGKILL) and reaped when dropped, unless already stopped.
 pub struct ChildGuard {

@@ -25,7 +25,7 @@
 
 mod error;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,7 +72,14 @@ pub struct JobDriver {
     owner: String,
     lease_ms: u64,
     driving: Mutex<HashSet<String>>,
+    /// Jobs whose task panicked here: how many times in a row, and when this coordinator may
+    /// take them again. A panic is a bug that repeats, so retries back off (doubling from
+    /// twice the lease, at most [`PANIC_BACKOFF_MAX`]) instead of running every poll.
+    panicked: Mutex<HashMap<String, (u32, Instant)>>,
 }
+
+/// Longest wait before this coordinator takes a job that keeps panicking again.
+pub const PANIC_BACKOFF_MAX: Duration = Duration::from_secs(600);
 
 impl JobDriver {
     /// `owner` is this coordinator's id, written as `lease_owner`.
@@ -90,6 +97,7 @@ impl JobDriver {
             owner,
             lease_ms,
             driving: Mutex::new(HashSet::new()),
+            panicked: Mutex::new(HashMap::new()),
         })
     }
 
@@ -163,7 +171,7 @@ impl JobDriver {
         expires_at_ms: Option<u64>,
         now: u64,
     ) -> Result<bool, MetaError> {
-        if self.is_driving(id) {
+        if self.is_driving(id) || self.backing_off(id) {
             return Ok(false);
         }
         if let (Some(holder), Some(exp)) = (held_by, expires_at_ms)
@@ -207,7 +215,9 @@ impl JobDriver {
             let r = fut.await;
             let (job, id) = (guard.driver.table.as_str(), guard.id.as_str());
             match r {
-                Ok(()) => {}
+                Ok(()) => {
+                    guard.driver.panicked.lock().remove(&guard.id);
+                }
                 Err(JobError::Cancelled) => {
                     tracing::info!(job, id, "job stopped at shutdown; it will be resumed")
                 }
@@ -237,6 +247,26 @@ impl JobDriver {
                 error,
             )
             .await
+    }
+
+    /// Whether job `id` panicked here recently enough that this coordinator waits.
+    fn backing_off(&self, id: &str) -> bool {
+        self.panicked
+            .lock()
+            .get(id)
+            .is_some_and(|(_, until)| Instant::now() < *until)
+    }
+
+    /// Records that job `id`'s task panicked; the wait before taking it again.
+    fn record_panic(&self, id: &str) -> Duration {
+        let mut p = self.panicked.lock();
+        let e = p.entry(id.to_string()).or_insert((0, Instant::now()));
+        e.0 = e.0.saturating_add(1);
+        let wait = Duration::from_millis(self.lease_ms.max(1))
+            .saturating_mul(1 << e.0.min(20))
+            .min(PANIC_BACKOFF_MAX);
+        e.1 = Instant::now() + wait;
+        wait
     }
 
     fn save_every(&self) -> Duration {
@@ -278,6 +308,16 @@ struct Driven {
 
 impl Drop for Driven {
     fn drop(&mut self) {
+        // Dropped while unwinding: the job's task panicked.
+        if std::thread::panicking() {
+            let wait = self.driver.record_panic(&self.id);
+            tracing::error!(
+                job = self.driver.table.as_str(),
+                id = %self.id,
+                retry_in_ms = wait.as_millis() as u64,
+                "job panicked; this coordinator takes it again after a backoff"
+            );
+        }
         self.driver.driving.lock().remove(&self.id);
     }
 }
@@ -304,6 +344,27 @@ impl<T, X> Work<T, X> {
     }
 }
 
+/// The work of a [`Run`], locked; a mutable access marks it for the next save.
+pub struct WorkGuard<'a, T, X> {
+    guard: MutexGuard<'a, Work<T, X>>,
+    touched: &'a AtomicBool,
+}
+
+impl<T, X> std::ops::Deref for WorkGuard<'_, T, X> {
+    type Target = Work<T, X>;
+
+    fn deref(&self) -> &Work<T, X> {
+        &self.guard
+    }
+}
+
+impl<T, X> std::ops::DerefMut for WorkGuard<'_, T, X> {
+    fn deref_mut(&mut self) -> &mut Work<T, X> {
+        self.touched.store(true, Ordering::Relaxed);
+        &mut self.guard
+    }
+}
+
 type Render<T, X> = Box<dyn Fn(&Work<T, X>) -> String + Send + Sync>;
 
 /// One job being driven: its [`Work`] behind a lock, saved with each lease renewal.
@@ -313,6 +374,9 @@ pub struct Run<T, X = ()> {
     work: Mutex<Work<T, X>>,
     /// The plan as last saved (written again only when it changed).
     saved_plan: Mutex<String>,
+    /// Set by every mutable access to the work ([`WorkGuard`]): only then is the plan
+    /// serialized again to see whether it changed.
+    touched: AtomicBool,
     progress: Render<T, X>,
     cancel: CancellationToken,
     lost: AtomicBool,
@@ -334,6 +398,7 @@ impl<T: Serialize, X> Run<T, X> {
             id: id.to_string(),
             work: Mutex::new(work),
             saved_plan: Mutex::new(saved_plan.to_string()),
+            touched: AtomicBool::new(true),
             progress: Box::new(progress),
             cancel,
             lost: AtomicBool::new(false),
@@ -344,8 +409,11 @@ impl<T: Serialize, X> Run<T, X> {
         &self.id
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Work<T, X>> {
-        self.work.lock()
+    pub fn lock(&self) -> WorkGuard<'_, T, X> {
+        WorkGuard {
+            guard: self.work.lock(),
+            touched: &self.touched,
+        }
     }
 
     pub fn cancel_token(&self) -> &CancellationToken {
@@ -373,24 +441,23 @@ impl<T: Serialize, X> Run<T, X> {
     /// Saves plan (if changed), progress and waiting reason, renewing the lease.
     /// [`JobError::LeaseLost`] when the lease is gone (or the job is no longer active).
     pub async fn save(&self) -> Result<(), JobError> {
+        let touched = self.touched.swap(false, Ordering::SeqCst);
         let (plan, progress, waiting) = {
             let w = self.work.lock();
-            (to_json(&w.plan), (self.progress)(&w), w.waiting.clone())
+            let plan = touched.then(|| to_json(&w.plan));
+            (plan, (self.progress)(&w), w.waiting.clone())
         };
-        let changed = *self.saved_plan.lock() != plan;
+        let plan = plan.filter(|p| *self.saved_plan.lock() != *p);
+        let changed = plan.is_some();
         let saved = self
             .driver
-            .save(
-                &self.id,
-                changed.then_some(plan.as_str()),
-                &progress,
-                waiting.as_deref(),
-            )
-            .await?;
+            .save(&self.id, plan.as_deref(), &progress, waiting.as_deref())
+            .await
+            .inspect_err(|_| self.touched.store(true, Ordering::SeqCst))?;
         if !saved {
             return Err(JobError::LeaseLost);
         }
-        if changed {
+        if let Some(plan) = plan.filter(|_| changed) {
             *self.saved_plan.lock() = plan;
         }
         Ok(())

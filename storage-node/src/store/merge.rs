@@ -61,20 +61,15 @@ impl Store {
     }
 
     pub(super) fn merge_many(&self, cmds: Vec<ApplyCmd>, repair: bool) -> Vec<Result<ApplyReply>> {
-        let mut results: Vec<Option<Result<ApplyReply>>> = Vec::with_capacity(cmds.len());
-        let mut accepted: Vec<(usize, Vec<u8>)> = Vec::new();
-        for (i, c) in cmds.iter().enumerate() {
-            let check = validate::key_ref(&c.tenant, &c.key)
-                .map_err(Error::from)
-                .and_then(|_| self.check_own_counters(&c.state, "incoming key state"));
-            match check {
-                Ok(()) => {
-                    accepted.push((i, token::data_key(&c.tenant, &c.key)));
-                    results.push(None);
-                }
-                Err(e) => results.push(Some(Err(e))),
-            }
-        }
+        let (mut results, accepted) = admit(
+            &cmds,
+            |c: &ApplyCmd| {
+                validate::key_ref(&c.tenant, &c.key)
+                    .map_err(Error::from)
+                    .and_then(|_| self.check_own_counters(&c.state, "incoming key state"))
+            },
+            |c| (c.tenant.as_str(), c.key.as_slice()),
+        );
         let guards = self.lock_all(accepted.iter().map(|(_, dk)| dk.as_slice()));
         let registry = self.fences.read();
         let gates = enter_fences(&registry, accepted.iter().map(|(_, dk)| dk.as_slice()));
@@ -121,13 +116,7 @@ impl Store {
                 self.metrics.data_recovery_operations.inc_by(recovered);
             }
             Ok(()) => {}
-            Err(e) => {
-                for (i, _) in &accepted {
-                    if matches!(results[*i], Some(Ok(_))) {
-                        results[*i] = Some(Err(e.clone()));
-                    }
-                }
-            }
+            Err(e) => fail_committed(&mut results, &accepted, &e),
         }
         drop(gates);
         drop(registry);

@@ -86,6 +86,41 @@ pub struct Store {
     digest_cache: Mutex<Vec<(String, std::time::Instant, Arc<SessionLeaves>)>>,
 }
 
+/// A batch's commands split by their checks: a result slot per command (filled for one that
+/// failed its check) and, for the rest, its index and data key, in order.
+type Admitted<R> = (Vec<Option<Result<R>>>, Vec<(usize, Vec<u8>)>);
+
+/// Checks every command of a batch (`check`), keying the ones that pass (`key`: tenant and
+/// user key) so the batch can lock them all.
+fn admit<C, R>(
+    cmds: &[C],
+    check: impl Fn(&C) -> Result<()>,
+    key: impl Fn(&C) -> (&str, &[u8]),
+) -> Admitted<R> {
+    let mut results = Vec::with_capacity(cmds.len());
+    let mut accepted = Vec::new();
+    for (i, c) in cmds.iter().enumerate() {
+        match check(c) {
+            Ok(()) => {
+                let (tenant, k) = key(c);
+                accepted.push((i, token::data_key(tenant, k)));
+                results.push(None);
+            }
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    (results, accepted)
+}
+
+/// A batch whose commit failed: every command that had succeeded fails with `e`.
+fn fail_committed<R>(results: &mut [Option<Result<R>>], accepted: &[(usize, Vec<u8>)], e: &Error) {
+    for (i, _) in accepted {
+        if matches!(results[*i], Some(Ok(_))) {
+            results[*i] = Some(Err(e.clone()));
+        }
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -68,10 +68,8 @@ impl Store {
         response_budget: usize,
     ) -> Vec<Result<WriteReply>> {
         let now = now_ms();
-        let mut results: Vec<Option<Result<WriteReply>>> = Vec::with_capacity(cmds.len());
-        let mut accepted: Vec<(usize, Vec<u8>)> = Vec::new();
-        for (i, c) in cmds.iter().enumerate() {
-            let check = validate::key_ref(&c.tenant, &c.key)
+        let check = |c: &WriteCmd| {
+            validate::key_ref(&c.tenant, &c.key)
                 .and_then(|_| {
                     validate::value(
                         &c.value,
@@ -85,15 +83,10 @@ impl Store {
                     )),
                     false => Ok(()),
                 })
-                .map_err(Error::from);
-            match check {
-                Ok(()) => {
-                    accepted.push((i, token::data_key(&c.tenant, &c.key)));
-                    results.push(None);
-                }
-                Err(e) => results.push(Some(Err(e))),
-            }
-        }
+                .map_err(Error::from)
+        };
+        let (mut results, accepted) =
+            admit(&cmds, check, |c| (c.tenant.as_str(), c.key.as_slice()));
         let guards = self.lock_all(accepted.iter().map(|(_, dk)| dk.as_slice()));
         let registry = self.fences.read();
         let gates = enter_fences(&registry, accepted.iter().map(|(_, dk)| dk.as_slice()));
@@ -111,11 +104,7 @@ impl Store {
             results[*i] = Some(r);
         }
         if let Err(e) = self.commit(staged, "write") {
-            for (i, _) in &accepted {
-                if matches!(results[*i], Some(Ok(_))) {
-                    results[*i] = Some(Err(e.clone()));
-                }
-            }
+            fail_committed(&mut results, &accepted, &e);
         }
         drop(gates);
         drop(registry);

@@ -1,0 +1,290 @@
+//! Multi-process clusters: storage nodes and coordinators as separate processes (the real
+//! binaries), killed with SIGKILL, restarted on the same ports and directories, with a fresh
+//! PostgreSQL database per test; plus a load writer that records every acknowledged write.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
+use pairdb_common::client::{Coordinator, Dial};
+use pairdb_common::ring::NodeState;
+use pairdb_coordinator::meta::NodeRecord;
+use tonic::transport::Channel;
+
+use crate::{ChildGuard, binary, free_port, wait_until};
+
+mod cluster;
+mod load;
+mod secure;
+
+pub use cluster::{ProcCluster, ProcOptions};
+pub use load::{Acked, Writer, preload};
+pub use secure::Secure;
+
+fn kill9(child: &mut Option<ChildGuard>) -> Result<()> {
+    let mut g = child.take().context("not running")?;
+    g.signal_and_wait(rustix::process::Signal::KILL, Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// A storage node process.
+pub struct NodeProc {
+    pub id: String,
+    pub dir: std::path::PathBuf,
+    pub grpc: u16,
+    pub admin: u16,
+    /// Coordinator to self-register with (`--join`).
+    pub join: Option<String>,
+    pub child: Option<ChildGuard>,
+    /// TLS and admin token (a secure cluster).
+    pub secure: Option<Arc<Secure>>,
+    /// Extra environment, applied last (a test switching settings between restarts).
+    pub env: Vec<(String, String)>,
+}
+
+impl NodeProc {
+    pub fn new(id: &str, root: &std::path::Path) -> Result<NodeProc> {
+        Ok(NodeProc {
+            id: id.into(),
+            dir: root.join(id),
+            grpc: free_port()?,
+            admin: free_port()?,
+            join: None,
+            child: None,
+            secure: None,
+            env: Vec::new(),
+        })
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.grpc)
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        let mut cmd = Command::new(binary("pairdb-storage-node")?);
+        cmd.args(["--node-id", &self.id, "--data-dir"])
+            .arg(&self.dir)
+            .args([
+                "--grpc-addr",
+                &self.addr(),
+                "--admin-addr",
+                &format!("127.0.0.1:{}", self.admin),
+            ])
+            // Every pull chunk with a new key goes in as an ingested table, so the process tests
+            // run the fenced ingest path against their concurrent writes.
+            .env("PAIRDB_STREAM_TABLE_MIN_KB", "0")
+            .env("RUST_LOG", "warn");
+        if let Some(j) = &self.join {
+            cmd.args(["--join", j]);
+        }
+        if let Some(sec) = &self.secure {
+            if !sec.dir.join(format!("{}.crt", self.id)).exists() {
+                sec.issue(pairdb_common::tls::certs::LeafSpec::storage_node(
+                    &self.id,
+                    &["127.0.0.1", "localhost"],
+                    30,
+                ))?;
+            }
+            cmd.envs(sec.env(&self.id));
+        }
+        cmd.envs(self.env.iter().cloned());
+        self.child = Some(spawn_listening(&self.id, &mut cmd, self.grpc)?);
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) -> Result<()> {
+        kill9(&mut self.child)
+    }
+
+    pub fn record(&self) -> NodeRecord {
+        NodeRecord::new(
+            &self.id,
+            "127.0.0.1",
+            self.grpc,
+            self.admin,
+            NodeState::Normal,
+        )
+    }
+
+    /// A client to this node (with the coordinator certificate in a secure cluster).
+    pub async fn client(&self) -> Result<StorageNodeServiceClient<Channel>> {
+        let tls = match &self.secure {
+            Some(sec) => {
+                sec.client_tls(&pairdb_common::tls::Expect::storage_node(Some(&self.id)))?
+            }
+            None => pairdb_common::tls::connect::ClientTls::Off,
+        };
+        let ep = pairdb_common::tls::connect::endpoint(&self.addr()).map_err(anyhow::Error::msg)?;
+        Ok(StorageNodeServiceClient::new(
+            pairdb_common::tls::connect::channel(ep, tls).await?,
+        ))
+    }
+
+    /// The Prometheus text this node serves.
+    pub async fn metrics(&self) -> Result<String> {
+        admin_get(self.admin, "/metrics", self.secure.as_deref()).await
+    }
+}
+
+/// GET `path` on a local admin port (HTTPS with the cluster CA and the admin token in a
+/// secure cluster).
+pub async fn admin_get(port: u16, path: &str, secure: Option<&Secure>) -> Result<String> {
+    let Some(sec) = secure else {
+        return Ok(reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+            .await?
+            .text()
+            .await?);
+    };
+    let auth = AdminAuth {
+        ca: sec.ca(),
+        token: Some(sec.token.clone()),
+    };
+    let (status, body) = auth.get(port, path).await?;
+    anyhow::ensure!(status == 200, "{path}: HTTP {status}: {body}");
+    Ok(body)
+}
+
+/// HTTPS requests to a local admin port: trusting `ca`, sending `token` when given.
+#[derive(Clone)]
+pub struct AdminAuth {
+    pub ca: std::path::PathBuf,
+    pub token: Option<String>,
+}
+
+impl AdminAuth {
+    pub async fn get(&self, port: u16, path: &str) -> Result<(u16, String)> {
+        self.request(port, "GET", path).await
+    }
+
+    pub async fn post(&self, port: u16, path: &str) -> Result<(u16, String)> {
+        self.request(port, "POST", path).await
+    }
+
+    async fn request(&self, port: u16, method: &str, path: &str) -> Result<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cfg = pairdb_common::tls::connect::tool_config(
+            &self.ca,
+            None,
+            &pairdb_common::tls::Expect::any(),
+        )?;
+        let mut cfg = (*cfg).clone();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1")?;
+        let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await?;
+        let auth = match &self.token {
+            Some(t) => format!("Authorization: Bearer {t}\r\n"),
+            None => String::new(),
+        };
+        s.write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        // A TLS close without close_notify still leaves the whole answer in `buf`.
+        let _ = s.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status")?;
+        Ok((status, body.to_string()))
+    }
+}
+
+/// A coordinator process.
+pub struct CoordProc {
+    pub id: String,
+    pub grpc: u16,
+    pub admin: u16,
+    pub env: Vec<(String, String)>,
+    pub child: Option<ChildGuard>,
+    pub secure: Option<Arc<Secure>>,
+    /// Append the process's stderr (its log, the audit trail) to this file.
+    pub log: Option<std::path::PathBuf>,
+}
+
+impl CoordProc {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.grpc)
+    }
+
+    pub fn start(&mut self, db_url: &str) -> Result<()> {
+        let mut cmd = Command::new(binary("pairdb-coordinator")?);
+        cmd.arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("PAIRDB_GRPC_ADDR", self.addr())
+            .env("PAIRDB_ADMIN_ADDR", format!("127.0.0.1:{}", self.admin))
+            .env("PAIRDB_COORDINATOR_ID", &self.id)
+            .env("RUST_LOG", "warn");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(sec) = &self.secure {
+            cmd.envs(sec.env("coordinator"))
+                .env("PAIRDB_AUTH", "required");
+        }
+        if let Some(path) = &self.log {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            cmd.stderr(f);
+        }
+        self.child = Some(spawn_listening(&self.id, &mut cmd, self.grpc)?);
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) -> Result<()> {
+        kill9(&mut self.child)
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// How a client reaches this coordinator (TLS and the admin token in a secure cluster).
+    pub fn dial(&self) -> Dial {
+        Dial {
+            address: self.addr(),
+            token: self.secure.as_ref().map(|s| s.token.clone()),
+            ca: self.secure.as_ref().map(|s| s.ca()),
+            ..Dial::default()
+        }
+    }
+
+    pub async fn client(&self) -> Result<Coordinator> {
+        self.dial().connect().await.map_err(anyhow::Error::msg)
+    }
+}
+
+/// The Prometheus text a process serves on its admin port.
+pub async fn metrics_text(admin_port: u16) -> Result<String> {
+    Ok(
+        reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
+            .await?
+            .text()
+            .await?,
+    )
+}
+
+/// Spawns a server process and waits until it accepts connections on `port`.
+fn spawn_listening(name: &str, cmd: &mut Command, port: u16) -> Result<ChildGuard> {
+    let child = ChildGuard::spawn(name, cmd)?;
+    wait_until(
+        &format!("{name} listening"),
+        Duration::from_secs(20),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    )?;
+    Ok(child)
+}
