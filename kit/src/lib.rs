@@ -16,10 +16,44 @@ use pairdb_coordinator::meta::{MetaStore, NodeRecord, TenantRecord};
 use pairdb_coordinator::server::RunningCoordinator;
 use pairdb_storage_node::server::{RunningNode, StartOptions};
 
-/// A loopback port nothing listens on right now (the OS picks it; another process could
-/// take it before the caller binds, which on a test machine is rare enough).
+/// A loopback port nothing listens on right now, for a server started a moment later.
+///
+/// It is chosen *below* the kernel's ephemeral range (`ip_local_port_range`) when there is room:
+/// a port from `bind(0)` comes from that range, where any outgoing connection (to PostgreSQL,
+/// between nodes) may take it as its local port before the server binds it — the
+/// "Address already in use" flake of a process test. Below the range only another explicit
+/// binder can collide.
 pub fn free_port() -> std::io::Result<u16> {
+    let (lo, hi) = below_ephemeral();
+    if hi > lo {
+        for _ in 0..200 {
+            let port = lo + (random() % u64::from(hi - lo)) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Ports from 10000 up to the start of the ephemeral range (empty if it starts lower).
+fn below_ephemeral() -> (u16, u16) {
+    let first = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    (10_000, first)
+}
+
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 /// [`free_port`] as a loopback address.
@@ -118,4 +152,19 @@ pub async fn start_coordinator(
     pairdb_coordinator::server::start_with(cfg, meta)
         .await
         .with_context(|| format!("start coordinator {id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range_and_free() {
+        let (lo, hi) = super::below_ephemeral();
+        for _ in 0..20 {
+            let p = super::free_port().unwrap();
+            if hi > lo {
+                assert!((lo..hi).contains(&p), "{p} not in {lo}..{hi}");
+            }
+            std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
+    }
 }

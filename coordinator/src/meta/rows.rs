@@ -227,3 +227,24 @@ pub(crate) fn repair_row<B: Backend>(r: &B::Row) -> MetaResult<RepairRecord> {
         error: c.opt_text("error")?,
     })
 }
+
+/// One target's line of `hint_targets` (`target_node_id`, `pending`, `bytes`, `oldest`).
+pub(crate) fn hint_target_row<B: Backend>(r: &B::Row) -> MetaResult<HintTarget> {
+    let c = Cols::<B>::new(r);
+    Ok(HintTarget {
+        node_id: c.text("target_node_id")?,
+        pending: to_u64(c.int("pending")?),
+        bytes: to_u64(c.opt_int("bytes")?.unwrap_or(0)),
+        oldest_created_at_ms: c.ms("oldest")?.unwrap_or(0),
+    })
+}
+
+/// A `context_keys` row (`key_id`, `secret`, `retires_at_ms`).
+pub(crate) fn context_key_row<B: Backend>(r: &B::Row) -> MetaResult<ContextKeyRecord> {
+    let c = Cols::<B>::new(r);
+    Ok(ContextKeyRecord {
+        key_id: c.num("key_id")?,
+        secret: c.bytes("secret")?,
+        retires_at_ms: c.ms("retires_at_ms")?,
+    })
+}

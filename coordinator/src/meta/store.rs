@@ -234,15 +234,7 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
         self.rows(&sql, &[])
             .await?
             .iter()
-            .map(|r| {
-                let c = Cols::<B>::new(r);
-                Ok(HintTarget {
-                    node_id: c.text("target_node_id")?,
-                    pending: to_u64(c.int("pending")?),
-                    bytes: to_u64(c.opt_int("bytes")?.unwrap_or(0)),
-                    oldest_created_at_ms: c.ms("oldest")?.unwrap_or(0),
-                })
-            })
+            .map(hint_target_row::<B>)
             .collect()
     }
 
@@ -418,14 +410,7 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
         self.rows(&sql, &[now()])
             .await?
             .iter()
-            .map(|r| {
-                let c = Cols::<B>::new(r);
-                Ok(ContextKeyRecord {
-                    key_id: c.num("key_id")?,
-                    secret: c.bytes("secret")?,
-                    retires_at_ms: c.ms("retires_at_ms")?,
-                })
-            })
+            .map(context_key_row::<B>)
             .collect()
     }
 
