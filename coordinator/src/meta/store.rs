@@ -257,11 +257,7 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
             "SELECT {} FROM storage_nodes ORDER BY node_id",
             node_cols(d)
         );
-        let members = rows::<B>(&mut tx, &sql, &[])
-            .await?
-            .iter()
-            .map(node_row::<B>)
-            .collect::<MetaResult<Vec<_>>>()?;
+        let members = all::<B, _>(&mut tx, &sql, node_row::<B>).await?;
         let sql = "SELECT MAX(replication_factor) AS rf FROM tenants";
         let max_rf = one_int::<B>(&mut tx, sql, &[], "rf").await?;
         admit(&Membership {
@@ -320,11 +316,7 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
             "SELECT {} FROM pending_changes WHERE status = 'running'",
             change_cols(d)
         );
-        let running = rows::<B>(&mut tx, &sql, &[])
-            .await?
-            .iter()
-            .map(change_row::<B>)
-            .collect::<MetaResult<Vec<_>>>()?;
+        let running = all::<B, _>(&mut tx, &sql, change_row::<B>).await?;
         if let Err(why) = admit(&running) {
             return Ok(Err(why));
         }

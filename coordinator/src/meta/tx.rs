@@ -30,6 +30,15 @@ pub(crate) async fn rows<B: Backend>(
     Ok(B::rows(c, sql, args).await?)
 }
 
+/// Every row a statement returns, decoded by `row`.
+pub(crate) async fn all<B: Backend, T>(
+    c: &mut B::Connection,
+    sql: &str,
+    row: fn(&B::Row) -> MetaResult<T>,
+) -> MetaResult<Vec<T>> {
+    rows::<B>(c, sql, &[]).await?.iter().map(row).collect()
+}
+
 /// The one integer a statement returns (`RETURNING value`, `count(*)`), under `col`.
 pub(crate) async fn one_int<B: Backend>(
     c: &mut B::Connection,

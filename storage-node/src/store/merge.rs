@@ -121,14 +121,7 @@ impl Store {
         drop(gates);
         drop(registry);
         drop(guards);
-        results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(Error::Engine(EngineError::Io("merge not processed".into())))
-                })
-            })
-            .collect()
+        filled(results, "merge")
     }
 
     /// Merges one incoming state into the key's current one and stages the result when it

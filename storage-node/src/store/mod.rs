@@ -112,6 +112,21 @@ fn admit<C, R>(
     (results, accepted)
 }
 
+/// A batch's results, every slot filled (`what` names the batch in the unreachable case of
+/// a command left without a result).
+fn filled<R>(results: Vec<Option<Result<R>>>, what: &str) -> Vec<Result<R>> {
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(Error::Engine(EngineError::Io(format!(
+                    "{what} not processed"
+                ))))
+            })
+        })
+        .collect()
+}
+
 /// A batch whose commit failed: every command that had succeeded fails with `e`.
 fn fail_committed<R>(results: &mut [Option<Result<R>>], accepted: &[(usize, Vec<u8>)], e: &Error) {
     for (i, _) in accepted {

@@ -109,14 +109,7 @@ impl Store {
         drop(gates);
         drop(registry);
         drop(guards);
-        results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(Error::Engine(EngineError::Io("write not processed".into())))
-                })
-            })
-            .collect()
+        filled(results, "write")
     }
 
     /// Commits what a batch staged, in one engine write.
