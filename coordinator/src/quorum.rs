@@ -13,12 +13,13 @@
 //!   Calls still running are **the rest**: they stay in the fan-out, and its owner drains them
 //!   with [`FanOut::next`] (hints, read repair); dropping the fan-out cancels them.
 //!
+//! [`fan_out`] starts the calls, each one future in place (no box per call).
+//!
 //! The fan-out never retries and never decides what a reply means beyond ack or miss: the
 //! caller's call closure turns a replica's answer into `Ok(T)` or a [`Miss`].
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,11 +129,10 @@ pub struct CallSettings {
     pub metrics: Arc<Metrics>,
 }
 
-type Call<T> = Pin<Box<dyn Future<Output = Reply<T>> + Send>>;
-
-/// Replica calls in flight (see the module docs for the contract).
-pub struct FanOut<T> {
-    calls: FuturesUnordered<Call<T>>,
+/// Replica calls in flight (see the module docs for the contract); `C` is the type of one
+/// call (each is one future in place, not a boxed one).
+pub struct FanOut<C> {
+    calls: FuturesUnordered<C>,
 }
 
 /// Runs one replica call under the per-call part of the contract: bounded by the per-call
@@ -164,39 +164,41 @@ where
     result
 }
 
-impl<T: Send + 'static> FanOut<T> {
-    /// Starts one call per target; `call` builds a target's call.
-    pub fn start<F, Fut>(
-        targets: impl IntoIterator<Item = (Arc<NodeEntry>, bool)>,
-        settings: &CallSettings,
-        call: F,
-    ) -> FanOut<T>
-    where
-        F: Fn(Arc<NodeEntry>) -> Fut,
-        Fut: Future<Output = Result<T, Miss>> + Send + 'static,
-    {
-        let calls = targets
-            .into_iter()
-            .map(|(node, counts)| {
-                let fut = call(node.clone());
-                let settings = settings.clone();
-                Box::pin(async move {
-                    let result = if node.health.is_available() {
-                        call_one(node.clone(), &settings, fut).await
-                    } else {
-                        Err(Miss::refused("node is down"))
-                    };
-                    Reply {
-                        node,
-                        counts,
-                        result,
-                    }
-                }) as Call<T>
-            })
-            .collect();
-        FanOut { calls }
-    }
+/// Starts one call per target; `call` builds a target's call.
+pub fn fan_out<T, I, F, Fut>(
+    targets: I,
+    settings: &CallSettings,
+    call: F,
+) -> FanOut<impl Future<Output = Reply<T>> + Send + use<T, I, F, Fut>>
+where
+    I: IntoIterator<Item = (Arc<NodeEntry>, bool)>,
+    F: Fn(Arc<NodeEntry>) -> Fut,
+    Fut: Future<Output = Result<T, Miss>> + Send,
+    T: Send,
+{
+    let calls = targets
+        .into_iter()
+        .map(|(node, counts)| {
+            let fut = call(node.clone());
+            let settings = settings.clone();
+            async move {
+                let result = if node.health.is_available() {
+                    call_one(node.clone(), &settings, fut).await
+                } else {
+                    Err(Miss::refused("node is down"))
+                };
+                Reply {
+                    node,
+                    counts,
+                    result,
+                }
+            }
+        })
+        .collect();
+    FanOut { calls }
+}
 
+impl<T, C: Future<Output = Reply<T>>> FanOut<C> {
     /// The next reply of the calls still running, `None` when all have finished.
     pub async fn next(&mut self) -> Option<Reply<T>> {
         self.calls.next().await
@@ -247,6 +249,7 @@ mod tests {
     use super::*;
     use pairdb_common::ring::NodeState;
     use pairdb_common::worker::Supervisor;
+    use std::pin::Pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn node(id: &str, sup: &Supervisor) -> Arc<NodeEntry> {
@@ -310,7 +313,7 @@ mod tests {
             calls.clone(),
         );
         let targets = [(a, true), (b, true), (c, true)];
-        let mut fan = FanOut::start(targets, &settings(5_000), f);
+        let mut fan = fan_out(targets, &settings(5_000), f);
         let g = fan.gather(2, far()).await;
         assert_eq!((g.acks, g.timed_out, g.replies.len()), (2, false, 2));
         assert_eq!(fan.running(), 1, "the slow call is the rest");
@@ -326,7 +329,7 @@ mod tests {
         let (a, b, p) = (node("a", &sup), node("b", &sup), node("p", &sup));
         let calls = Arc::new(AtomicUsize::new(0));
         let f = call(&[("a", 5, true), ("b", 5, false), ("p", 1, true)], calls);
-        let mut fan = FanOut::start([(a, true), (b, true), (p, false)], &settings(5_000), f);
+        let mut fan = fan_out([(a, true), (b, true), (p, false)], &settings(5_000), f);
         let g = fan.gather(2, far()).await;
         assert_eq!((g.acks, g.timed_out, g.replies.len()), (1, false, 3));
         assert_eq!(g.misses(), vec!["b: no".to_string()]);
@@ -341,7 +344,7 @@ mod tests {
         assert!(!a.health.is_available());
         let calls = Arc::new(AtomicUsize::new(0));
         let f = call(&[("a", 1, true), ("b", 1_000, true)], calls.clone());
-        let mut fan = FanOut::start([(a, true), (b.clone(), true)], &settings(50), f);
+        let mut fan = fan_out([(a, true), (b.clone(), true)], &settings(50), f);
         let g = fan.gather(1, far()).await;
         assert_eq!(g.acks, 0);
         let why: Vec<(String, bool)> = g
@@ -370,7 +373,7 @@ mod tests {
         let a = node("a", &sup);
         let calls = Arc::new(AtomicUsize::new(0));
         let f = call(&[("a", 300, true)], calls);
-        let mut fan = FanOut::start([(a, true)], &settings(5_000), f);
+        let mut fan = fan_out([(a, true)], &settings(5_000), f);
         let soon = tokio::time::Instant::now() + Duration::from_millis(30);
         let g = fan.gather(1, soon).await;
         assert!(g.timed_out && g.replies.is_empty());

@@ -15,7 +15,7 @@ use super::{DataPlane, NotFound, ReadOk, ReadReq, budget_exceeded, decode_state}
 use crate::cluster::NodeEntry;
 use crate::error::Result;
 use crate::meta::Level;
-use crate::quorum::{FanOut, Gathered, Miss, Reply};
+use crate::quorum::{Gathered, Miss, Reply, fan_out};
 
 /// A replica's answer: its state, `None` when it holds no record of the key.
 type Answer = Option<KeyState>;
@@ -189,7 +189,7 @@ impl DataPlane {
     ) {
         let (gc_grace_ms, sup) = (self.cfg.gc_grace_ms, self.sup.clone());
         let targets = replicas.into_iter().map(|n| (n, true));
-        let mut fan = FanOut::start(targets, &self.calls("read"), |node| {
+        let mut fan = fan_out(targets, &self.calls("read"), |node| {
             read_one(node, kr.clone(), gc_grace_ms, sup.clone())
         });
         let g = fan.gather(required, deadline).await;
@@ -198,6 +198,7 @@ impl DataPlane {
         while let Some(r) = fan.next().await {
             replies.push(r);
         }
+        drop(fan);
         self.repair(kr, replies).await;
     }
 

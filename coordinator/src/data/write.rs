@@ -14,7 +14,7 @@ use crate::cluster::NodeEntry;
 use crate::error::Result;
 use crate::hints::Recorded;
 use crate::meta::{Level, TenantRecord};
-use crate::quorum::{FanOut, Miss, Reply, call_one};
+use crate::quorum::{Miss, Reply, call_one, fan_out};
 
 type Answer = oneshot::Sender<std::result::Result<WriteOk, E>>;
 
@@ -151,7 +151,7 @@ impl DataPlane {
             .filter(|(i, _)| *i != ci)
             .map(|(_, node)| (node.clone(), true))
             .chain(w.pending.iter().map(|node| (node.clone(), false)));
-        let mut fan = FanOut::start(targets, &self.calls("apply"), |node| {
+        let mut fan = fan_out(targets, &self.calls("apply"), |node| {
             let apply = apply.clone();
             async move {
                 node.batcher
