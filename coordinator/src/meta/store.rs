@@ -177,12 +177,7 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
             int(lease_ms),
             int(limit),
         ];
-        let mut out = self
-            .rows(&sql, &args)
-            .await?
-            .iter()
-            .map(hint_row::<B>)
-            .collect::<MetaResult<Vec<_>>>()?;
+        let mut out = self.all(&sql, &args, hint_row::<B>).await?;
         out.sort_by_key(|h| h.hint_id);
         Ok(out)
     }
@@ -231,11 +226,7 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
              FROM hints GROUP BY target_node_id ORDER BY target_node_id",
             d.ms("min(created_at)", "oldest")
         );
-        self.rows(&sql, &[])
-            .await?
-            .iter()
-            .map(hint_target_row::<B>)
-            .collect()
+        self.all(&sql, &[], hint_target_row::<B>).await
     }
 
     async fn count_hints_for(&self, target: &str) -> MetaResult<u64> {
@@ -257,7 +248,7 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
             "SELECT {} FROM storage_nodes ORDER BY node_id",
             node_cols(d)
         );
-        let members = all::<B, _>(&mut tx, &sql, node_row::<B>).await?;
+        let members = all::<B, _>(&mut tx, &sql, &[], node_row::<B>).await?;
         let sql = "SELECT MAX(replication_factor) AS rf FROM tenants";
         let max_rf = one_int::<B>(&mut tx, sql, &[], "rf").await?;
         admit(&Membership {
@@ -316,7 +307,7 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
             "SELECT {} FROM pending_changes WHERE status = 'running'",
             change_cols(d)
         );
-        let running = all::<B, _>(&mut tx, &sql, change_row::<B>).await?;
+        let running = all::<B, _>(&mut tx, &sql, &[], change_row::<B>).await?;
         if let Err(why) = admit(&running) {
             return Ok(Err(why));
         }
@@ -399,11 +390,7 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
             d.ms("retires_at", "retires_at_ms"),
             d.ts("$1")
         ));
-        self.rows(&sql, &[now()])
-            .await?
-            .iter()
-            .map(context_key_row::<B>)
-            .collect()
+        self.all(&sql, &[now()], context_key_row::<B>).await
     }
 
     async fn rotate_context_key(&self, secret: &[u8], grace_ms: u64) -> MetaResult<u32> {
@@ -460,11 +447,7 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
             "SELECT {} FROM tokens ORDER BY created_at, token_id",
             token_cols(d)
         );
-        self.rows(&sql, &[])
-            .await?
-            .iter()
-            .map(token_row::<B>)
-            .collect()
+        self.all(&sql, &[], token_row::<B>).await
     }
 
     async fn revoke_token(&self, token_id: &str) -> MetaResult<TokenRecord> {
@@ -475,10 +458,10 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
             d.ts("$2"),
             token_cols(d)
         ));
-        match self.rows(&sql, &[token_id.into(), now()]).await?.first() {
-            Some(r) => token_row::<B>(r),
-            None => Err(MetaError::NotFound(format!("token {token_id}"))),
-        }
+        self.all(&sql, &[token_id.into(), now()], token_row::<B>)
+            .await?
+            .pop()
+            .ok_or_else(|| MetaError::NotFound(format!("token {token_id}")))
     }
 
     async fn create_repair(&self, r: &RepairRecord) -> MetaResult<()> {

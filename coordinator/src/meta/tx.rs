@@ -34,9 +34,10 @@ pub(crate) async fn rows<B: Backend>(
 pub(crate) async fn all<B: Backend, T>(
     c: &mut B::Connection,
     sql: &str,
+    args: &[Arg<'_>],
     row: fn(&B::Row) -> MetaResult<T>,
 ) -> MetaResult<Vec<T>> {
-    rows::<B>(c, sql, &[]).await?.iter().map(row).collect()
+    rows::<B>(c, sql, args).await?.iter().map(row).collect()
 }
 
 /// The one integer a statement returns (`RETURNING value`, `count(*)`), under `col`.
@@ -219,9 +220,15 @@ impl<B: Backend> SqlMeta<B> {
         run::<B>(&mut c, sql, args).await
     }
 
-    pub(super) async fn rows(&self, sql: &str, args: &[Arg<'_>]) -> MetaResult<Vec<B::Row>> {
+    /// Every row a statement returns on a pooled connection, decoded by `row`.
+    pub(super) async fn all<T>(
+        &self,
+        sql: &str,
+        args: &[Arg<'_>],
+        row: fn(&B::Row) -> MetaResult<T>,
+    ) -> MetaResult<Vec<T>> {
         let mut c = self.pool.acquire().await?;
-        rows::<B>(&mut c, sql, args).await
+        all::<B, T>(&mut c, sql, args, row).await
     }
 
     /// A write transaction holding the admission lock (see the module docs).
@@ -262,11 +269,7 @@ impl<B: Backend> SqlMeta<B> {
             "SELECT {} FROM pending_changes {filter}",
             change_cols(d)
         ));
-        self.rows(&sql, args)
-            .await?
-            .iter()
-            .map(change_row::<B>)
-            .collect()
+        self.all(&sql, args, change_row::<B>).await
     }
 
     pub(super) async fn repairs_where(
@@ -276,11 +279,7 @@ impl<B: Backend> SqlMeta<B> {
     ) -> MetaResult<Vec<RepairRecord>> {
         let d = &B::DIALECT;
         let sql = d.sql(&format!("SELECT {} FROM repairs {filter}", repair_cols(d)));
-        self.rows(&sql, args)
-            .await?
-            .iter()
-            .map(repair_row::<B>)
-            .collect()
+        self.all(&sql, args, repair_row::<B>).await
     }
 
     pub(super) async fn nodes_where(
@@ -293,11 +292,7 @@ impl<B: Backend> SqlMeta<B> {
             "SELECT {} FROM storage_nodes {filter}",
             node_cols(d)
         ));
-        self.rows(&sql, args)
-            .await?
-            .iter()
-            .map(node_row::<B>)
-            .collect()
+        self.all(&sql, args, node_row::<B>).await
     }
 
     pub(super) async fn tenants_where(
@@ -307,10 +302,6 @@ impl<B: Backend> SqlMeta<B> {
     ) -> MetaResult<Vec<TenantRecord>> {
         let d = &B::DIALECT;
         let sql = d.sql(&format!("SELECT {} FROM tenants {filter}", tenant_cols(d)));
-        self.rows(&sql, args)
-            .await?
-            .iter()
-            .map(tenant_row::<B>)
-            .collect()
+        self.all(&sql, args, tenant_row::<B>).await
     }
 }
