@@ -34,7 +34,8 @@ for r in $(seq "$rounds"); do
   [ $((r % 2)) -eq 0 ] && order="head base"
   for who in $order; do
     echo "== round $r: $who"
-    PAIRDB_BENCH_BIN="${dir[$who]}" PAIRDB_BENCH_OUT="$out/$who-$r" \
+    # One load generator (HEAD's) drives both sides, so only the servers differ.
+    PAIRDB_BENCH_BIN="${dir[$who]}" PAIRDB_BENCH_CTL="${dir[head]}/pairdbctl" PAIRDB_BENCH_OUT="$out/$who-$r" \
       scripts/bench-cluster.sh "${extra[@]}" > "$out/$who-$r.log" 2>&1 || { cat "$out/$who-$r.log"; exit 1; }
   done
 done
@@ -57,4 +58,25 @@ for w in "abc":
         h = [x[c][0] for x in runs["head"]]
         errs = sum(x[c][1] for k in runs for x in runs[k])
         print(f"| {w.upper()} | {c} | {', '.join(f'{v:,.0f}' for v in b)} | {', '.join(f'{v:,.0f}' for v in h)} | {statistics.median(h)/statistics.median(b):.3f} |" + (f" ({errs} errors)" if errs else ""))
+def cpu(path):
+    j = json.load(open(path))
+    return {s["concurrency"]: s.get("cpu_us_per_op", {}) for s in j["steps"]}
+print()
+print("CPU µs per operation (medians over the runs; storage nodes summed):")
+print(f"| workload | conc | process | BASE {base} | HEAD {head} | HEAD/BASE |")
+print("|---|---:|---|---:|---:|---:|")
+for w in "abc":
+    runs = {k: [cpu(f"{out}/{k}-{r}/cluster-{w}.json") for r in range(1, rounds + 1)] for k in ("base", "head")}
+    for c in sorted(runs["base"][0]):
+        for proc in ("coordinator", "nodes", "client"):
+            def val(m):
+                if proc == "nodes":
+                    v = [m[c].get(n) for n in ("n1", "n2", "n3")]
+                    return sum(v) if all(x is not None for x in v) else None
+                return m[c].get(proc)
+            b = [v for v in map(val, runs["base"]) if v is not None]
+            h = [v for v in map(val, runs["head"]) if v is not None]
+            if b and h:
+                mb, mh = statistics.median(b), statistics.median(h)
+                print(f"| {w.upper()} | {c} | {proc} | {mb:.1f} | {mh:.1f} | {mh/mb:.3f} |")
 PY

@@ -47,13 +47,9 @@ pub struct RepairArgs {
     pub out: Option<std::path::PathBuf>,
 }
 
-/// User + system CPU seconds of this process (Linux `/proc/self/stat`, 100 ticks per second).
+/// User + system CPU seconds of this process.
 fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / 100.0
+    crate::cpu::cpu_secs(None).unwrap_or(0.0)
 }
 
 fn version(state: &mut KeyState, counter: u64, value: Vec<u8>) {

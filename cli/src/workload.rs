@@ -44,6 +44,10 @@ pub struct WorkloadArgs {
     /// Write the results as JSON here.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    /// `name=pid` of a server process (repeatable): each step reports its CPU microseconds
+    /// per operation, and this client's own as `client`.
+    #[arg(long = "cpu-pid")]
+    pub cpu_pids: Vec<String>,
 }
 
 /// YCSB's Zipfian generator over `[0, n)`, scrambled so hot keys spread over the ring.
@@ -109,6 +113,10 @@ pub struct StepReport {
     pub update: Option<OpStats>,
     pub total_ops_per_sec: f64,
     pub ratio_to_ping: f64,
+    /// CPU microseconds per operation of each watched process (`--cpu-pid`), measure phase.
+    pub cpu_us_per_op: std::collections::BTreeMap<String, f64>,
+    /// The same during the raw ping reference.
+    pub ping_cpu_us_per_op: std::collections::BTreeMap<String, f64>,
 }
 
 fn hist() -> Histogram<u64> {
@@ -161,6 +169,7 @@ pub async fn run(
         o => anyhow::bail!("unknown distribution {o}: use uniform or zipfian"),
     };
     let consistency = level(&a.consistency)?;
+    let watched = crate::cpu::Watched::parse(&a.cpu_pids)?;
     let channel = coordinator
         .channel()
         .await
@@ -230,18 +239,27 @@ pub async fn run(
             })
             .await;
             let h = health.clone();
-            crate::bench::load_step("ping", c, Duration::from_secs(a.duration_secs), move |_| {
-                let mut h = h.clone();
-                async move {
-                    h.check(tonic_health::pb::HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .is_ok()
-                }
-            })
-            .await
+            let cpu = watched.sample();
+            let step = crate::bench::load_step(
+                "ping",
+                c,
+                Duration::from_secs(a.duration_secs),
+                move |_| {
+                    let mut h = h.clone();
+                    async move {
+                        h.check(tonic_health::pb::HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                        .is_ok()
+                    }
+                },
+            )
+            .await;
+            let ping_cpu = cpu.per_op_us(&watched.sample(), step.ops);
+            (step, ping_cpu)
         };
+        let (ping, ping_cpu) = ping;
         let mut measure = None;
         for phase in ["warmup", "measure"] {
             let secs = if phase == "warmup" {
@@ -257,6 +275,7 @@ pub async fn run(
             });
             let deadline = Instant::now() + Duration::from_secs(secs);
             let started = Instant::now();
+            let cpu = watched.sample();
             let mut tasks = Vec::new();
             for _ in 0..c {
                 let (mut cl, shared, zipf, value) =
@@ -319,14 +338,15 @@ pub async fn run(
             if phase == "measure" {
                 let r = shared.read.lock();
                 let u = shared.update.lock();
+                let cpu = cpu.per_op_us(&watched.sample(), r.len() + u.len());
                 let read = (!r.is_empty())
                     .then(|| stats(&r, shared.read_err.load(Ordering::Relaxed), secs));
                 let update = (!u.is_empty())
                     .then(|| stats(&u, shared.update_err.load(Ordering::Relaxed), secs));
-                measure = Some((read, update, (r.len() + u.len()) as f64 / secs));
+                measure = Some((read, update, (r.len() + u.len()) as f64 / secs, cpu));
             }
         }
-        let (read, update, total) = measure.unwrap_or((None, None, 0.0));
+        let (read, update, total, cpu_us_per_op) = measure.unwrap_or_default();
         let ping_stats = OpStats {
             ops: ping.ops,
             errors: ping.errors,
@@ -343,6 +363,8 @@ pub async fn run(
             read,
             update,
             total_ops_per_sec: total,
+            cpu_us_per_op,
+            ping_cpu_us_per_op: ping_cpu,
         });
     }
     let report = serde_json::json!({
@@ -391,6 +413,13 @@ pub async fn run(
             s.total_ops_per_sec,
             s.ratio_to_ping * 100.0
         );
+        for (name, us) in &s.cpu_us_per_op {
+            let ping = s.ping_cpu_us_per_op.get(name).copied().unwrap_or(0.0);
+            println!(
+                "{:>5} cpu     {name}: {us:.1} µs/op (ping {ping:.1})",
+                s.concurrency
+            );
+        }
     }
     Ok(())
 }
