@@ -99,6 +99,27 @@ fn summarize(
     }
 }
 
+/// The raw reference: `grpc.health.v1.Health/Check` round trips from `concurrency` tasks.
+pub async fn ping_step(
+    name: &str,
+    health: &tonic_health::pb::health_client::HealthClient<Channel>,
+    concurrency: usize,
+    duration: Duration,
+) -> StepResult {
+    let h = health.clone();
+    load_step(name, concurrency, duration, move |_| {
+        let mut h = h.clone();
+        async move {
+            h.check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await
+}
+
 /// Runs `op(i)` from `concurrency` tasks until `duration` passes; `i` is a global sequence.
 pub async fn load_step<F, Fut>(
     name: &str,
@@ -385,21 +406,8 @@ async fn storage(a: StorageArgs, json: bool) -> anyhow::Result<()> {
 
     let write_seq = Arc::new(AtomicU64::new(a.keys));
     for &c in &a.concurrency {
-        let ping = |name: &'static str, d: Duration| {
-            let h = health.clone();
-            load_step(name, c, d, move |_| {
-                let mut h = h.clone();
-                async move {
-                    h.check(tonic_health::pb::HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .is_ok()
-                }
-            })
-        };
-        ping("tonic_ping", warm).await;
-        steps.push(ping("tonic_ping", dur).await);
+        ping_step("tonic_ping", &health, c, warm).await;
+        steps.push(ping_step("tonic_ping", &health, c, dur).await);
 
         let put = |name: &'static str, d: Duration| {
             let (cl, seq, vs) = (client.clone(), write_seq.clone(), a.value_size);

@@ -389,8 +389,15 @@ pub fn print_nodes(ns: &[pb::StorageNode], json_out: bool) {
 pub enum ClusterCmd {
     /// Nodes with state and status.
     Status,
-    /// Cluster health summary.
-    Health,
+    /// Cluster health: nodes, and per tenant the ranges short of live NORMAL replicas.
+    /// Exit status: 0 healthy or reduced (a node down, every range keeps its write quorum),
+    /// 2 degraded (some range below its tenant's write quorum) or unavailable, 3 reduced
+    /// with `--strict`.
+    Health {
+        /// Also fail (exit 3) when redundancy is reduced but every write quorum holds.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Ring version, ownership, and optionally a key's replicas.
     Ring {
         #[arg(long)]
@@ -415,23 +422,25 @@ pub async fn cluster(
                 .nodes;
             print_nodes(&ns, json_out);
         }
-        ClusterCmd::Health => {
+        ClusterCmd::Health { strict } => {
             let h = c
                 .get_cluster_health(pb::GetClusterHealthRequest {})
                 .await
                 .map_err(describe)?
                 .into_inner();
-            if json_out {
-                println!(
-                    "{}",
-                    json!({"status": h.status, "nodes_total": h.nodes_total, "nodes_up": h.nodes_up, "nodes_down": h.nodes_down, "ring_version": h.ring_version, "hints_pending": h.hints_pending, "nodes": h.nodes.iter().map(node_json).collect::<Vec<_>>()})
-                );
-            } else {
-                println!(
-                    "cluster {}: {}/{} nodes up, ring version {}, {} hints pending",
-                    h.status, h.nodes_up, h.nodes_total, h.ring_version, h.hints_pending
-                );
-                print_nodes(&h.nodes, false);
+            print_health(&h, json_out);
+            let exit_code = match h.status.as_str() {
+                "healthy" => 0,
+                "reduced" if !strict => 0,
+                "reduced" => 3,
+                _ => 2,
+            };
+            if exit_code != 0 {
+                return Err(Verdict {
+                    exit_code,
+                    message: format!("cluster {}", h.status),
+                }
+                .into());
             }
         }
         ClusterCmd::Ring { tenant, key } => {
@@ -474,4 +483,73 @@ pub async fn cluster(
         }
     }
     Ok(())
+}
+
+/// An answer that is not an error yet must end the command with a non-zero exit status.
+#[derive(Debug)]
+pub struct Verdict {
+    pub exit_code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Verdict {}
+
+fn print_health(h: &pb::ClusterHealth, json_out: bool) {
+    let tenants: Vec<Value> = h
+        .tenants
+        .iter()
+        .map(|t| {
+            json!({
+                "tenant_id": t.tenant_id,
+                "replication_factor": t.replication_factor,
+                "write_quorum": t.write_quorum,
+                "ranges_total": t.ranges_total,
+                "ranges_below_quorum": t.ranges_below_quorum,
+                "ranges_below_replication_factor": t.ranges_below_replication_factor,
+                "under_quorum": t.under_quorum.iter().map(|r| {
+                    let range = r.range.unwrap_or_default();
+                    json!({"start": range.start, "end": range.end, "live_replicas": r.live_replicas, "unavailable_replicas": r.unavailable_replicas})
+                }).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if json_out {
+        println!(
+            "{}",
+            json!({"status": h.status, "nodes_total": h.nodes_total, "nodes_up": h.nodes_up, "nodes_down": h.nodes_down, "ring_version": h.ring_version, "pending_changes": h.pending_changes, "hints_pending": h.hints_pending, "nodes": h.nodes.iter().map(node_json).collect::<Vec<_>>(), "tenants": tenants})
+        );
+        return;
+    }
+    println!(
+        "cluster {}: {}/{} nodes up, ring version {}, {} pending changes, {} hints pending",
+        h.status, h.nodes_up, h.nodes_total, h.ring_version, h.pending_changes, h.hints_pending
+    );
+    print_nodes(&h.nodes, false);
+    for t in &h.tenants {
+        println!(
+            "tenant {:<16} RF {} W {}: {}/{} ranges below write quorum, {} below RF",
+            t.tenant_id,
+            t.replication_factor,
+            t.write_quorum,
+            t.ranges_below_quorum,
+            t.ranges_total,
+            t.ranges_below_replication_factor
+        );
+        for r in &t.under_quorum {
+            let range = r.range.unwrap_or_default();
+            println!(
+                "  ({}, {}]  live: [{}]  unavailable: [{}]",
+                range.start,
+                range.end,
+                r.live_replicas.join(", "),
+                r.unavailable_replicas.join(", ")
+            );
+        }
+    }
 }

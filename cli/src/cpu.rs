@@ -1,28 +1,12 @@
 //! CPU time of processes, for the benchmarks' "CPU microseconds per operation per process"
-//! figures (they hold across machines; throughput does not). Linux `/proc/<pid>/stat`:
-//! user + system time of every thread, in clock ticks of 100 per second (`USER_HZ`, fixed
-//! by the kernel ABI on every architecture pairdb runs on).
+//! figures (they hold across machines; throughput does not), read by
+//! [`pairdb_common::process::cpu_secs`] from Linux `/proc/<pid>/stat`.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 
-const TICKS_PER_SEC: f64 = 100.0;
-
-/// User + system CPU seconds of `pid` (this process when `None`); `None` when it cannot be
-/// read (the process is gone, or this is not Linux).
-pub fn cpu_secs(pid: Option<u32>) -> Option<f64> {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/stat"),
-        None => "/proc/self/stat".to_string(),
-    };
-    let stat = std::fs::read_to_string(path).ok()?;
-    // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
-    let after = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| f.get(i)?.parse::<f64>().ok();
-    Some((tick(11)? + tick(12)?) / TICKS_PER_SEC)
-}
+pub use pairdb_common::process::cpu_secs;
 
 /// Named processes whose CPU a benchmark step reports; this process is always one of them,
 /// as `client`.

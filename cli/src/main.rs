@@ -12,6 +12,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod admin;
 mod bench;
 mod client;
 mod cpu;
@@ -101,12 +102,20 @@ enum Cmd {
     /// Certificates for a small cluster: a CA, and per-role certificates signed by it.
     #[command(subcommand)]
     Certs(security::CertsCmd),
+    /// Helpers for pods on Kubernetes (init containers).
+    #[command(subcommand)]
+    K8s(admin::K8sCmd),
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli).await {
+        // A verdict (an unhealthy cluster) has its own exit status and was already printed.
+        if let Some(v) = e.downcast_ref::<client::Verdict>() {
+            eprintln!("{v}");
+            std::process::exit(v.exit_code);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -123,10 +132,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Delete(a) => client::delete(&mut connect().await?, a, cli.json).await,
         Cmd::Tenant(t) => client::tenant(&mut connect().await?, t, cli.json).await,
         Cmd::Cluster(c) => client::cluster(&mut connect().await?, c, cli.json).await,
+        Cmd::Node(topology::NodeCmd::Maintenance(a)) => admin::maintenance(a, cli.json).await,
         Cmd::Node(n) => topology::node(&mut connect().await?, n, cli.json).await,
         Cmd::Changes(c) => topology::changes(&mut connect().await?, c, cli.json).await,
         Cmd::Repair(r) => repair::repair(&mut connect().await?, r, cli.json).await,
         Cmd::Token(t) => security::token(&mut connect().await?, t, cli.json).await,
         Cmd::Certs(c) => security::certs(c, cli.json),
+        Cmd::K8s(k) => admin::k8s(k).await,
     }
 }

@@ -16,6 +16,9 @@ type Client = pairdb_common::client::Coordinator;
 pub enum NodeCmd {
     /// Every storage node with state and status.
     List,
+    /// Maintenance (drain) mode of one node, over its admin port: client requests are refused
+    /// so coordinators route around it; readiness turns 503. The storage pod's preStop hook.
+    Maintenance(crate::admin::MaintenanceArgs),
     Status {
         node_id: String,
     },
@@ -102,6 +105,7 @@ fn add_request(n: NewNode, initial_member: bool) -> Result<pb::AddStorageNodeReq
 
 pub async fn node(c: &mut Client, cmd: NodeCmd, json_out: bool) -> Result<()> {
     let (resp, wait) = match cmd {
+        NodeCmd::Maintenance(a) => return crate::admin::maintenance(a, json_out).await,
         NodeCmd::List => {
             let ns = c
                 .list_storage_nodes(pb::ListStorageNodesRequest {})

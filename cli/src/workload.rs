@@ -225,41 +225,11 @@ pub async fn run(
     let mut steps = Vec::new();
     for &c in &a.concurrency {
         // Reference: raw unary round trips on the same coordinator and concurrency.
-        let ping = {
-            let h = health.clone();
-            crate::bench::load_step("ping", c, Duration::from_secs(a.warmup_secs), move |_| {
-                let mut h = h.clone();
-                async move {
-                    h.check(tonic_health::pb::HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .is_ok()
-                }
-            })
-            .await;
-            let h = health.clone();
-            let cpu = watched.sample();
-            let step = crate::bench::load_step(
-                "ping",
-                c,
-                Duration::from_secs(a.duration_secs),
-                move |_| {
-                    let mut h = h.clone();
-                    async move {
-                        h.check(tonic_health::pb::HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await
-                        .is_ok()
-                    }
-                },
-            )
-            .await;
-            let ping_cpu = cpu.per_op_us(&watched.sample(), step.ops);
-            (step, ping_cpu)
-        };
-        let (ping, ping_cpu) = ping;
+        use crate::bench::ping_step;
+        ping_step("ping", &health, c, Duration::from_secs(a.warmup_secs)).await;
+        let cpu = watched.sample();
+        let ping = ping_step("ping", &health, c, Duration::from_secs(a.duration_secs)).await;
+        let ping_cpu = cpu.per_op_us(&watched.sample(), ping.ops);
         let mut measure = None;
         for phase in ["warmup", "measure"] {
             let secs = if phase == "warmup" {

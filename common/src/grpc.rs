@@ -222,3 +222,42 @@ where
         }
     }
 }
+
+/// How often gRPC health re-reads readiness.
+pub const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Keeps `grpc.health.v1` for the whole server (`""`) and for `service` SERVING while
+/// `ready()` holds and NOT_SERVING otherwise, re-checked every [`HEALTH_INTERVAL`] until
+/// `cancel` (then NOT_SERVING). Run it as a supervised worker.
+pub async fn follow_readiness(
+    reporter: tonic_health::server::HealthReporter,
+    service: &'static str,
+    ready: impl Fn() -> bool,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    loop {
+        let now = !cancel.is_cancelled() && ready();
+        if last != Some(now) {
+            let status = if now {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(service, status).await;
+            if last.is_some() {
+                tracing::info!(serving = now, "gRPC health changed");
+            }
+            last = Some(now);
+        }
+        if cancel.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+        }
+    }
+}

@@ -159,6 +159,9 @@ pub struct Cluster {
     tls: Option<Arc<Tls>>,
     /// Owns each node's batcher tasks.
     sup: Supervisor,
+    /// Whether the last ring poll reached the metadata store (`/health`; the data path goes
+    /// on with the last ring without it, so readiness does not depend on it).
+    meta_reachable: std::sync::atomic::AtomicBool,
 }
 
 /// A lazy channel to `host:port` that, with TLS, only completes its handshake with the
@@ -203,6 +206,7 @@ impl Cluster {
                 futures: Vec::new(),
             })),
             health: RwLock::new(HashMap::new()),
+            meta_reachable: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -306,6 +310,12 @@ impl Cluster {
     }
 
     /// The topology worker: rebuilds the ring whenever `ring_version` moves.
+    /// Whether the last ring poll reached the metadata store.
+    pub fn meta_reachable(&self) -> bool {
+        self.meta_reachable
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub async fn run_topology(self: Arc<Self>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.ring_poll_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -321,6 +331,8 @@ impl Cluster {
                 Ok(_) => self.refresh().await,
                 Err(e) => Err(e),
             };
+            self.meta_reachable
+                .store(r.is_ok(), std::sync::atomic::Ordering::Relaxed);
             match r {
                 Ok(()) if failing => {
                     failing = false;

@@ -37,7 +37,7 @@ pub struct TenantLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub op: &'static str,
-    pub code: &'static str,
+    pub error_code: &'static str,
 }
 
 fn latency() -> Histogram {
@@ -65,6 +65,8 @@ pub struct Metrics {
     pub security: pairdb_common::tls::metrics::SecurityMetrics,
     /// Background worker panics, restarts and state (`pairdb_common::worker`).
     pub workers: pairdb_common::worker::WorkerMetrics,
+    /// CPU, memory, fds, threads, build info, open connections.
+    pub process: pairdb_common::process::ProcessMetrics,
     /// Requests served without a token in `auth = "permissive"` mode.
     pub anonymous_requests: Counter,
     pub read_repairs: Counter,
@@ -110,6 +112,7 @@ impl Metrics {
             context_refusals: Counter::default(),
             security: Default::default(),
             workers: Default::default(),
+            process: Default::default(),
             anonymous_requests: Counter::default(),
             read_repairs: Counter::default(),
             quorum_failures: Counter::default(),
@@ -311,6 +314,7 @@ impl Metrics {
         );
         m.security.register(r);
         m.workers.register(r);
+        m.process.register(r, "coordinator");
         r.register(
             "anonymous_requests",
             "Requests served without a bearer token (auth = permissive); must reach 0 before auth = required",
@@ -323,12 +327,13 @@ impl Metrics {
         self.errors
             .get_or_create(&ErrorLabels {
                 op,
-                code: code.name(),
+                error_code: code.name(),
             })
             .inc();
     }
 
     pub fn render(&self) -> String {
+        self.process.refresh();
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encode metrics failed");

@@ -237,10 +237,23 @@ pub async fn start_with_stores(
         }
     }
 
+    // gRPC health follows readiness: NOT_SERVING once shutdown begins.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<CoordinatorServiceServer<CoordinatorApi>>()
         .await;
+    {
+        let s = sup.clone();
+        sup.worker("grpc-health", move |cancel| {
+            let s = s.clone();
+            pairdb_common::grpc::follow_readiness(
+                health_reporter.clone(),
+                "pairdb.CoordinatorService",
+                move || !s.is_shutting_down(),
+                cancel,
+            )
+        });
+    }
     let (reflection, reflection_alpha) =
         pairdb_common::grpc::reflection(&["pairdb.CoordinatorService"])
             .map_err(|e| StartError::Reflection(e.to_string()))?;
@@ -277,23 +290,24 @@ pub async fn start_with_stores(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(svc);
-    let listen = |client_auth, alpn| ListenConfig {
+    let listen = |client_auth, alpn, name| ListenConfig {
         tls: tls.clone(),
         client_auth,
         alpn,
         on_refused: metrics.security.on_refused(),
+        open: Some(metrics.process.listener(name)),
     };
     // A client certificate is optional: tokens authenticate clients; a storage node's
     // certificate lets it register itself (`--join`).
     let grpc_conns = listen::incoming(
         grpc_listener,
-        listen(ClientAuth::Optional, listen::ALPN_H2),
+        listen(ClientAuth::Optional, listen::ALPN_H2, "grpc"),
         &sup,
         "grpc-accept",
     );
     let admin_conns = listen::incoming(
         admin_listener,
-        listen(ClientAuth::None, listen::ALPN_HTTP1),
+        listen(ClientAuth::None, listen::ALPN_HTTP1, "admin"),
         &sup,
         "admin-accept",
     );
@@ -306,6 +320,8 @@ pub async fn start_with_stores(
     );
     let app = Router::new()
         .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
         .route("/metrics", get(render_metrics))
         .with_state(data.clone());
     let c = sup.cancel_token();
@@ -334,7 +350,29 @@ pub async fn start(cfg: Config) -> Result<RunningCoordinator, StartError> {
     start_with_stores(cfg, meta, hint_meta).await
 }
 
-async fn health(State(d): State<Arc<DataPlane>>) -> axum::Json<serde_json::Value> {
+/// Why the coordinator should get no client traffic (empty: ready): only `shutting_down`.
+/// A metadata-store outage does not count (the data path goes on with the last ring), nor do
+/// storage nodes being down (storage nodes `--join` through the coordinators' Service, so a
+/// coordinator must be reachable before any node is).
+fn not_ready_reasons(d: &DataPlane) -> Vec<&'static str> {
+    if d.sup.is_shutting_down() {
+        vec!["shutting_down"]
+    } else {
+        Vec::new()
+    }
+}
+
+fn ready_code(why: &[&str]) -> axum::http::StatusCode {
+    if why.is_empty() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// `/health`: ring, storage nodes as this coordinator sees them, workers; 503 when not ready.
+async fn health(State(d): State<Arc<DataPlane>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let snap = d.cluster.snapshot();
     let nodes: Vec<serde_json::Value> = snap
         .nodes
@@ -357,12 +395,39 @@ async fn health(State(d): State<Arc<DataPlane>>) -> axum::Json<serde_json::Value
     let failed = workers
         .iter()
         .any(|w| w.state != pairdb_common::worker::WorkerState::Running);
-    axum::Json(serde_json::json!({
-        "status": if (up > 0 || snap.nodes.is_empty()) && !failed { "ok" } else { "degraded" },
+    let why = not_ready_reasons(&d);
+    let meta_ok = d.cluster.meta_reachable();
+    let status = if !why.is_empty() {
+        "unavailable"
+    } else if (up > 0 || snap.nodes.is_empty()) && !failed && meta_ok {
+        "healthy"
+    } else {
+        "degraded"
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "ready": why.is_empty(),
+        "not_ready_reasons": why,
+        "metadata_store_reachable": meta_ok,
         "ring_version": snap.version,
+        "storage_nodes_up": up,
         "storage_nodes": nodes,
         "workers": workers,
-    }))
+    });
+    (ready_code(&why), axum::Json(body)).into_response()
+}
+
+/// `/health/live`: 200 while the process serves HTTP.
+async fn live() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "alive" }))
+}
+
+/// `/health/ready`: 200 when the coordinator should get client traffic, else 503.
+async fn ready(State(d): State<Arc<DataPlane>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let why = not_ready_reasons(&d);
+    let body = serde_json::json!({ "ready": why.is_empty(), "not_ready_reasons": why });
+    (ready_code(&why), axum::Json(body)).into_response()
 }
 
 async fn render_metrics(State(d): State<Arc<DataPlane>>) -> axum::response::Response {

@@ -108,6 +108,8 @@ pub fn router(node: Arc<Node>, admin_token: Option<&str>) -> Router {
     };
     Router::new()
         .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/api/v1/compaction/trigger", post(compact_default))
         .route("/api/v1/compaction/trigger-all-levels", post(compact_all))
@@ -215,7 +217,11 @@ async fn on_blocking<T: Send + 'static>(
         })
 }
 
-async fn health(State(s): State<AdminState>) -> Json<Value> {
+/// `/health`: the node's state as JSON, with the storage-node operations guide's field names
+/// (`status`, `disk_status`, `cache_status.hit_rate`, `memtable_status.size_bytes`,
+/// `worker_pools`, `metrics`); HTTP 503 whenever the node is not ready (see
+/// [`Node::not_ready_reasons`]), so a load balancer can act on it.
+async fn health(State(s): State<AdminState>) -> Response {
     let n = &s.node;
     let stats = n.store.engine().stats();
     let disk = n.disk.status();
@@ -223,26 +229,64 @@ async fn health(State(s): State<AdminState>) -> Json<Value> {
     let worker_down = workers
         .iter()
         .any(|w| w.state != pairdb_common::worker::WorkerState::Running);
+    let not_ready = n.not_ready_reasons();
     let status = if n.maintenance() {
         "maintenance"
-    } else if disk.is_circuit_broken
-        || disk.is_throttled
-        || disk.last_error.is_some()
-        || worker_down
-    {
+    } else if !not_ready.is_empty() {
+        "unavailable"
+    } else if disk.is_throttled || disk.last_error.is_some() || worker_down {
         "degraded"
     } else {
-        "ok"
+        "healthy"
     };
     let lookups = stats.block_cache_hits + stats.block_cache_misses;
-    Json(json!({
+    let hit_rate = if lookups > 0 {
+        stats.block_cache_hits as f64 / lookups as f64
+    } else {
+        0.0
+    };
+    let percent = |used: u64, of: u64| {
+        if of == 0 {
+            0.0
+        } else {
+            (used as f64 * 1000.0 / of as f64).round() / 10.0
+        }
+    };
+    let pool = |active: u64, queued: u64| {
+        json!({
+            "active_workers": active,
+            "queued_tasks": queued,
+            "max_workers": stats.background_jobs,
+            "utilization_percent": percent(active, stats.background_jobs),
+        })
+    };
+    let recent = n.recent.snapshot();
+    let (mut write_qps, mut read_qps, mut p99_write_us, mut p99_read_us) = (0.0, 0.0, 0, 0);
+    for (op, r) in &recent {
+        match crate::metrics::is_write(op) {
+            Some(true) => {
+                write_qps += r.ops_per_sec;
+                p99_write_us = p99_write_us.max(r.p99_us);
+            }
+            Some(false) => {
+                read_qps += r.ops_per_sec;
+                p99_read_us = p99_read_us.max(r.p99_us);
+            }
+            None => {}
+        }
+    }
+    let body = json!({
         "status": status,
+        "ready": not_ready.is_empty(),
+        "not_ready_reasons": not_ready,
         "node_id": n.node_id,
         "epoch": n.store.identity().actor().epoch,
         "uptime_secs": n.started.elapsed().as_secs(),
         "maintenance": n.maintenance(),
+        "joined": n.joined(),
+        "disk_usage_percent": disk.usage_percent,
         "disk_status": {
-            "state": disk.state,
+            "status": disk.state,
             "usage_percent": disk.usage_percent,
             "available_bytes": disk.available_bytes,
             "total_bytes": disk.total_bytes,
@@ -251,14 +295,28 @@ async fn health(State(s): State<AdminState>) -> Json<Value> {
             "last_error": disk.last_error,
         },
         "cache_status": {
-            "usage_bytes": stats.block_cache_usage_bytes,
+            "size_bytes": stats.block_cache_usage_bytes,
             "capacity_bytes": stats.block_cache_capacity_bytes,
-            "hit_ratio": if lookups > 0 { stats.block_cache_hits as f64 / lookups as f64 } else { 0.0 },
+            "utilization_percent": percent(stats.block_cache_usage_bytes, stats.block_cache_capacity_bytes),
+            "hit_rate": hit_rate,
         },
         "memtable_status": {
-            "bytes": stats.memtable_bytes,
+            "size_bytes": stats.memtable_bytes,
+            "entry_count": stats.memtable_entries,
             "budget_bytes": stats.memtable_budget_bytes,
         },
+        "worker_pools": {
+            "flush_pool": pool(stats.running_flushes, stats.flush_pending),
+            "compaction_pool": pool(stats.running_compactions, stats.compaction_pending),
+        },
+        "metrics": {
+            "write_qps": write_qps,
+            "read_qps": read_qps,
+            "cache_hit_rate": hit_rate,
+            "p99_write_latency_ms": p99_write_us as f64 / 1000.0,
+            "p99_read_latency_ms": p99_read_us as f64 / 1000.0,
+        },
+        "keys_estimated": stats.estimated_keys,
         "workers": workers,
         "background_jobs": {
             "running_compactions": stats.running_compactions,
@@ -266,8 +324,37 @@ async fn health(State(s): State<AdminState>) -> Json<Value> {
             "pending_compaction_bytes": stats.pending_compaction_bytes,
             "admin_jobs": s.jobs.running(),
         },
-        "recent": n.recent.snapshot(),
-    }))
+        "recent": recent,
+    });
+    let code = if not_ready.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// `/health/live`: 200 while the process serves HTTP at all. Kubernetes restarts the pod when
+/// this fails, so it depends on nothing a restart would not fix (not the disk, not the
+/// cluster, not maintenance).
+async fn live() -> Json<Value> {
+    Json(json!({ "status": "alive" }))
+}
+
+/// `/health/ready`: 200 when the node should get client traffic, else 503 with the reasons
+/// (maintenance, not_joined, disk_circuit_broken, shutting_down).
+async fn ready(State(s): State<AdminState>) -> Response {
+    let why = s.node.not_ready_reasons();
+    let code = if why.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(json!({ "ready": why.is_empty(), "not_ready_reasons": why })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {

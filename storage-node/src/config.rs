@@ -183,6 +183,11 @@ pub struct Args {
     pub advertise_host: Option<String>,
     #[arg(long, env = "PAIRDB_ZONE")]
     pub zone: Option<String>,
+    /// A file holding the zone (written by the Kubernetes init container
+    /// `pairdbctl k8s node-zone` from the node's `topology.kubernetes.io/zone` label); used
+    /// when `--zone` is not given.
+    #[arg(long, env = "PAIRDB_ZONE_FILE")]
+    pub zone_file: Option<PathBuf>,
     #[arg(long, env = "PAIRDB_VIRTUAL_NODES")]
     pub virtual_nodes: Option<u32>,
     /// Start with a new incarnation epoch (after restoring a whole data directory).
@@ -255,6 +260,12 @@ impl Config {
         );
         if args.join.is_some() {
             c.join = args.join;
+        }
+        if let (true, Some(f)) = (c.zone.is_empty(), &args.zone_file) {
+            c.zone = std::fs::read_to_string(f)
+                .map_err(|e| ConfigError(format!("zone_file {}: {e}", f.display())))?
+                .trim()
+                .to_string();
         }
         if args.tls_cert.is_some() {
             c.tls.cert = args.tls_cert;

@@ -71,18 +71,22 @@ pub async fn register(
     }
 }
 
-/// Registers in the background and logs the outcome.
+/// Registers in the background and logs the outcome; the node is not ready until it has.
 pub fn spawn(
     cfg: &Config,
     grpc: SocketAddr,
     admin: SocketAddr,
     tls: &Option<std::sync::Arc<pairdb_common::tls::Tls>>,
-    sup: &pairdb_common::worker::Supervisor,
+    node: &std::sync::Arc<crate::node::Node>,
 ) {
+    let sup = &node.sup;
     let cancel = sup.cancel_token();
     let Some(coordinator) = cfg.join.clone() else {
         return;
     };
+    // Not ready (readiness probe, gRPC health) until registered.
+    node.set_joined(false);
+    let joined = node.clone();
     let tls = ClientTls::cluster(tls, Expect::any());
     let token = match cfg
         .admin_token()
@@ -116,6 +120,7 @@ pub fn spawn(
                     .unwrap_or("UNKNOWN");
                 let change = r.change.map(|c| c.change_id).unwrap_or_default();
                 tracing::info!(%coordinator, state, change_id = %change, "registered with the cluster");
+                joined.set_joined(true);
             }
             Err(e) => tracing::error!(%coordinator, error = %e, "could not join the cluster"),
         }

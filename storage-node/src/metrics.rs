@@ -1,6 +1,12 @@
 //! The storage node's Prometheus metrics (SPEC §7), one registry per node so several nodes in
-//! one process (`pairdbctl dev`, tests) each export their own. Names follow SPEC §7; counters get
-//! the `_total` suffix from the encoder.
+//! one process (`pairdbctl dev`, tests) each export their own, every series labelled
+//! `node="<node id>"`. Names are the storage-node operations guide's wherever it has one
+//! (`write_requests_total`, `read_requests_total`, `write_duration_seconds`,
+//! `read_duration_seconds`, `errors_total{error_code}`, `cache_hits_total`,
+//! `cache_requests_total`, `disk_*`, `checksum_failures_total`, `corrupted_entries_total`,
+//! `data_recovery_operations_total`, `compaction_bytes_reclaimed_total`); the rest keep
+//! pairdb's own. Counters get the `_total` suffix from the encoder. runbooks/monitoring.md
+//! lists every metric.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,7 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::EngineStats;
 
@@ -20,7 +26,38 @@ pub struct OpLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub op: &'static str,
-    pub code: &'static str,
+    pub error_code: &'static str,
+}
+
+/// A counter that follows a running total kept elsewhere (a RocksDB ticker): each refresh adds
+/// what the total grew by since the last one, so concurrent scrapes never count twice.
+#[derive(Default)]
+pub struct TotalCounter {
+    counter: Counter,
+    seen: AtomicU64,
+}
+
+impl TotalCounter {
+    pub fn follow(&self, total: u64) {
+        let before = self.seen.fetch_max(total, Ordering::Relaxed);
+        if total > before {
+            self.counter.inc_by(total - before);
+        }
+    }
+
+    fn metric(&self) -> Counter {
+        self.counter.clone()
+    }
+}
+
+/// Which of the guide's request families an RPC counts in: `Some(true)` writes, `Some(false)`
+/// reads, `None` neither (streams, digests, listings).
+pub fn is_write(op: &str) -> Option<bool> {
+    match op {
+        "write" | "batch_write" | "apply" | "batch_apply" | "repair" => Some(true),
+        "read" | "batch_read" => Some(false),
+        _ => None,
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,6 +76,21 @@ pub struct Metrics {
     pub requests: Family<OpLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub latency: Family<OpLabels, Histogram, fn() -> Histogram>,
+    pub write_requests: Family<OpLabels, Counter>,
+    pub read_requests: Family<OpLabels, Counter>,
+    pub write_duration: Histogram,
+    pub read_duration: Histogram,
+    pub cache_hits: TotalCounter,
+    pub cache_misses: TotalCounter,
+    pub cache_requests: TotalCounter,
+    pub compaction_read_bytes: TotalCounter,
+    pub compaction_write_bytes: TotalCounter,
+    pub compaction_bytes_reclaimed: TotalCounter,
+    pub estimated_keys: Gauge,
+    pub memtable_entries: Gauge,
+    pub wal_files: Gauge,
+    pub wal_bytes: Gauge,
+    pub sst_bytes: Gauge,
     pub checksum_failures: Counter,
     pub corrupted_entries: Counter,
     pub tombstones_purged: Counter,
@@ -76,13 +128,15 @@ pub struct Metrics {
     pub security: pairdb_common::tls::metrics::SecurityMetrics,
     /// Background worker panics, restarts and state (`pairdb_common::worker`).
     pub workers: pairdb_common::worker::WorkerMetrics,
+    /// CPU, memory, fds, threads, build info, open connections.
+    pub process: pairdb_common::process::ProcessMetrics,
 }
 
 impl Metrics {
     pub fn new(node_id: &str) -> Metrics {
         let mut registry = Registry::with_labels(
             [(
-                std::borrow::Cow::Borrowed("node_id"),
+                std::borrow::Cow::Borrowed("node"),
                 std::borrow::Cow::Owned(node_id.to_string()),
             )]
             .into_iter(),
@@ -91,6 +145,21 @@ impl Metrics {
             requests: Family::default(),
             errors: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            write_requests: Family::default(),
+            read_requests: Family::default(),
+            write_duration: latency_histogram(),
+            read_duration: latency_histogram(),
+            cache_hits: TotalCounter::default(),
+            cache_misses: TotalCounter::default(),
+            cache_requests: TotalCounter::default(),
+            compaction_read_bytes: TotalCounter::default(),
+            compaction_write_bytes: TotalCounter::default(),
+            compaction_bytes_reclaimed: TotalCounter::default(),
+            estimated_keys: Gauge::default(),
+            memtable_entries: Gauge::default(),
+            wal_files: Gauge::default(),
+            wal_bytes: Gauge::default(),
+            sst_bytes: Gauge::default(),
             checksum_failures: Counter::default(),
             corrupted_entries: Counter::default(),
             tombstones_purged: Counter::default(),
@@ -126,6 +195,7 @@ impl Metrics {
             requests_refused: Counter::default(),
             security: Default::default(),
             workers: Default::default(),
+            process: Default::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -135,9 +205,84 @@ impl Metrics {
             m.requests.clone(),
         );
         r.register(
-            "storage_errors",
-            "Storage node RPC errors, by operation and pairdb code",
+            "errors",
+            "Storage node RPC errors, by operation and pairdb error code",
             m.errors.clone(),
+        );
+        r.register(
+            "write_requests",
+            "Write RPCs served (write, batch_write, apply, batch_apply, repair), by operation",
+            m.write_requests.clone(),
+        );
+        r.register(
+            "read_requests",
+            "Read RPCs served (read, batch_read), by operation",
+            m.read_requests.clone(),
+        );
+        r.register(
+            "write_duration_seconds",
+            "Latency of write RPCs",
+            m.write_duration.clone(),
+        );
+        r.register(
+            "read_duration_seconds",
+            "Latency of read RPCs",
+            m.read_duration.clone(),
+        );
+        r.register(
+            "cache_hits",
+            "Block cache hits",
+            m.cache_hits.metric(),
+        );
+        r.register(
+            "cache_misses",
+            "Block cache misses",
+            m.cache_misses.metric(),
+        );
+        r.register(
+            "cache_requests",
+            "Block cache lookups (hits + misses)",
+            m.cache_requests.metric(),
+        );
+        r.register(
+            "compaction_read_bytes",
+            "Bytes compactions read",
+            m.compaction_read_bytes.metric(),
+        );
+        r.register(
+            "compaction_write_bytes",
+            "Bytes compactions wrote",
+            m.compaction_write_bytes.metric(),
+        );
+        r.register(
+            "compaction_bytes_reclaimed",
+            "Bytes compactions read minus bytes they wrote: space given back",
+            m.compaction_bytes_reclaimed.metric(),
+        );
+        r.register(
+            "storage_keys_estimated",
+            "Records in the data space (RocksDB's estimate, counting overwrites until compaction drops them)",
+            m.estimated_keys.clone(),
+        );
+        r.register(
+            "rocksdb_memtable_entries",
+            "Entries in the memtables",
+            m.memtable_entries.clone(),
+        );
+        r.register(
+            "wal_files",
+            "Live write-ahead-log files",
+            m.wal_files.clone(),
+        );
+        r.register(
+            "wal_bytes",
+            "Bytes in live write-ahead-log files",
+            m.wal_bytes.clone(),
+        );
+        r.register(
+            "rocksdb_sst_bytes",
+            "Bytes in SST files",
+            m.sst_bytes.clone(),
         );
         r.register(
             "storage_request_duration_seconds",
@@ -311,6 +456,7 @@ impl Metrics {
         );
         m.security.register(r);
         m.workers.register(r);
+        m.process.register(r, "storage-node");
         Metrics { registry, ..m }
     }
 
@@ -319,9 +465,28 @@ impl Metrics {
         self.errors
             .get_or_create(&ErrorLabels {
                 op,
-                code: code.name(),
+                error_code: code.name(),
             })
             .inc();
+    }
+
+    /// Counts one served RPC and its latency: in `storage_requests_total{op}` and, for reads
+    /// and writes, the guide's `read_requests_total`/`write_requests_total` and durations.
+    pub fn served(&self, op: &'static str, secs: f64) {
+        let labels = OpLabels { op };
+        self.requests.get_or_create(&labels).inc();
+        self.latency.get_or_create(&labels).observe(secs);
+        match is_write(op) {
+            Some(true) => {
+                self.write_requests.get_or_create(&labels).inc();
+                self.write_duration.observe(secs);
+            }
+            Some(false) => {
+                self.read_requests.get_or_create(&labels).inc();
+                self.read_duration.observe(secs);
+            }
+            None => {}
+        }
     }
 
     /// Refreshes the engine gauges and renders the registry as Prometheus text.
@@ -347,6 +512,22 @@ impl Metrics {
             self.block_cache_hit_ratio
                 .set(stats.block_cache_hits as f64 / lookups as f64);
         }
+        self.cache_hits.follow(stats.block_cache_hits);
+        self.cache_misses.follow(stats.block_cache_misses);
+        self.cache_requests.follow(lookups);
+        self.compaction_read_bytes.follow(stats.compaction_read_bytes);
+        self.compaction_write_bytes.follow(stats.compaction_write_bytes);
+        self.compaction_bytes_reclaimed.follow(
+            stats
+                .compaction_read_bytes
+                .saturating_sub(stats.compaction_write_bytes),
+        );
+        self.estimated_keys.set(stats.estimated_keys as i64);
+        self.memtable_entries.set(stats.memtable_entries as i64);
+        self.wal_files.set(stats.live_wal_files as i64);
+        self.wal_bytes.set(stats.live_wal_bytes as i64);
+        self.sst_bytes.set(stats.sst_total_bytes as i64);
+        self.process.refresh();
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encode metrics failed");

@@ -43,6 +43,8 @@ pub struct Node {
     /// This node's TLS material (server, and client for pulls); `None`: plaintext.
     pub tls: Option<Arc<pairdb_common::tls::Tls>>,
     maintenance: AtomicBool,
+    /// False from start until `--join` registered the node (always true without `--join`).
+    joined: AtomicBool,
     /// When the compaction that reclaims dropped ranges is due (Unix ms; 0 = none).
     reclaim_due_ms: AtomicU64,
     reclaim_scheduled: AtomicBool,
@@ -90,6 +92,7 @@ impl Node {
             recent: Recent::default(),
             tls: None,
             maintenance: AtomicBool::new(false),
+            joined: AtomicBool::new(true),
             reclaim_due_ms: AtomicU64::new(0),
             reclaim_scheduled: AtomicBool::new(false),
             sup,
@@ -106,6 +109,36 @@ impl Node {
     /// coordinators route around the node; internal streaming and repair keep working.
     pub fn maintenance(&self) -> bool {
         self.maintenance.load(Ordering::SeqCst)
+    }
+
+    /// Whether `--join` registration has succeeded (true without `--join`).
+    pub fn joined(&self) -> bool {
+        self.joined.load(Ordering::SeqCst)
+    }
+
+    pub fn set_joined(&self, joined: bool) {
+        self.joined.store(joined, Ordering::SeqCst);
+    }
+
+    /// Why the node should get no client traffic now, for the readiness probe and gRPC
+    /// health (empty: ready): `maintenance` (drained by an operator or the preStop hook),
+    /// `not_joined` (`--join` has not registered it yet), `disk_circuit_broken` (every write
+    /// would be refused with DISK_FULL), `shutting_down`. Liveness never depends on these.
+    pub fn not_ready_reasons(&self) -> Vec<&'static str> {
+        let mut why = Vec::new();
+        if self.maintenance() {
+            why.push("maintenance");
+        }
+        if !self.joined() {
+            why.push("not_joined");
+        }
+        if self.disk.status().is_circuit_broken {
+            why.push("disk_circuit_broken");
+        }
+        if self.sup.cancel_token().is_cancelled() {
+            why.push("shutting_down");
+        }
+        why
     }
 
     pub fn set_maintenance(&self, on: bool) {

@@ -189,10 +189,31 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         .local_addr()
         .map_err(bind_err("admin", cfg.admin_addr))?;
 
+    // gRPC health follows readiness (maintenance, --join, disk breaker), starting from the
+    // state at start (a node with `--join` is not ready until it has registered).
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<StorageNodeServiceServer<StorageApi>>()
-        .await;
+    let initially = if cfg.join.is_none() && node.not_ready_reasons().is_empty() {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for service in ["", "pairdb.StorageNodeService"] {
+        health_reporter
+            .set_service_status(service, initially)
+            .await;
+    }
+    {
+        let n = node.clone();
+        sup.worker("grpc-health", move |cancel| {
+            let n = n.clone();
+            pairdb_common::grpc::follow_readiness(
+                health_reporter.clone(),
+                "pairdb.StorageNodeService",
+                move || n.not_ready_reasons().is_empty(),
+                cancel,
+            )
+        });
+    }
     let (reflection, reflection_alpha) =
         pairdb_common::grpc::reflection(&["pairdb.StorageNodeService"])
             .map_err(|e| StartError::Reflection(e.to_string()))?;
@@ -221,22 +242,23 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(svc);
-    let listen = |client_auth, alpn| ListenConfig {
+    let listen = |client_auth, alpn, name| ListenConfig {
         tls: tls.clone(),
         client_auth,
         alpn,
         on_refused: node.metrics.security.on_refused(),
+        open: Some(node.metrics.process.listener(name)),
     };
     // Peers must show a cluster-CA certificate; RoleLayer then checks its role.
     let grpc_conns = listen::incoming(
         grpc_listener,
-        listen(ClientAuth::Required, listen::ALPN_H2),
+        listen(ClientAuth::Required, listen::ALPN_H2, "grpc"),
         &sup,
         "grpc-accept",
     );
     let admin_conns = listen::incoming(
         admin_listener,
-        listen(ClientAuth::None, listen::ALPN_HTTP1),
+        listen(ClientAuth::None, listen::ALPN_HTTP1, "admin"),
         &sup,
         "admin-accept",
     );
@@ -285,7 +307,7 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         admin_token = admin_token.is_some(),
         "storage node serving"
     );
-    crate::join::spawn(&cfg, grpc_addr, admin_addr, &tls, &sup);
+    crate::join::spawn(&cfg, grpc_addr, admin_addr, &tls, &node);
     Ok(RunningNode {
         node,
         grpc_addr,

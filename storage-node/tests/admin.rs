@@ -76,7 +76,7 @@ async fn admin_endpoints_act_on_the_engine() {
     assert_eq!(r["capacity_bytes_after"], 4u64 << 20);
     let h: Value = serde_json::from_str(&http_get(node.admin_addr, "/health").await).unwrap();
     assert_eq!(h["cache_status"]["capacity_bytes"], 4u64 << 20);
-    assert_eq!(h["status"], "ok");
+    assert_eq!(h["status"], "healthy");
     assert!(
         h["recent"]["write"]["ops_per_sec"].as_f64().unwrap() > 0.0,
         "{h}"

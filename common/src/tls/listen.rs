@@ -60,6 +60,24 @@ enum Io {
 pub struct Conn {
     io: Io,
     info: PeerInfo,
+    /// Counts this connection in its listener's `connections_open` gauge until dropped.
+    _open: Option<OpenGuard>,
+}
+
+/// One open connection in a gauge: +1 when made, -1 when the connection is dropped.
+struct OpenGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenGuard {
+    fn new(g: &prometheus_client::metrics::gauge::Gauge) -> OpenGuard {
+        g.inc();
+        OpenGuard(g.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Conn {
@@ -144,6 +162,8 @@ pub struct ListenConfig {
     pub alpn: &'static [&'static [u8]],
     /// Counts a refused connection: `plaintext`, `handshake`, `timeout`.
     pub on_refused: Arc<dyn Fn(&'static str) + Send + Sync>,
+    /// The gauge of connections this listener holds (`connections_open{listener}`).
+    pub open: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
 /// The server configuration for the current material, rebuilt only after a reload.
@@ -184,6 +204,7 @@ async fn handshake(
                 remote,
                 ..PeerInfo::default()
             },
+            _open: None,
         });
     };
     let mut first = [0u8; 1];
@@ -199,6 +220,7 @@ async fn handshake(
                     remote,
                     ..PeerInfo::default()
                 },
+                _open: None,
             });
         }
         tracing::debug!(?remote, "plaintext connection to a TLS port refused");
@@ -231,6 +253,7 @@ async fn handshake(
             tls: true,
             peer,
         },
+        _open: None,
     })
 }
 
@@ -275,7 +298,8 @@ pub fn incoming(
                     .unwrap_or(Err("timeout"));
                 drop(permit);
                 match r {
-                    Ok(conn) => {
+                    Ok(mut conn) => {
+                        conn._open = cfg.open.as_ref().map(OpenGuard::new);
                         let _ = tx.send(conn).await;
                     }
                     Err(why) => (cfg.on_refused)(why),

@@ -11,6 +11,7 @@
 //!   tonic and axum; [`connect`]: the dialing side, verifying the server's role and node id.
 //! - [`peer`]: roles and node ids in certificates; [`certs`]: issuing them (`pairdbctl certs`).
 
+pub mod admin_http;
 pub mod certs;
 pub mod connect;
 pub mod listen;

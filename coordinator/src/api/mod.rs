@@ -3,10 +3,11 @@
 //! coordinator's prost types.
 //!
 //! Files: `data` (data RPCs), `tenants` (tenant RPCs and the settings rules), `nodes`
-//! (membership and topology RPCs, cluster health, the ring), `repair` (repair and hint RPCs);
+//! (membership and topology RPCs, the ring), `health` (cluster health, ranges under quorum), `repair` (repair and hint RPCs);
 //! this file holds the service, its audit wrapper, request accounting and the token RPCs.
 
 mod data;
+mod health;
 mod nodes;
 mod repair;
 mod tenants;

@@ -1,6 +1,7 @@
 //! Membership and topology RPCs: a request only *records* a change (node rows, a
 //! `pending_changes` row and the ring version, in one transaction whose admission rules are
-//! `crate::topology::rules`); `crate::topology` carries it out. Also cluster health and the ring.
+//! `crate::topology::rules`); `crate::topology` carries it out. Also the ring (cluster health is
+//! `health.rs`).
 
 use super::*;
 
@@ -396,58 +397,6 @@ impl CoordinatorApi {
             Ok(Response::new(change_pb(&r?)))
         })
         .await
-    }
-
-    pub(super) async fn rpc_get_cluster_health(
-        &self,
-        _req: Request<pb::GetClusterHealthRequest>,
-    ) -> std::result::Result<Response<pb::ClusterHealth>, Status> {
-        let snap = self.data.cluster.snapshot();
-        let nodes = self.meta.list_nodes().await.map_err(Error::from)?;
-        let hints: u64 = self
-            .meta
-            .hint_targets()
-            .await
-            .map_err(Error::from)?
-            .iter()
-            .map(|t| t.pending)
-            .sum();
-        let pending_changes = self
-            .meta
-            .list_changes(false)
-            .await
-            .map_err(Error::from)?
-            .len() as u64;
-        let view: Vec<pb::StorageNode> = nodes
-            .iter()
-            .filter(|n| n.state != NodeState::Removed)
-            .map(|n| node_pb(n, self.live_status(&n.node_id)))
-            .collect();
-        let up = view
-            .iter()
-            .filter(|n| n.status == pb::NodeStatus::Up as i32)
-            .count() as u32;
-        let down = view
-            .iter()
-            .filter(|n| n.status == pb::NodeStatus::Down as i32)
-            .count() as u32;
-        let status = if view.is_empty() || up == 0 {
-            "unavailable"
-        } else if down > 0 {
-            "degraded"
-        } else {
-            "healthy"
-        };
-        Ok(Response::new(pb::ClusterHealth {
-            status: status.into(),
-            nodes_total: view.len() as u32,
-            nodes_up: up,
-            nodes_down: down,
-            ring_version: snap.version,
-            pending_changes,
-            hints_pending: hints,
-            nodes: view,
-        }))
     }
 
     pub(super) async fn rpc_get_ring(

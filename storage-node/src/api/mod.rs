@@ -73,11 +73,7 @@ impl StorageApi {
 
     fn observe<T>(&self, op: &'static str, started: Instant, r: &Result<T>) {
         let m = &self.node.metrics;
-        let labels = crate::metrics::OpLabels { op };
-        m.requests.get_or_create(&labels).inc();
-        m.latency
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+        m.served(op, started.elapsed().as_secs_f64());
         if let Err(e) = r {
             m.error(op, e.to_common().code());
         }

@@ -93,12 +93,7 @@ impl StorageApi {
                 let _ =
                     handle.block_on(tokio::time::timeout(stall, tx.send(Err(e.clone().into()))));
             }
-            let labels = crate::metrics::OpLabels { op: "stream_range" };
-            metrics.requests.get_or_create(&labels).inc();
-            metrics
-                .latency
-                .get_or_create(&labels)
-                .observe(started.elapsed().as_secs_f64());
+            metrics.served("stream_range", started.elapsed().as_secs_f64());
         }));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

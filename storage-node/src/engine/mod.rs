@@ -50,6 +50,11 @@ pub enum Scan {
 pub struct EngineStats {
     pub memtable_bytes: u64,
     pub memtable_budget_bytes: u64,
+    /// Flush and compaction threads RocksDB may run (`max_background_jobs`).
+    pub background_jobs: u64,
+    /// 1 when a flush or a compaction is waiting for a thread.
+    pub flush_pending: u64,
+    pub compaction_pending: u64,
     pub sst_files_by_level: Vec<u64>,
     pub sst_total_bytes: u64,
     pub pending_compaction_bytes: u64,
@@ -62,6 +67,10 @@ pub struct EngineStats {
     pub estimated_keys: u64,
     pub live_wal_files: u64,
     pub live_wal_bytes: u64,
+    pub memtable_entries: u64,
+    /// Running totals since the engine opened.
+    pub compaction_read_bytes: u64,
+    pub compaction_write_bytes: u64,
 }
 
 /// How an [`Engine::ingest`] ended.

@@ -46,6 +46,7 @@ pub struct RocksEngine {
     cache: Mutex<Cache>,
     path: PathBuf,
     memtable_budget_bytes: u64,
+    background_jobs: u64,
     /// Tables written for ingestion wait here: beside the database directory, on the same
     /// filesystem (ingestion links them in), never inside it (RocksDB owns that directory's
     /// file names).
@@ -114,6 +115,7 @@ impl RocksEngine {
             cache: Mutex::new(cache),
             path: path.to_path_buf(),
             memtable_budget_bytes: o.memtable_budget_bytes(),
+            background_jobs: u64::from(o.background_jobs),
             staging,
             staged: AtomicU64::new(0),
         })
@@ -303,6 +305,9 @@ impl Engine for RocksEngine {
         EngineStats {
             memtable_bytes: self.prop("rocksdb.cur-size-all-mem-tables"),
             memtable_budget_bytes: self.memtable_budget_bytes,
+            background_jobs: self.background_jobs,
+            flush_pending: self.prop("rocksdb.mem-table-flush-pending"),
+            compaction_pending: self.prop("rocksdb.compaction-pending"),
             sst_files_by_level,
             sst_total_bytes: self.prop("rocksdb.total-sst-files-size"),
             pending_compaction_bytes: self.prop("rocksdb.estimate-pending-compaction-bytes"),
@@ -319,6 +324,10 @@ impl Engine for RocksEngine {
                 .filter(|w| !w.obsolete)
                 .map(|w| w.size_bytes)
                 .sum(),
+            memtable_entries: self.prop("rocksdb.num-entries-active-mem-table")
+                + self.prop("rocksdb.num-entries-imm-mem-tables"),
+            compaction_read_bytes: self.opts.get_ticker_count(Ticker::CompactReadBytes),
+            compaction_write_bytes: self.opts.get_ticker_count(Ticker::CompactWriteBytes),
         }
     }
 

@@ -164,41 +164,14 @@ impl AdminAuth {
     }
 
     async fn request(&self, port: u16, method: &str, path: &str) -> Result<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let cfg = pairdb_common::tls::connect::tool_config(
-            &self.ca,
-            None,
-            &pairdb_common::tls::Expect::any(),
-        )?;
-        let mut cfg = (*cfg).clone();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let name = rustls_pki_types::ServerName::try_from("127.0.0.1")?;
-        let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(name, tcp)
-            .await?;
-        let auth = match &self.token {
-            Some(t) => format!("Authorization: Bearer {t}\r\n"),
-            None => String::new(),
-        };
-        s.write_all(
-            format!(
-                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
-            )
-            .as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        // A TLS close without close_notify still leaves the whole answer in `buf`.
-        let _ = s.read_to_end(&mut buf).await;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("no HTTP status")?;
-        Ok((status, body.to_string()))
+        pairdb_common::tls::admin_http::AdminTarget {
+            addr: format!("127.0.0.1:{port}"),
+            ca: Some(self.ca.clone()),
+            token: self.token.clone(),
+        }
+        .request(method, path)
+        .await
+        .map_err(anyhow::Error::msg)
     }
 }
 
