@@ -14,7 +14,11 @@ use serde_json::{Value, json};
 #[derive(Debug, clap::Args)]
 pub struct AdminConn {
     /// `http://host:port` or `https://host:port` of the node's admin port.
-    #[arg(long, env = "PAIRDB_ADMIN_URL", default_value = "http://127.0.0.1:9101")]
+    #[arg(
+        long,
+        env = "PAIRDB_ADMIN_URL",
+        default_value = "http://127.0.0.1:9101"
+    )]
     pub admin_url: String,
     /// CA bundle for an https admin URL (the node's own `PAIRDB_TLS_CA`).
     #[arg(long, env = "PAIRDB_TLS_CA")]
@@ -96,11 +100,18 @@ pub async fn maintenance(a: MaintenanceArgs, json_out: bool) -> Result<()> {
         tokio::time::sleep(Duration::from_secs(a.settle_secs)).await;
     }
     if json_out {
-        println!("{}", json!({"maintenance": matches!(a.mode, OnOff::On), "ready": ready}));
+        println!(
+            "{}",
+            json!({"maintenance": matches!(a.mode, OnOff::On), "ready": ready})
+        );
     } else {
         println!(
             "maintenance {} on {}; ready: {}",
-            if matches!(a.mode, OnOff::On) { "on" } else { "off" },
+            if matches!(a.mode, OnOff::On) {
+                "on"
+            } else {
+                "off"
+            },
             a.conn.admin_url,
             ready["ready"]
         );

@@ -229,11 +229,7 @@ impl Metrics {
             "Latency of read RPCs",
             m.read_duration.clone(),
         );
-        r.register(
-            "cache_hits",
-            "Block cache hits",
-            m.cache_hits.metric(),
-        );
+        r.register("cache_hits", "Block cache hits", m.cache_hits.metric());
         r.register(
             "cache_misses",
             "Block cache misses",
@@ -515,8 +511,10 @@ impl Metrics {
         self.cache_hits.follow(stats.block_cache_hits);
         self.cache_misses.follow(stats.block_cache_misses);
         self.cache_requests.follow(lookups);
-        self.compaction_read_bytes.follow(stats.compaction_read_bytes);
-        self.compaction_write_bytes.follow(stats.compaction_write_bytes);
+        self.compaction_read_bytes
+            .follow(stats.compaction_read_bytes);
+        self.compaction_write_bytes
+            .follow(stats.compaction_write_bytes);
         self.compaction_bytes_reclaimed.follow(
             stats
                 .compaction_read_bytes

@@ -198,9 +198,7 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         tonic_health::ServingStatus::NotServing
     };
     for service in ["", "pairdb.StorageNodeService"] {
-        health_reporter
-            .set_service_status(service, initially)
-            .await;
+        health_reporter.set_service_status(service, initially).await;
     }
     {
         let n = node.clone();

@@ -48,7 +48,10 @@ async fn wait_grpc(addr: std::net::SocketAddr, want: ServingStatus) {
         if now == (want, want) {
             return;
         }
-        assert!(Instant::now() < deadline, "gRPC health {now:?}, want {want:?}");
+        assert!(
+            Instant::now() < deadline,
+            "gRPC health {now:?}, want {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -179,10 +182,7 @@ async fn the_guides_metric_and_health_names_are_exported() {
         "process_start_time_seconds",
         "rocksdb_memtable_entries",
     ] {
-        assert!(
-            m.lines().any(|l| l.starts_with(name)),
-            "{name} missing"
-        );
+        assert!(m.lines().any(|l| l.starts_with(name)), "{name} missing");
     }
     assert!(m.contains("errors_total{"), "errors_total missing");
     assert!(

@@ -176,9 +176,15 @@ mod tests {
             && t.ranges_total == 48));
 
         let one_down = tenant_replication(&r, &tenants, &|id| id != "n3");
-        assert_eq!(one_down[0].ranges_below_quorum, 0, "QUORUM of 3 survives one");
+        assert_eq!(
+            one_down[0].ranges_below_quorum, 0,
+            "QUORUM of 3 survives one"
+        );
         assert_eq!(one_down[0].ranges_below_replication_factor, 48);
-        assert_eq!(one_down[1].ranges_below_quorum, 48, "ALL needs every replica");
+        assert_eq!(
+            one_down[1].ranges_below_quorum, 48,
+            "ALL needs every replica"
+        );
         assert_eq!(one_down[2].ranges_below_quorum, 0);
 
         let two_down = tenant_replication(&r, &tenants, &|id| id == "n1");
