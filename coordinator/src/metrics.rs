@@ -35,6 +35,11 @@ pub struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub op: &'static str,
     pub error_code: &'static str,
@@ -56,6 +61,14 @@ pub struct Metrics {
     pub hints_cleanup_deleted: Counter,
     pub hints_dropped: Counter,
     pub hints_pending: Gauge,
+    pub hints_pending_bytes: Gauge,
+    pub hints_oldest_age_seconds: Gauge,
+    /// Cluster-wide views the `cluster-gauges` worker refreshes (`crate::gauges`).
+    pub ranges_below_quorum: Family<TenantLabels, Gauge>,
+    pub ranges_below_replication_factor: Family<TenantLabels, Gauge>,
+    pub jobs_running: Family<KindLabels, Gauge>,
+    pub job_seconds_since_progress: Family<KindLabels, Gauge>,
+    pub metadata_store_up: Gauge,
     pub hints_dropped_by_reason: Family<ReasonLabels, Counter>,
     pub hint_queue_depth: Gauge,
     pub rate_limited: Family<TenantLabels, Counter>,
@@ -105,6 +118,13 @@ impl Metrics {
             hints_cleanup_deleted: Counter::default(),
             hints_dropped: Counter::default(),
             hints_pending: Gauge::default(),
+            hints_pending_bytes: Gauge::default(),
+            hints_oldest_age_seconds: Gauge::default(),
+            ranges_below_quorum: Family::default(),
+            ranges_below_replication_factor: Family::default(),
+            jobs_running: Family::default(),
+            job_seconds_since_progress: Family::default(),
+            metadata_store_up: Gauge::default(),
             hints_dropped_by_reason: Family::default(),
             hint_queue_depth: Gauge::default(),
             rate_limited: Family::default(),
@@ -316,10 +336,50 @@ impl Metrics {
         m.workers.register(r);
         m.process.register(r, "coordinator");
         r.register(
+            "hints_pending_bytes",
+            "Payload bytes of hints waiting for their target (cluster-wide)",
+            m.hints_pending_bytes.clone(),
+        );
+        r.register(
+            "hints_oldest_age_seconds",
+            "Age of the oldest hint still waiting for its target (cluster-wide; 0: none)",
+            m.hints_oldest_age_seconds.clone(),
+        );
+        r.register(
+            "tenant_ranges_below_quorum",
+            "Ring ranges with fewer live NORMAL replicas than the tenant's write quorum: writes there fail",
+            m.ranges_below_quorum.clone(),
+        );
+        r.register(
+            "tenant_ranges_below_replication_factor",
+            "Ring ranges with fewer live NORMAL replicas than the tenant's replication factor",
+            m.ranges_below_replication_factor.clone(),
+        );
+        r.register(
+            "jobs_running",
+            "Running topology changes and repair runs, by kind (cluster-wide)",
+            m.jobs_running.clone(),
+        );
+        r.register(
+            "job_seconds_since_progress",
+            "Longest time any running job of this kind has gone without its progress changing (as this coordinator watched it)",
+            m.job_seconds_since_progress.clone(),
+        );
+        r.register(
+            "metadata_store_up",
+            "1 when the last cluster-gauges refresh reached the metadata store",
+            m.metadata_store_up.clone(),
+        );
+        r.register(
             "anonymous_requests",
             "Requests served without a bearer token (auth = permissive); must reach 0 before auth = required",
             m.anonymous_requests.clone(),
         );
+        // Known label values start at 0, so dashboards and alerts see a series before the
+        // first event.
+        for reason in ["concurrency", "owned_tasks"] {
+            drop(m.overloaded.get_or_create(&ReasonLabels { reason }));
+        }
         Metrics { registry, ..m }
     }
 

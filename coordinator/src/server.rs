@@ -231,6 +231,10 @@ pub async fn start_with_stores(
         sup.worker("repair", move |cancel| r.clone().run(cancel));
         let a = auth.clone();
         sup.worker("token-refresh", move |cancel| a.clone().run(cancel));
+        let (d, m) = (data.clone(), meta.clone());
+        sup.worker("cluster-gauges", move |cancel| {
+            crate::gauges::run(d.clone(), m.clone(), cancel)
+        });
         if let Some(t) = &tls {
             let t = t.clone();
             sup.worker("tls-reload", move |cancel| t.clone().run_reload(cancel));

@@ -3,6 +3,8 @@
 //! guard drops, so a failing test never leaks servers.
 
 pub mod cluster;
+pub mod k8s;
+pub mod monitoring;
 pub mod procs;
 pub mod proxy;
 
