@@ -18,6 +18,7 @@ pub mod convert;
 pub mod error;
 pub mod framing;
 pub mod grpc;
+pub mod otel;
 pub mod process;
 pub mod ring;
 pub mod telemetry;

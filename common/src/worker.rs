@@ -298,6 +298,8 @@ impl Supervisor {
         Fut: Future<Output = T> + Send + 'static,
     {
         let me = self.clone();
+        // An owned task continues the span (the trace) of whoever spawned it.
+        let fut = tracing::Instrument::in_current_span(fut);
         Owned {
             what,
             handle: self.0.tracker.spawn(async move {

@@ -11,6 +11,10 @@
 //! `ErrorInfo`) a direct call would give. The drain tasks end when their queue's senders are
 //! dropped (the node left the cluster view), or at shutdown once their queue is empty. Drain
 //! tasks and batch RPCs are owned tasks of the process's [`Supervisor`].
+//!
+//! Tracing: each item carries the span of the replica call that queued it; a batch RPC runs
+//! in a `replica_batch` span whose parent is its first item's span (the others follow from
+//! it), and that span's trace context travels in the RPC's metadata to the storage node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,13 +34,22 @@ pub const MAX_IN_FLIGHT: usize = 4;
 const QUEUE: usize = 4096;
 
 type Reply<T> = oneshot::Sender<Result<T, tonic::Status>>;
+/// A queued item: the request, where its answer goes, the span of the call that queued it.
+type Item<Req, Res> = (Req, Reply<Res>, tracing::Span);
 
 /// The per-node batching front of a storage client.
 #[derive(Clone)]
 pub struct Batcher {
-    writes: mpsc::Sender<(pb::WriteOp, Reply<pb::WriteResult>)>,
-    applies: mpsc::Sender<(pb::KeyVersions, Reply<pb::ApplyResult>)>,
-    reads: mpsc::Sender<(pb::KeyRef, Reply<pb::ReadResult>)>,
+    writes: mpsc::Sender<Item<pb::WriteOp, pb::WriteResult>>,
+    applies: mpsc::Sender<Item<pb::KeyVersions, pb::ApplyResult>>,
+    reads: mpsc::Sender<Item<pb::KeyRef, pb::ReadResult>>,
+}
+
+/// A request carrying the current span's trace context.
+fn traced<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    pairdb_common::otel::inject(&tracing::Span::current(), req.metadata_mut());
+    req
 }
 
 fn write_size(op: &pb::WriteOp) -> usize {
@@ -69,7 +82,7 @@ fn per_item<T>(
 /// Drains one queue: batch, send, fan the answers back out.
 async fn drain<Req, Res, Fut>(
     sup: Supervisor,
-    mut rx: mpsc::Receiver<(Req, Reply<Res>)>,
+    mut rx: mpsc::Receiver<Item<Req, Res>>,
     timeout: Duration,
     size: fn(&Req) -> usize,
     send: impl Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
@@ -82,7 +95,7 @@ async fn drain<Req, Res, Fut>(
 {
     let send = Arc::new(send);
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut carried: Option<(Req, Reply<Res>)> = None;
+    let mut carried: Option<Item<Req, Res>> = None;
     let cancel = sup.cancel_token();
     loop {
         let first = match carried.take() {
@@ -118,11 +131,28 @@ async fn drain<Req, Res, Fut>(
             return;
         };
         let send = send.clone();
+        let span = tracing::info_span!(
+            target: pairdb_common::otel::TARGET,
+            parent: &items[0].2,
+            "replica_batch",
+            items = items.len(),
+        );
+        for (_, _, other) in &items[1..] {
+            span.follows_from(other);
+        }
         drop(sup.spawn("replica-batch", async move {
+            use tracing::Instrument;
             let _permit = permit;
-            let (reqs, replies): (Vec<Req>, Vec<Reply<Res>>) = items.into_iter().unzip();
+            let (mut reqs, mut replies) = (
+                Vec::with_capacity(items.len()),
+                Vec::with_capacity(items.len()),
+            );
+            for (req, reply, _) in items {
+                reqs.push(req);
+                replies.push(reply);
+            }
             let n = reqs.len();
-            let outcome = match tokio::time::timeout(timeout, send(reqs)).await {
+            let outcome = match tokio::time::timeout(timeout, send(reqs).instrument(span)).await {
                 Ok(r) => r,
                 Err(_) => Err(tonic::Status::deadline_exceeded("replica batch timed out")),
             };
@@ -169,7 +199,7 @@ impl Batcher {
                     let mut c = c.clone();
                     async move {
                         let r = c
-                            .batch_write(pb::BatchWriteRequest { ops })
+                            .batch_write(traced(pb::BatchWriteRequest { ops }))
                             .await?
                             .into_inner();
                         Ok(per_item(r.results, |x| x.error.as_ref()))
@@ -189,7 +219,7 @@ impl Batcher {
                     let mut c = c.clone();
                     async move {
                         let r = c
-                            .batch_apply(pb::BatchApplyRequest { items })
+                            .batch_apply(traced(pb::BatchApplyRequest { items }))
                             .await?
                             .into_inner();
                         Ok(per_item(r.results, |x| x.error.as_ref()))
@@ -209,7 +239,7 @@ impl Batcher {
                     let mut c = c.clone();
                     async move {
                         let r = c
-                            .batch_read(pb::BatchReadRequest { keys })
+                            .batch_read(traced(pb::BatchReadRequest { keys }))
                             .await?
                             .into_inner();
                         Ok(per_item(r.results, |x| x.error.as_ref()))
@@ -225,11 +255,11 @@ impl Batcher {
     }
 
     async fn call<Req, Res>(
-        tx: &mpsc::Sender<(Req, Reply<Res>)>,
+        tx: &mpsc::Sender<Item<Req, Res>>,
         req: Req,
     ) -> Result<Res, tonic::Status> {
         let (reply, rx) = oneshot::channel();
-        tx.send((req, reply))
+        tx.send((req, reply, tracing::Span::current()))
             .await
             .map_err(|_| tonic::Status::unavailable("node batcher stopped"))?;
         rx.await

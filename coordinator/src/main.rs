@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    pairdb_common::telemetry::init_logging(cfg.log_json);
+    let telemetry = pairdb_common::telemetry::init(cfg.log_json, "pairdb-coordinator");
     match cli.cmd.unwrap_or(Cmd::Serve) {
         Cmd::Migrate => {
             let meta = pairdb_coordinator::meta::connect(&cfg.database_url).await?;
@@ -75,5 +75,6 @@ async fn main() -> anyhow::Result<()> {
             c.shutdown().await;
         }
     }
+    telemetry.shutdown();
     Ok(())
 }

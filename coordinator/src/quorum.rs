@@ -146,8 +146,15 @@ pub async fn call_one<T, Fut>(
 where
     Fut: Future<Output = Result<T, Miss>>,
 {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        target: pairdb_common::otel::TARGET,
+        "replica_call",
+        node_id = %node.record.node_id,
+        op = settings.op,
+    );
     let started = Instant::now();
-    let result = match tokio::time::timeout(settings.per_call, call).await {
+    let result = match tokio::time::timeout(settings.per_call, call.instrument(span)).await {
         Ok(r) => r,
         Err(_) => Err(Miss::timed_out()),
     };

@@ -275,6 +275,7 @@ pub async fn start_with_stores(
     let refused = metrics.clone();
     let grpc = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(cfg.request_timeout_ms * 4))
+        .layer(pairdb_common::otel::TraceLayer)
         .layer(pairdb_common::grpc::AdmissionLayer::new(
             cfg.max_concurrent_requests,
             move || {

@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    pairdb_common::telemetry::init_logging(cfg.log_json);
+    let telemetry = pairdb_common::telemetry::init(cfg.log_json, "pairdb-storage-node");
     let node = server::start(cfg, StartOptions::default()).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -26,5 +26,6 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
     }
     node.shutdown().await;
+    telemetry.shutdown();
     Ok(())
 }

@@ -223,6 +223,7 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
     let denied = node.metrics.clone();
     let grpc = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(cfg.max_concurrent_requests)
+        .layer(pairdb_common::otel::TraceLayer)
         .layer(pairdb_common::grpc::RoleLayer::new(
             "/pairdb.StorageNodeService/",
             &[Role::Coordinator, Role::StorageNode],

@@ -100,7 +100,10 @@ fn the_unit_tests_fail_when_a_threshold_moves() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!out.status.success(), "a moved threshold went unnoticed:\n{report}");
+    assert!(
+        !out.status.success(),
+        "a moved threshold went unnoticed:\n{report}"
+    );
     assert!(report.contains("DiskUsageHigh"), "{report}");
 }
 

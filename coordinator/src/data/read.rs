@@ -199,7 +199,9 @@ impl DataPlane {
             replies.push(r);
         }
         drop(fan);
-        self.repair(kr, replies).await;
+        use tracing::Instrument;
+        let span = tracing::info_span!(target: pairdb_common::otel::TARGET, "read_repair");
+        self.repair(kr, replies).instrument(span).await;
     }
 
     /// Read repair against the merge of every answer: a stale replica gets the merge through

@@ -261,17 +261,27 @@ impl DataPlane {
             return;
         }
         let target = &r.node.record.node_id;
-        if r.counts && w.level == Level::Any {
-            let stored = self
-                .hints
-                .record_durable(target, &w.req.tenant, &w.req.key, state)
-                .await;
-            if stored != Recorded::Stored {
-                tracing::warn!(node_id = %target, "an ANY write's hint was not stored");
+        let span = tracing::info_span!(
+            target: pairdb_common::otel::TARGET,
+            "hint_record",
+            node_id = %target,
+        );
+        use tracing::Instrument;
+        async {
+            if r.counts && w.level == Level::Any {
+                let stored = self
+                    .hints
+                    .record_durable(target, &w.req.tenant, &w.req.key, state)
+                    .await;
+                if stored != Recorded::Stored {
+                    tracing::warn!(node_id = %target, "an ANY write's hint was not stored");
+                }
+            } else {
+                self.hints.enqueue(target, &w.req.tenant, &w.req.key, state);
             }
-        } else {
-            self.hints.enqueue(target, &w.req.tenant, &w.req.key, state);
         }
+        .instrument(span)
+        .await
     }
 }
 

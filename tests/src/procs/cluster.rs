@@ -21,6 +21,8 @@ pub struct ProcOptions {
     pub coordinators: usize,
     /// Extra coordinator environment (throttles, grace, lease).
     pub coord_env: Vec<(String, String)>,
+    /// Extra storage-node environment.
+    pub node_env: Vec<(String, String)>,
     /// TLS on every port (mTLS to storage nodes), tokens required, admin tokens on the
     /// admin HTTP ports.
     pub secure: bool,
@@ -35,6 +37,7 @@ impl Default for ProcOptions {
                 ("PAIRDB_CLEANUP_GRACE_SECS".into(), "2".into()),
                 ("PAIRDB_JOB_LEASE_MS".into(), "3000".into()),
             ],
+            node_env: Vec::new(),
             secure: false,
         }
     }
@@ -66,6 +69,7 @@ impl ProcCluster {
         for i in 1..=o.nodes {
             let mut n = NodeProc::new(&format!("n{i}"), dir.path())?;
             n.secure = secure.clone();
+            n.env.extend(o.node_env.iter().cloned());
             n.start()?;
             meta.add_node(&n.record()).await?;
             nodes.push(n);
