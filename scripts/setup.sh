@@ -40,8 +40,9 @@ if [ "${PAIRDB_SETUP_MINIMAL:-0}" = "1" ]; then
   echo "setup: ok (minimal)"
   exit 0
 fi
-# curl: runbooks call the storage nodes' admin HTTP API with it (runbooks/repair.md).
+# curl and jq: runbooks call the admin HTTP APIs with them (runbooks/repair.md, monitoring.md).
 command -v curl >/dev/null || apt_install curl
+command -v jq >/dev/null || apt_install jq
 
 if [ ! -x "$PAIRDB_VENV/bin/grpcurl" ] || ! "$PAIRDB_VENV/bin/python" -c "import grpc, grpc_tools, grpc_status, kubernetes_validate" 2>/dev/null; then
   echo "setup: creating Python tool venv in $PAIRDB_VENV"

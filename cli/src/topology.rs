@@ -124,7 +124,6 @@ pub async fn node(c: &mut Client, cmd: NodeCmd, json_out: bool) -> Result<()> {
                 .await
                 .map_err(describe)?
                 .into_inner();
-            print_nodes(&[n], json_out);
             let changes = c
                 .list_pending_changes(pb::ListPendingChangesRequest {
                     include_finished: false,
@@ -137,8 +136,20 @@ pub async fn node(c: &mut Client, cmd: NodeCmd, json_out: bool) -> Result<()> {
                 .into_iter()
                 .filter(|ch| ch.node_id == node_id)
                 .collect();
+            // One JSON document: the node and its active changes.
+            if json_out {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "node": crate::client::node_json(&n),
+                        "changes": mine.iter().map(change_json).collect::<Vec<_>>(),
+                    })
+                );
+                return Ok(());
+            }
+            print_nodes(&[n], false);
             if !mine.is_empty() {
-                print_changes(&mine, json_out);
+                print_changes(&mine, false);
             }
             return Ok(());
         }
