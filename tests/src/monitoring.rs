@@ -34,12 +34,6 @@ const KEYWORDS: &[&str] = &[
     "unless",
     "bool",
     "offset",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
     "inf",
     "nan",
 ];
@@ -104,7 +98,9 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
                 i = j + 1;
                 continue;
             }
-            if !call && !KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) {
+            let lower = word.to_ascii_lowercase();
+            let keyword = KEYWORDS.contains(&lower.as_str()) || GROUPING.contains(&lower.as_str());
+            if !call && !keyword {
                 names.insert(word);
             }
         } else if c.is_ascii_digit() || c == '.' {

