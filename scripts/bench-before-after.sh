@@ -6,6 +6,8 @@
 # ops/s per run and the HEAD/BASE ratio of the medians. Rounds alternate the order (ABBA). Every process it starts is stopped by
 # bench-cluster.sh; the worktree is removed at the end.
 #   scripts/bench-before-after.sh [BASE] [ROUNDS] [-- extra bench workload args]
+# PAIRDB_BENCH_REUSE_BASE=1 skips the BASE build and uses the binaries already in
+# $PAIRDB_CACHE/target-base/release (built by an earlier run of the same BASE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -23,8 +25,12 @@ cleanup() { git worktree remove --force "$wt" >/dev/null 2>&1 || rm -rf "$wt"; }
 trap cleanup EXIT
 git worktree add --detach "$wt" "$base" >/dev/null
 bins=(-p pairdbctl -p pairdb-storage-node -p pairdb-coordinator --bins)
-echo "== build BASE $base_rev"
-(cd "$wt" && CARGO_TARGET_DIR="$PAIRDB_CACHE/target-base" cargo build --release --locked "${bins[@]}" --quiet)
+if [ "${PAIRDB_BENCH_REUSE_BASE:-0}" = "1" ] && [ -x "$PAIRDB_CACHE/target-base/release/pairdb-coordinator" ]; then
+  echo "== BASE $base_rev: reusing $PAIRDB_CACHE/target-base/release"
+else
+  echo "== build BASE $base_rev"
+  (cd "$wt" && CARGO_TARGET_DIR="$PAIRDB_CACHE/target-base" cargo build --release --locked "${bins[@]}" --quiet)
+fi
 echo "== build HEAD $head_rev (working tree)"
 cargo build --release --locked "${bins[@]}" --quiet
 declare -A dir=([base]="$PAIRDB_CACHE/target-base/release" [head]="$CARGO_TARGET_DIR/release")

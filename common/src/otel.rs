@@ -169,8 +169,10 @@ where
             otel.kind = "server",
             rpc.system = "grpc",
         );
-        let parent = extract(req.headers());
-        let _ = span.set_parent(parent);
+        // Without an exporter the span is disabled: no context to parse or continue.
+        if !span.is_disabled() {
+            let _ = span.set_parent(extract(req.headers()));
+        }
         self.inner.call(req).instrument(span)
     }
 }

@@ -76,8 +76,8 @@ pub struct Metrics {
     pub requests: Family<OpLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub latency: Family<OpLabels, Histogram, fn() -> Histogram>,
-    pub write_requests: Family<OpLabels, Counter>,
-    pub read_requests: Family<OpLabels, Counter>,
+    pub write_requests: Counter,
+    pub read_requests: Counter,
     pub write_duration: Histogram,
     pub read_duration: Histogram,
     pub cache_hits: TotalCounter,
@@ -145,8 +145,8 @@ impl Metrics {
             requests: Family::default(),
             errors: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-            write_requests: Family::default(),
-            read_requests: Family::default(),
+            write_requests: Counter::default(),
+            read_requests: Counter::default(),
             write_duration: latency_histogram(),
             read_duration: latency_histogram(),
             cache_hits: TotalCounter::default(),
@@ -211,12 +211,12 @@ impl Metrics {
         );
         r.register(
             "write_requests",
-            "Write RPCs served (write, batch_write, apply, batch_apply, repair), by operation",
+            "Write RPCs served (write, batch_write, apply, batch_apply, repair; by operation: storage_requests_total{op})",
             m.write_requests.clone(),
         );
         r.register(
             "read_requests",
-            "Read RPCs served (read, batch_read), by operation",
+            "Read RPCs served (read, batch_read; by operation: storage_requests_total{op})",
             m.read_requests.clone(),
         );
         r.register(
@@ -474,11 +474,11 @@ impl Metrics {
         self.latency.get_or_create(&labels).observe(secs);
         match is_write(op) {
             Some(true) => {
-                self.write_requests.get_or_create(&labels).inc();
+                self.write_requests.inc();
                 self.write_duration.observe(secs);
             }
             Some(false) => {
-                self.read_requests.get_or_create(&labels).inc();
+                self.read_requests.inc();
                 self.read_duration.observe(secs);
             }
             None => {}
