@@ -51,6 +51,24 @@ impl Telemetry {
     }
 }
 
+/// Log lines to stderr, text or JSON, for any subscriber stack.
+fn fmt_layer<S>(json: bool, ansi: bool) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed()
+    }
+}
+
 /// The binaries' set-up: logs as [`init_logging`], plus OpenTelemetry export of the trace
 /// spans (target [`crate::otel::TARGET`], whatever `RUST_LOG` says) as `service` when an
 /// OTLP endpoint is configured. Call inside the Tokio runtime.
@@ -68,19 +86,6 @@ pub fn init(json: bool, service: &'static str) -> Telemetry {
         f
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = if json {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_filter(filter())
-            .boxed()
-    } else {
-        tracing_subscriber::fmt::layer()
-            .with_ansi(ansi)
-            .with_writer(std::io::stderr)
-            .with_filter(filter())
-            .boxed()
-    };
     let (provider, failed) = match crate::otel::endpoint() {
         None => (None, None),
         Some(ep) => match crate::otel::provider(&ep, service) {
@@ -88,15 +93,24 @@ pub fn init(json: bool, service: &'static str) -> Telemetry {
             Err(e) => (None, Some(e)),
         },
     };
-    let otel = provider.as_ref().map(|p| {
-        let targets = tracing_subscriber::filter::Targets::new()
-            .with_target(crate::otel::TARGET, tracing::Level::INFO);
-        crate::otel::layer(p, service).with_filter(targets)
-    });
-    let _ = tracing_subscriber::registry()
-        .with(fmt)
-        .with(otel)
-        .try_init();
+    // Without an exporter the log filter is global, so the trace spans (off for logs) are
+    // never built; with one, each layer has its own filter (an `Option` layer would count as
+    // interested in every span and build them all).
+    let _ = match &provider {
+        Some(p) => {
+            let targets = tracing_subscriber::filter::Targets::new()
+                .with_target(crate::otel::TARGET, tracing::Level::INFO);
+            let otel = crate::otel::layer(p, service).with_filter(targets);
+            tracing_subscriber::registry()
+                .with(fmt_layer(json, ansi).with_filter(filter()))
+                .with(otel)
+                .try_init()
+        }
+        None => tracing_subscriber::registry()
+            .with(filter())
+            .with(fmt_layer(json, ansi))
+            .try_init(),
+    };
     if let Some(e) = failed {
         tracing::error!(error = %e, "OpenTelemetry export not started");
     } else if provider.is_some() {
