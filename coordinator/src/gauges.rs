@@ -25,24 +25,27 @@ type Seen = HashMap<String, (String, Instant)>;
 
 /// The `cluster-gauges` worker.
 pub async fn run(d: Arc<DataPlane>, meta: Arc<dyn MetaStore>, cancel: CancellationToken) {
-    let mut seen = Seen::new();
-    let mut tick = tokio::time::interval(GAUGE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
+    let seen = Arc::new(parking_lot::Mutex::new(Seen::new()));
+    pairdb_common::worker::every(GAUGE_INTERVAL, &cancel, || {
+        let (d, meta, seen) = (d.clone(), meta.clone(), seen.clone());
+        async move {
+            let r = tokio::time::timeout(GAUGE_INTERVAL, refresh(&d, meta.as_ref(), &seen)).await;
+            d.metrics
+                .metadata_store_up
+                .set(i64::from(matches!(r, Ok(Ok(())))));
+            if let Ok(Err(e)) = r {
+                tracing::debug!(error = %e, "cluster gauges not refreshed");
+            }
         }
-        let r = tokio::time::timeout(GAUGE_INTERVAL, refresh(&d, meta.as_ref(), &mut seen)).await;
-        let ok = matches!(r, Ok(Ok(())));
-        d.metrics.metadata_store_up.set(i64::from(ok));
-        if let Ok(Err(e)) = r {
-            tracing::debug!(error = %e, "cluster gauges not refreshed");
-        }
-    }
+    })
+    .await;
 }
 
-async fn refresh(d: &DataPlane, meta: &dyn MetaStore, seen: &mut Seen) -> MetaResult<()> {
+async fn refresh(
+    d: &DataPlane,
+    meta: &dyn MetaStore,
+    seen: &parking_lot::Mutex<Seen>,
+) -> MetaResult<()> {
     let m = &d.metrics;
     let now_ms = pairdb_common::now_ms();
 
@@ -90,7 +93,7 @@ async fn refresh(d: &DataPlane, meta: &dyn MetaStore, seen: &mut Seen) -> MetaRe
             .filter(|r| r.status == "running")
             .map(|r| ("repair", r.repair_id, r.progress)),
     );
-    let stalls = stalls(seen, running, Instant::now());
+    let stalls = stalls(&mut seen.lock(), running, Instant::now());
     // Every kind, running or not, so a dashboard shows 0 rather than nothing.
     for kind in JOB_KINDS {
         let (count, stalled) = stalls.get(kind).copied().unwrap_or_default();
