@@ -261,3 +261,27 @@ pub async fn follow_readiness(
         }
     }
 }
+
+/// `grpc.health.v1` for a server whose readiness is `ready()`: the health service to add to
+/// the server, SERVING or NOT_SERVING from `initially`, then kept in step by the supervised
+/// `grpc-health` worker ([`follow_readiness`]).
+pub async fn readiness_health(
+    sup: &crate::worker::Supervisor,
+    service: &'static str,
+    initially: bool,
+    ready: impl Fn() -> bool + Clone + Send + Sync + 'static,
+) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let status = if initially {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for s in ["", service] {
+        reporter.set_service_status(s, status).await;
+    }
+    sup.worker("grpc-health", move |cancel| {
+        follow_readiness(reporter.clone(), service, ready.clone(), cancel)
+    });
+    health
+}

@@ -19,6 +19,7 @@ pub mod error;
 pub mod framing;
 pub mod grpc;
 pub mod otel;
+pub mod probes;
 pub mod process;
 pub mod ring;
 pub mod telemetry;

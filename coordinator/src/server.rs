@@ -242,22 +242,13 @@ pub async fn start_with_stores(
     }
 
     // gRPC health follows readiness: NOT_SERVING once shutdown begins.
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<CoordinatorServiceServer<CoordinatorApi>>()
-        .await;
-    {
+    let health_service = {
         let s = sup.clone();
-        sup.worker("grpc-health", move |cancel| {
-            let s = s.clone();
-            pairdb_common::grpc::follow_readiness(
-                health_reporter.clone(),
-                "pairdb.CoordinatorService",
-                move || !s.is_shutting_down(),
-                cancel,
-            )
-        });
-    }
+        pairdb_common::grpc::readiness_health(&sup, "pairdb.CoordinatorService", true, move || {
+            !s.is_shutting_down()
+        })
+        .await
+    };
     let (reflection, reflection_alpha) =
         pairdb_common::grpc::reflection(&["pairdb.CoordinatorService"])
             .map_err(|e| StartError::Reflection(e.to_string()))?;
@@ -325,7 +316,7 @@ pub async fn start_with_stores(
     );
     let app = Router::new()
         .route("/health", get(health))
-        .route("/health/live", get(live))
+        .route("/health/live", get(pairdb_common::probes::live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(render_metrics))
         .with_state(data.clone());
@@ -364,14 +355,6 @@ fn not_ready_reasons(d: &DataPlane) -> Vec<&'static str> {
         vec!["shutting_down"]
     } else {
         Vec::new()
-    }
-}
-
-fn ready_code(why: &[&str]) -> axum::http::StatusCode {
-    if why.is_empty() {
-        axum::http::StatusCode::OK
-    } else {
-        axum::http::StatusCode::SERVICE_UNAVAILABLE
     }
 }
 
@@ -419,20 +402,12 @@ async fn health(State(d): State<Arc<DataPlane>>) -> axum::response::Response {
         "storage_nodes": nodes,
         "workers": workers,
     });
-    (ready_code(&why), axum::Json(body)).into_response()
-}
-
-/// `/health/live`: 200 while the process serves HTTP.
-async fn live() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({ "status": "alive" }))
+    (pairdb_common::probes::ready_status(&why), axum::Json(body)).into_response()
 }
 
 /// `/health/ready`: 200 when the coordinator should get client traffic, else 503.
 async fn ready(State(d): State<Arc<DataPlane>>) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let why = not_ready_reasons(&d);
-    let body = serde_json::json!({ "ready": why.is_empty(), "not_ready_reasons": why });
-    (ready_code(&why), axum::Json(body)).into_response()
+    pairdb_common::probes::ready(not_ready_reasons(&d))
 }
 
 async fn render_metrics(State(d): State<Arc<DataPlane>>) -> axum::response::Response {

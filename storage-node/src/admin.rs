@@ -108,7 +108,7 @@ pub fn router(node: Arc<Node>, admin_token: Option<&str>) -> Router {
     };
     Router::new()
         .route("/health", get(health))
-        .route("/health/live", get(live))
+        .route("/health/live", get(pairdb_common::probes::live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/api/v1/compaction/trigger", post(compact_default))
@@ -326,35 +326,14 @@ async fn health(State(s): State<AdminState>) -> Response {
         },
         "recent": recent,
     });
-    let code = if not_ready.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
-}
-
-/// `/health/live`: 200 while the process serves HTTP at all. Kubernetes restarts the pod when
-/// this fails, so it depends on nothing a restart would not fix (not the disk, not the
-/// cluster, not maintenance).
-async fn live() -> Json<Value> {
-    Json(json!({ "status": "alive" }))
+    (pairdb_common::probes::ready_status(&not_ready), Json(body)).into_response()
 }
 
 /// `/health/ready`: 200 when the node should get client traffic, else 503 with the reasons
-/// (maintenance, not_joined, disk_circuit_broken, shutting_down).
+/// (maintenance, not_joined, disk_circuit_broken, shutting_down). Liveness
+/// (`pairdb_common::probes::live`) depends on nothing a restart would not fix.
 async fn ready(State(s): State<AdminState>) -> Response {
-    let why = s.node.not_ready_reasons();
-    let code = if why.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        Json(json!({ "ready": why.is_empty(), "not_ready_reasons": why })),
-    )
-        .into_response()
+    pairdb_common::probes::ready(s.node.not_ready_reasons())
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {

@@ -191,27 +191,17 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
 
     // gRPC health follows readiness (maintenance, --join, disk breaker), starting from the
     // state at start (a node with `--join` is not ready until it has registered).
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let initially = if cfg.join.is_none() && node.not_ready_reasons().is_empty() {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
-    };
-    for service in ["", "pairdb.StorageNodeService"] {
-        health_reporter.set_service_status(service, initially).await;
-    }
-    {
+    let health_service = {
         let n = node.clone();
-        sup.worker("grpc-health", move |cancel| {
-            let n = n.clone();
-            pairdb_common::grpc::follow_readiness(
-                health_reporter.clone(),
-                "pairdb.StorageNodeService",
-                move || n.not_ready_reasons().is_empty(),
-                cancel,
-            )
-        });
-    }
+        let initially = cfg.join.is_none() && node.not_ready_reasons().is_empty();
+        pairdb_common::grpc::readiness_health(
+            &sup,
+            "pairdb.StorageNodeService",
+            initially,
+            move || n.not_ready_reasons().is_empty(),
+        )
+        .await
+    };
     let (reflection, reflection_alpha) =
         pairdb_common::grpc::reflection(&["pairdb.StorageNodeService"])
             .map_err(|e| StartError::Reflection(e.to_string()))?;
