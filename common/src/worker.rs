@@ -79,6 +79,9 @@ pub struct WorkerStatus {
 
 /// Longest `last_error` `/health` shows.
 pub const LAST_ERROR_MAX_CHARS: usize = 120;
+/// Owned-task futures larger than this many bytes are boxed before they are wrapped and
+/// spawned (see [`Supervisor::spawn`]).
+const BOX_FUTURES_OVER: usize = 512;
 
 /// `why` cut to [`LAST_ERROR_MAX_CHARS`] characters.
 fn brief(why: &str) -> String {
@@ -293,6 +296,20 @@ impl Supervisor {
     /// Runs owned work to completion in its own task (see the module docs). `what` labels its
     /// panics.
     pub fn spawn<T, Fut>(&self, what: &'static str, fut: Fut) -> Owned<T>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        // A large future is boxed once here: each wrapper below moves its future by value,
+        // and a multi-kilobyte state machine copied five times per spawn showed up as ~10% of
+        // a coordinator's CPU in memmove (issue P); a box moves as one pointer.
+        if std::mem::size_of::<Fut>() > BOX_FUTURES_OVER {
+            return self.spawn_sized(what, Box::pin(fut));
+        }
+        self.spawn_sized(what, fut)
+    }
+
+    fn spawn_sized<T, Fut>(&self, what: &'static str, fut: Fut) -> Owned<T>
     where
         T: Send + 'static,
         Fut: Future<Output = T> + Send + 'static,

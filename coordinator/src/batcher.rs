@@ -4,25 +4,30 @@
 //!
 //! Each node has one queue per operation kind and a drain task per queue. The drain task takes
 //! whatever is queued (at least one item, at most `MAX_BATCH` items and
-//! `MAX_BATCH_REQUEST_BYTES` of values and states) and sends it as one RPC, with up
-//! to `MAX_IN_FLIGHT` batches outstanding so a slow batch does not hold the next one back. With
-//! one client in flight a batch holds one item, so latency at low load is one channel hop more
+//! `MAX_BATCH_REQUEST_BYTES` of values and states) and sends it as one RPC. While a batch is in
+//! flight the next one fills and goes when the first answers — or at once, up to
+//! `MAX_IN_FLIGHT` outstanding, when it already holds `PARALLEL_BATCH` items — so under load a
+//! node gets one large batch per round trip instead of many small ones (issue P measured 4 in
+//! flight from the first item: more RPCs, more syscalls, more CPU per operation). With one
+//! client in flight a batch holds one item, so latency at low load is one channel hop more
 //! than a direct call. Per-item errors come back as the same `tonic::Status` (with its
 //! `ErrorInfo`) a direct call would give. The drain tasks end when their queue's senders are
-//! dropped (the node left the cluster view), or at shutdown once their queue is empty. Drain
-//! tasks and batch RPCs are owned tasks of the process's [`Supervisor`].
+//! dropped (the node left the cluster view), or at shutdown once their queue is empty and
+//! their batches answered. Drain tasks are owned tasks of the process's [`Supervisor`]; the
+//! batch RPCs are futures inside them, not tasks of their own.
 //!
 //! Tracing: each item carries the span of the replica call that queued it; a batch RPC runs
 //! in a `replica_batch` span whose parent is its first item's span (the others follow from
 //! it), and that span's trace context travels in the RPC's metadata to the storage node.
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use pairdb_common::api::pb;
 use pairdb_common::validate::MAX_BATCH_REQUEST_BYTES;
 use pairdb_common::worker::Supervisor;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::StorageClient;
 
@@ -30,6 +35,8 @@ use crate::cluster::StorageClient;
 pub const MAX_BATCH: usize = 256;
 /// Batch RPCs outstanding per node and operation kind.
 pub const MAX_IN_FLIGHT: usize = 4;
+/// A filling batch this large is sent without waiting for the one in flight.
+pub const PARALLEL_BATCH: usize = 32;
 /// Queue bound per node and operation kind.
 const QUEUE: usize = 4096;
 
@@ -79,9 +86,102 @@ fn per_item<T>(
         .collect()
 }
 
-/// Drains one queue: batch, send, fan the answers back out.
+/// Sends one batch and fans its answers (or its failure) back out to the items' callers.
+async fn send_batch<Req, Res, Fut>(
+    items: Vec<Item<Req, Res>>,
+    timeout: Duration,
+    send: &(impl Fn(Vec<Req>) -> Fut + Send + Sync),
+) where
+    Fut: std::future::Future<Output = Result<Vec<Result<Res, tonic::Status>>, tonic::Status>>,
+{
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        target: pairdb_common::otel::TARGET,
+        parent: &items[0].2,
+        "replica_batch",
+        items = items.len(),
+    );
+    for (_, _, other) in &items[1..] {
+        span.follows_from(other);
+    }
+    let (mut reqs, mut replies) = (
+        Vec::with_capacity(items.len()),
+        Vec::with_capacity(items.len()),
+    );
+    for (req, reply, _) in items {
+        reqs.push(req);
+        replies.push(reply);
+    }
+    let n = reqs.len();
+    let outcome = match tokio::time::timeout(timeout, send(reqs).instrument(span)).await {
+        Ok(r) => r,
+        Err(_) => Err(tonic::Status::deadline_exceeded("replica batch timed out")),
+    };
+    match outcome {
+        Ok(results) if results.len() == n => {
+            for (reply, r) in replies.into_iter().zip(results) {
+                let _ = reply.send(r);
+            }
+        }
+        Ok(results) => {
+            let s =
+                tonic::Status::internal(format!("batch of {n} answered {} results", results.len()));
+            for reply in replies {
+                let _ = reply.send(Err(s.clone()));
+            }
+        }
+        Err(s) => {
+            for reply in replies {
+                let _ = reply.send(Err(s.clone()));
+            }
+        }
+    }
+}
+
+/// Items waiting for the next batch of one queue.
+struct Pending<Req, Res> {
+    items: Vec<Item<Req, Res>>,
+    bytes: usize,
+    /// The item that would have overflowed the batch's bytes: it starts the next one.
+    carried: Option<Item<Req, Res>>,
+}
+
+impl<Req, Res> Pending<Req, Res> {
+    /// Whether no more items fit (by count or by bytes).
+    fn full(&self) -> bool {
+        self.items.len() >= MAX_BATCH || self.carried.is_some()
+    }
+
+    fn add(&mut self, x: Item<Req, Res>, size: fn(&Req) -> usize) {
+        let n = size(&x.0);
+        // A larger item goes alone; the one that would overflow starts the next batch.
+        if !self.items.is_empty() && self.bytes + n > MAX_BATCH_REQUEST_BYTES {
+            self.carried = Some(x);
+            return;
+        }
+        self.bytes += n;
+        self.items.push(x);
+    }
+
+    /// The batch to send; the carried item starts the next.
+    fn take(&mut self, size: fn(&Req) -> usize) -> Vec<Item<Req, Res>> {
+        let batch = std::mem::take(&mut self.items);
+        self.bytes = 0;
+        if let Some(x) = self.carried.take() {
+            self.add(x, size);
+        }
+        batch
+    }
+}
+
+/// Drains one queue: batch, send, fan the answers back out. The batch RPCs in flight are
+/// futures of this task (no task per batch). While a batch is in flight the next one fills:
+/// it is sent when the one in flight answers, or at once (up to [`MAX_IN_FLIGHT`] in all)
+/// when it already holds [`PARALLEL_BATCH`] items or is full — large batches under load,
+/// one RPC per round trip rather than one per item. The task ends once its queue is closed
+/// (or the process shuts down) and nothing is pending or in flight.
 async fn drain<Req, Res, Fut>(
-    sup: Supervisor,
+    cancel: tokio_util::sync::CancellationToken,
     mut rx: mpsc::Receiver<Item<Req, Res>>,
     timeout: Duration,
     size: fn(&Req) -> usize,
@@ -93,91 +193,48 @@ async fn drain<Req, Res, Fut>(
         + Send
         + 'static,
 {
-    let send = Arc::new(send);
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut carried: Option<Item<Req, Res>> = None;
-    let cancel = sup.cancel_token();
+    let mut in_flight = FuturesUnordered::new();
+    let mut pending = Pending {
+        items: Vec::new(),
+        bytes: 0,
+        carried: None,
+    };
+    let mut open = true;
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     loop {
-        let first = match carried.take() {
-            Some(x) => x,
-            None => match tokio::select! {
-                biased;
-                x = rx.recv() => x,
-                _ = cancel.cancelled() => None,
-            } {
-                Some(x) => x,
-                None => return,
+        let ready = !pending.items.is_empty()
+            && (in_flight.is_empty()
+                || in_flight.len() < MAX_IN_FLIGHT
+                    && (pending.full() || pending.items.len() >= PARALLEL_BATCH));
+        if ready {
+            in_flight.push(send_batch(pending.take(size), timeout, &send));
+            continue;
+        }
+        tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            x = rx.recv(), if open && !pending.full() => match x {
+                Some(x) => {
+                    pending.add(x, size);
+                    while !pending.full() {
+                        match rx.try_recv() {
+                            Ok(x) => pending.add(x, size),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => open = false,
             },
-        };
-        // Whatever is queued, up to MAX_BATCH items and MAX_BATCH_REQUEST_BYTES (a larger
-        // item goes alone; the item that would overflow starts the next batch).
-        let mut bytes = size(&first.0);
-        let mut items = vec![first];
-        while items.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(x) => {
-                    let n = size(&x.0);
-                    if bytes + n > MAX_BATCH_REQUEST_BYTES {
-                        carried = Some(x);
-                        break;
-                    }
-                    bytes += n;
-                    items.push(x);
+            // At shutdown the queue is drained first (`biased`: the queue's branch wins
+            // while it holds items).
+            () = &mut cancelled, if open && !pending.full() => open = false,
+            else => {
+                if pending.items.is_empty() {
+                    return;
                 }
-                Err(_) => break,
             }
         }
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let send = send.clone();
-        let span = tracing::info_span!(
-            target: pairdb_common::otel::TARGET,
-            parent: &items[0].2,
-            "replica_batch",
-            items = items.len(),
-        );
-        for (_, _, other) in &items[1..] {
-            span.follows_from(other);
-        }
-        drop(sup.spawn("replica-batch", async move {
-            use tracing::Instrument;
-            let _permit = permit;
-            let (mut reqs, mut replies) = (
-                Vec::with_capacity(items.len()),
-                Vec::with_capacity(items.len()),
-            );
-            for (req, reply, _) in items {
-                reqs.push(req);
-                replies.push(reply);
-            }
-            let n = reqs.len();
-            let outcome = match tokio::time::timeout(timeout, send(reqs).instrument(span)).await {
-                Ok(r) => r,
-                Err(_) => Err(tonic::Status::deadline_exceeded("replica batch timed out")),
-            };
-            match outcome {
-                Ok(results) if results.len() == n => {
-                    for (reply, r) in replies.into_iter().zip(results) {
-                        let _ = reply.send(r);
-                    }
-                }
-                Ok(results) => {
-                    let s = tonic::Status::internal(format!(
-                        "batch of {n} answered {} results",
-                        results.len()
-                    ));
-                    for reply in replies {
-                        let _ = reply.send(Err(s.clone()));
-                    }
-                }
-                Err(s) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(s.clone()));
-                    }
-                }
-            }
-        }));
     }
 }
 
@@ -191,7 +248,7 @@ impl Batcher {
         drop(sup.spawn(
             "replica-batcher",
             drain(
-                sup.clone(),
+                sup.cancel_token(),
                 wrx,
                 timeout,
                 write_size,
@@ -211,7 +268,7 @@ impl Batcher {
         drop(sup.spawn(
             "replica-batcher",
             drain(
-                sup.clone(),
+                sup.cancel_token(),
                 arx,
                 timeout,
                 apply_size,
@@ -231,7 +288,7 @@ impl Batcher {
         drop(sup.spawn(
             "replica-batcher",
             drain(
-                sup.clone(),
+                sup.cancel_token(),
                 rrx,
                 timeout,
                 read_size,

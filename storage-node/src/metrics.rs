@@ -119,6 +119,8 @@ pub struct Metrics {
     pub block_cache_capacity_bytes: Gauge,
     pub block_cache_hit_ratio: Gauge<f64, AtomicU64>,
     pub counter_refusals: Counter,
+    /// Small writes sent to the blocking pool because RocksDB was stalling writes.
+    pub stalled_writes_offloaded: Counter,
     pub state_cap_refusals: Counter,
     pub stream_records_refused: Counter,
     pub scans_refused: Counter,
@@ -188,6 +190,7 @@ impl Metrics {
             block_cache_capacity_bytes: Gauge::default(),
             block_cache_hit_ratio: Gauge::default(),
             counter_refusals: Counter::default(),
+            stalled_writes_offloaded: Counter::default(),
             state_cap_refusals: Counter::default(),
             stream_records_refused: Counter::default(),
             scans_refused: Counter::default(),
@@ -424,6 +427,11 @@ impl Metrics {
             "dot_counter_refusals",
             "Inputs refused for naming this replica with a counter beyond its reservation (forged, or a directory restored whole)",
             m.counter_refusals.clone(),
+        );
+        r.register(
+            "stalled_writes_offloaded",
+            "Small write RPCs run on the blocking pool instead of inline because RocksDB was delaying or stopping writes",
+            m.stalled_writes_offloaded.clone(),
         );
         r.register(
             "state_cap_refusals",

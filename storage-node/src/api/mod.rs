@@ -87,20 +87,25 @@ impl StorageApi {
         Ok(())
     }
 
-    /// Runs a write. Without `sync_writes` a small RocksDB write is a memtable insert plus an
-    /// unsynced WAL append (microseconds), cheaper inline than a hop to the blocking pool; with
-    /// it, or when the request is large (`big`), it runs on a blocking thread (concurrent synced
-    /// ones share one fsync).
+    /// Runs a write (one op or a whole batch). Without `sync_writes` a small RocksDB write is
+    /// a memtable insert plus an unsynced WAL append (microseconds), cheaper inline than a hop
+    /// to the blocking pool (a hop costs two context switches). It runs on a blocking thread
+    /// instead with `sync_writes` (concurrent synced ones share one fsync), when the request
+    /// is large (`big`), or while RocksDB is stalling writes (`Engine::write_stalled`), so a
+    /// stall never holds the async workers.
     async fn write_path<T: Send + 'static>(
         &self,
         big: bool,
         f: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> Result<T> {
-        if big || self.node.store.sync_writes() {
-            self.blocking(f).await
-        } else {
-            Ok(f(&self.node.store))
+        let store = &self.node.store;
+        if big || store.sync_writes() || store.engine().write_stalled() {
+            if !big && !store.sync_writes() {
+                self.node.metrics.stalled_writes_offloaded.inc();
+            }
+            return self.blocking(f).await;
         }
+        Ok(f(store))
     }
 
     async fn blocking<T: Send + 'static>(

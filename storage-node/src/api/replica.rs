@@ -16,8 +16,29 @@ pub(super) fn big_state(s: Option<&pb::KeyState>) -> bool {
     s.is_some_and(convert::is_large_state)
 }
 
+/// Whether a batch of write ops is large enough to run off the async workers.
+pub(super) fn big_write_batch(ops: &[pb::WriteOp]) -> bool {
+    let mut bytes = 0usize;
+    ops.iter().any(|op| {
+        bytes += op.key.len() + op.value.len() + op.context.len();
+        bytes > INLINE_BYTES
+    })
+}
+
+/// Whether a batch of key states is large enough to convert and merge off the async workers:
+/// one large state, or more than [`INLINE_BYTES`] of values in all.
+pub(super) fn big_apply_batch(items: &[pb::KeyVersions]) -> bool {
+    let mut bytes = 0usize;
+    items.iter().any(|kv| {
+        let st = kv.state.as_ref();
+        bytes += kv.key.len() + st.map_or(0, |s| s.versions.iter().map(|v| v.value.len()).sum());
+        big_state(st) || bytes > INLINE_BYTES
+    })
+}
+
 /// Runs one batch: converts every item (a bad one fails alone), applies the good ones with
-/// `apply`, and answers each in order. Runs on a blocking thread (a batch may be large).
+/// `apply`, and answers each in order (inline when the batch is small, else on a blocking
+/// thread: see `StorageApi::write_path`).
 pub(super) fn run_batch<Req, Cmd, Rep, Out>(
     items: Vec<Req>,
     convert: impl Fn(Req) -> Result<Cmd>,
@@ -174,8 +195,9 @@ impl StorageApi {
             self.serving_clients()?;
             let ops = req.into_inner().ops;
             check_batch(ops.len())?;
+            let big = big_write_batch(&ops);
             let results = self
-                .blocking(move |s| {
+                .write_path(big, move |s| {
                     run_batch(
                         ops,
                         write_cmd,
@@ -230,8 +252,9 @@ impl StorageApi {
             let items = req.into_inner().items;
             check_batch(items.len())?;
             let maintenance = self.node.maintenance();
+            let big = big_apply_batch(&items);
             let results = self
-                .blocking(move |s| {
+                .write_path(big, move |s| {
                     run_batch(
                         items,
                         |kv| {

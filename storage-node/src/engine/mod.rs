@@ -129,6 +129,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Writes a consistent checkpoint (hard-linked SSTs) into the new directory `dir`.
     fn checkpoint(&self, dir: &Path) -> Result<(), EngineError>;
 
+    /// Whether a write may block now: RocksDB is delaying or stopping writes, or every
+    /// memtable is full and waiting for a flush. A reading at most a few tens of milliseconds
+    /// old (cheap enough to ask before every write batch).
+    fn write_stalled(&self) -> bool;
+
     fn stats(&self) -> EngineStats;
 
     /// Resizes the block cache.

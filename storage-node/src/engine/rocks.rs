@@ -46,13 +46,21 @@ pub struct RocksEngine {
     cache: Mutex<Cache>,
     path: PathBuf,
     memtable_budget_bytes: u64,
+    max_memtables: u64,
     background_jobs: u64,
     /// Tables written for ingestion wait here: beside the database directory, on the same
     /// filesystem (ingestion links them in), never inside it (RocksDB owns that directory's
     /// file names).
     staging: PathBuf,
     staged: AtomicU64,
+    /// The last write-stall reading: when (ms since `opened`) and what (see `write_stalled`).
+    stall_checked_ms: AtomicU64,
+    stalled: std::sync::atomic::AtomicBool,
+    opened: std::time::Instant,
 }
+
+/// How long one write-stall reading is reused: the properties take the DB mutex.
+const STALL_CHECK_MS: u64 = 50;
 
 fn map_err(e: rocksdb::Error) -> EngineError {
     let msg = e.to_string();
@@ -115,9 +123,13 @@ impl RocksEngine {
             cache: Mutex::new(cache),
             path: path.to_path_buf(),
             memtable_budget_bytes: o.memtable_budget_bytes(),
+            max_memtables: u64::from(o.max_memtables),
             background_jobs: u64::from(o.background_jobs),
             staging,
             staged: AtomicU64::new(0),
+            stall_checked_ms: AtomicU64::new(0),
+            stalled: Default::default(),
+            opened: std::time::Instant::now(),
         })
     }
 
@@ -288,6 +300,25 @@ impl Engine for RocksEngine {
         self.db
             .compact_range_cf_opt(self.cf(Space::Data)?, None::<&[u8]>, None::<&[u8]>, &co);
         Ok(())
+    }
+
+    fn write_stalled(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.opened.elapsed().as_millis() as u64 + 1;
+        let last = self.stall_checked_ms.load(Relaxed);
+        if now.saturating_sub(last) >= STALL_CHECK_MS
+            && self
+                .stall_checked_ms
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let stalled = self.prop("rocksdb.actual-delayed-write-rate") > 0
+                || self.prop("rocksdb.is-write-stopped") > 0
+                || self.prop("rocksdb.mem-table-flush-pending") > 0
+                    && self.prop("rocksdb.num-immutable-mem-table") + 1 >= self.max_memtables;
+            self.stalled.store(stalled, Relaxed);
+        }
+        self.stalled.load(Relaxed)
     }
 
     fn checkpoint(&self, dir: &Path) -> Result<(), EngineError> {
