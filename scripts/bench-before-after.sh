@@ -6,6 +6,7 @@
 # ops/s per run and the HEAD/BASE ratio of the medians. Rounds alternate the order (ABBA). Every process it starts is stopped by
 # bench-cluster.sh; the worktree is removed at the end.
 #   scripts/bench-before-after.sh [BASE] [ROUNDS] [-- extra bench workload args]
+# PAIRDB_BENCH_WORKLOADS picks the workloads (default "a b c"; e.g. "w a c").
 # PAIRDB_BENCH_REUSE_BASE=1 skips the BASE build and uses the binaries already in
 # $PAIRDB_CACHE/target-base/release (built by an earlier run of the same BASE).
 set -euo pipefail
@@ -45,9 +46,10 @@ for r in $(seq "$rounds"); do
       scripts/bench-cluster.sh "${extra[@]}" > "$out/$who-$r.log" 2>&1 || { cat "$out/$who-$r.log"; exit 1; }
   done
 done
-python3 - "$out" "$rounds" "$base_rev" "$head_rev" <<'PY'
+python3 - "$out" "$rounds" "$base_rev" "$head_rev" "${PAIRDB_BENCH_WORKLOADS:-a b c}" <<'PY'
 import json, statistics, sys
 out, rounds, base, head = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+workloads = sys.argv[5].split()
 def total(path):
     j = json.load(open(path))
     out = {}
@@ -57,7 +59,7 @@ def total(path):
     return out
 print(f"| workload | conc | BASE {base} ops/s (runs) | HEAD {head} ops/s (runs) | HEAD/BASE (medians) |")
 print("|---|---:|---|---|---:|")
-for w in "abc":
+for w in workloads:
     runs = {k: [total(f"{out}/{k}-{r}/cluster-{w}.json") for r in range(1, rounds + 1)] for k in ("base", "head")}
     for c in sorted(runs["base"][0]):
         b = [x[c][0] for x in runs["base"]]
@@ -71,7 +73,7 @@ print()
 print("CPU µs per operation (medians over the runs; storage nodes summed):")
 print(f"| workload | conc | process | BASE {base} | HEAD {head} | HEAD/BASE |")
 print("|---|---:|---|---:|---:|---:|")
-for w in "abc":
+for w in workloads:
     runs = {k: [cpu(f"{out}/{k}-{r}/cluster-{w}.json") for r in range(1, rounds + 1)] for k in ("base", "head")}
     for c in sorted(runs["base"][0]):
         for proc in ("coordinator", "nodes", "client"):

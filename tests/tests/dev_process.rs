@@ -300,6 +300,37 @@ fn dev_cluster_serves_grpcurl_and_keeps_data_across_ctrl_c() -> Result<()> {
             .any(|t| t["tenant_id"] == "default")
     );
 
+    // The write-only bench workload (scripts/bench-compare.sh's W) writes real keys: every
+    // operation succeeds and a bench key reads back with the bench's value.
+    let bench = ctl(&[
+        "bench",
+        "workload",
+        "--workload",
+        "w",
+        "--records",
+        "40",
+        "--concurrency",
+        "2",
+        "--duration-secs",
+        "1",
+        "--warmup-secs",
+        "0",
+        "--value-size",
+        "16",
+    ])?;
+    let step = &bench["steps"][0];
+    assert_eq!(bench["target"], "pairdb", "{bench}");
+    assert!(step["read"].is_null(), "write-only: {step}");
+    assert!(step["update"]["ops"].as_u64().unwrap() > 0, "{step}");
+    assert_eq!(step["update"]["errors"], 0, "{step}");
+    assert!(step["ping"]["ops"].as_u64().unwrap() > 0, "{step}");
+    let got = ctl(&["get", "bench", "user7"])?;
+    assert_eq!(
+        got["value"].as_str(),
+        Some("x".repeat(16).as_str()),
+        "{got}"
+    );
+
     // A client written with plain Python grpcio from the .proto files.
     let venv = std::env::var("PAIRDB_VENV")
         .map_err(|_| anyhow::anyhow!("PAIRDB_VENV unset: run through scripts/test.sh"))?;
