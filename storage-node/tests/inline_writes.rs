@@ -130,3 +130,20 @@ async fn inline_and_blocking_writes_keep_every_acknowledged_version() {
     let blocking = run(true).await;
     assert_eq!(inline, blocking);
 }
+
+/// While a streamed range is being ingested (a fence is up) writes leave the async workers
+/// (a write into the range may wait on the ingest's gate); they still succeed.
+#[tokio::test]
+async fn writes_go_to_the_blocking_pool_while_a_fence_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, mut c) = start(config(dir.path(), "fenced"), None).await;
+    let store = node.node.store.clone();
+    assert!(!store.fenced());
+    let fence = store.open_fence(pairdb_common::token::TokenRange::FULL);
+    assert!(store.fenced());
+    let r = c.write(op(0, "during".into())).await.unwrap().into_inner();
+    assert!(r.error.is_none());
+    drop(fence);
+    assert!(!store.fenced());
+    node.shutdown().await;
+}

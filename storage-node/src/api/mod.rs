@@ -91,18 +91,20 @@ impl StorageApi {
     /// a memtable insert plus an unsynced WAL append (microseconds), cheaper inline than a hop
     /// to the blocking pool (a hop costs two context switches). It runs on a blocking thread
     /// instead with `sync_writes` (concurrent synced ones share one fsync), when the request
-    /// is large (`big`), or while RocksDB is stalling writes (`Engine::write_stalled`), so a
-    /// stall never holds the async workers.
+    /// is large (`big`), while a streamed range is being ingested (`Store::fenced`: a write
+    /// into it may wait on the ingest's gate), or while RocksDB is stalling writes
+    /// (`Engine::write_stalled`), so neither ever holds the async workers.
     async fn write_path<T: Send + 'static>(
         &self,
         big: bool,
         f: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> Result<T> {
         let store = &self.node.store;
-        if big || store.sync_writes() || store.engine().write_stalled() {
-            if !big && !store.sync_writes() {
-                self.node.metrics.stalled_writes_offloaded.inc();
-            }
+        if big || store.sync_writes() || store.fenced() {
+            return self.blocking(f).await;
+        }
+        if store.engine().write_stalled() {
+            self.node.metrics.stalled_writes_offloaded.inc();
             return self.blocking(f).await;
         }
         Ok(f(store))

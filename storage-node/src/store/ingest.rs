@@ -43,6 +43,7 @@ pub struct StreamedReply {
 pub struct Fence {
     registry: Arc<RwLock<Vec<Arc<FenceState>>>>,
     state: Arc<FenceState>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub(super) struct FenceState {
@@ -56,6 +57,7 @@ impl Drop for Fence {
         self.registry
             .write()
             .retain(|f| !Arc::ptr_eq(f, &self.state));
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -89,11 +91,15 @@ impl Store {
             gate: RwLock::new(()),
             noted: Mutex::new(HashSet::new()),
         });
-        // Taking the registry exclusively waits for every write in flight.
+        // Counted first: a write that sees no fence counted runs inline, and finds none in
+        // the registry either (taking the registry exclusively waits for writes in flight).
+        self.open_fences
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.fences.write().push(state.clone());
         Fence {
             registry: self.fences.clone(),
             state,
+            open: self.open_fences.clone(),
         }
     }
 

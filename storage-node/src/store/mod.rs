@@ -82,6 +82,8 @@ pub struct Store {
     metrics: Arc<Metrics>,
     cfg: StoreConfig,
     fences: Arc<RwLock<Vec<Arc<FenceState>>>>,
+    /// Fences up (ingests of streamed ranges in progress), readable without the registry lock.
+    open_fences: Arc<std::sync::atomic::AtomicUsize>,
     /// Record hashes of recent anti-entropy descent sessions (see `repair_digest`).
     digest_cache: Mutex<Vec<(String, std::time::Instant, Arc<SessionLeaves>)>>,
 }
@@ -175,6 +177,7 @@ impl Store {
             metrics,
             cfg,
             fences: Default::default(),
+            open_fences: Default::default(),
             digest_cache: Mutex::new(Vec::new()),
         }
     }
@@ -182,6 +185,13 @@ impl Store {
     /// Whether writes fsync before they are acknowledged.
     pub fn sync_writes(&self) -> bool {
         self.cfg.sync_writes
+    }
+
+    /// Whether a streamed range is being ingested: a write into it may then wait on the
+    /// ingest's gate (an SST ingestion, perhaps with a memtable flush), so writes belong on
+    /// blocking threads, not async workers.
+    pub fn fenced(&self) -> bool {
+        self.open_fences.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
     pub fn identity(&self) -> &Identity {
