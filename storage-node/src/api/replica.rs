@@ -16,24 +16,31 @@ pub(super) fn big_state(s: Option<&pb::KeyState>) -> bool {
     s.is_some_and(convert::is_large_state)
 }
 
+/// Most items a batch may hold and still run inline: past it (a hostile or odd caller; the
+/// coordinator sends at most 256) the batch's CPU would hold an async worker too long.
+pub(super) const INLINE_ITEMS: usize = 256;
+
 /// Whether a batch of write ops is large enough to run off the async workers.
 pub(super) fn big_write_batch(ops: &[pb::WriteOp]) -> bool {
     let mut bytes = 0usize;
-    ops.iter().any(|op| {
-        bytes += op.key.len() + op.value.len() + op.context.len();
-        bytes > INLINE_BYTES
-    })
+    ops.len() > INLINE_ITEMS
+        || ops.iter().any(|op| {
+            bytes += op.key.len() + op.value.len() + op.context.len();
+            bytes > INLINE_BYTES
+        })
 }
 
 /// Whether a batch of key states is large enough to convert and merge off the async workers:
-/// one large state, or more than [`INLINE_BYTES`] of values in all.
+/// more than [`INLINE_ITEMS`], one large state, or more than [`INLINE_BYTES`] of values in all.
 pub(super) fn big_apply_batch(items: &[pb::KeyVersions]) -> bool {
     let mut bytes = 0usize;
-    items.iter().any(|kv| {
-        let st = kv.state.as_ref();
-        bytes += kv.key.len() + st.map_or(0, |s| s.versions.iter().map(|v| v.value.len()).sum());
-        big_state(st) || bytes > INLINE_BYTES
-    })
+    items.len() > INLINE_ITEMS
+        || items.iter().any(|kv| {
+            let st = kv.state.as_ref();
+            bytes +=
+                kv.key.len() + st.map_or(0, |s| s.versions.iter().map(|v| v.value.len()).sum());
+            big_state(st) || bytes > INLINE_BYTES
+        })
 }
 
 /// Runs one batch: converts every item (a bad one fails alone), applies the good ones with
