@@ -1,5 +1,6 @@
 //! Commands that talk to one process's admin HTTP port rather than to a coordinator:
-//! `node maintenance on|off` (the storage node's Kubernetes preStop hook drains with it) and
+//! `node maintenance on|off` (the storage node's Kubernetes preStop hook drains with it), the
+//! node actions `node compact|scan|snapshot|cache|wal-cleanup` (`NodeAdminCmd`), and
 //! `k8s node-zone` (a storage pod's init container reads its Kubernetes node's zone label).
 
 use std::path::PathBuf;
@@ -115,6 +116,186 @@ pub async fn maintenance(a: MaintenanceArgs, json_out: bool) -> Result<()> {
             a.conn.admin_url,
             ready["ready"]
         );
+    }
+    Ok(())
+}
+
+/// Admin actions on one storage node (its admin port; the admin token when it has one).
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeAdminCmd {
+    /// Compact the node's data: flushes nothing by default; `--all-levels` rewrites every
+    /// level (reclaims space behind deletes and dropped ranges); `--emergency` flushes first
+    /// (the disk-space runbook's step). Follows the job to its end, printing its progress.
+    Compact {
+        #[arg(long)]
+        all_levels: bool,
+        #[arg(long, conflicts_with = "all_levels")]
+        emergency: bool,
+        /// Return once the job started instead of following it.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Verify the checksum of every record; exits 2 when any is corrupt (the corruption
+    /// runbook's first step).
+    Scan {
+        /// Longest the scan may take.
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// A RocksDB checkpoint under the node's data directory (`snapshots/`); see
+    /// `pairdbctl backup` for a whole-cluster backup.
+    Snapshot {
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Resize the block cache (memory pressure): `--target-size-mb N`.
+    Cache {
+        #[arg(long)]
+        target_size_mb: u64,
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+    /// Flush memtables so RocksDB deletes the WAL segments they made obsolete.
+    WalCleanup {
+        #[command(flatten)]
+        conn: AdminConn,
+    },
+}
+
+/// Runs one admin action; a non-2xx answer is an error (exit 1), a verdict (corrupt records)
+/// exits 2.
+pub async fn node_admin(cmd: NodeAdminCmd, json_out: bool) -> Result<()> {
+    let long = Duration::from_secs(600);
+    match cmd {
+        NodeAdminCmd::Compact {
+            all_levels,
+            emergency,
+            no_wait,
+            conn,
+        } => {
+            let t = conn.target()?;
+            let path = if emergency {
+                "/api/v1/compaction/emergency"
+            } else if all_levels {
+                "/api/v1/compaction/trigger-all-levels"
+            } else {
+                "/api/v1/compaction/trigger"
+            };
+            let started = call(&t, "POST", path, "{}", long).await?;
+            let id = started["job_id"]
+                .as_u64()
+                .context("no job_id in the answer")?;
+            if no_wait {
+                return print_value(&started, json_out);
+            }
+            let job = follow_job(&t, id, json_out).await?;
+            if let Some(e) = job["error"].as_str() {
+                bail!("compaction job {id} failed: {e}");
+            }
+            print_value(&job, json_out)
+        }
+        NodeAdminCmd::Scan { timeout_secs, conn } => {
+            let t = conn.target()?;
+            let timeout = Duration::from_secs(timeout_secs.max(1));
+            let r = call(&t, "POST", "/api/v1/integrity/scan-all", "{}", timeout).await?;
+            print_value(&r, json_out)?;
+            let corrupt = r["corrupt_count"].as_u64().unwrap_or(0);
+            if corrupt > 0 || !r["engine_error"].is_null() {
+                return Err(crate::client::Verdict {
+                    message: format!(
+                        "{corrupt} corrupt records (engine error: {})",
+                        r["engine_error"]
+                    ),
+                    exit_code: 2,
+                }
+                .into());
+            }
+            Ok(())
+        }
+        NodeAdminCmd::Snapshot { conn } => {
+            let r = call(&conn.target()?, "POST", "/api/v1/snapshot", "{}", long).await?;
+            print_value(&r, json_out)
+        }
+        NodeAdminCmd::Cache {
+            target_size_mb,
+            conn,
+        } => {
+            let body = json!({ "target_size_mb": target_size_mb }).to_string();
+            let r = call(&conn.target()?, "POST", "/api/v1/cache/reduce", &body, long).await?;
+            print_value(&r, json_out)
+        }
+        NodeAdminCmd::WalCleanup { conn } => {
+            let r = call(
+                &conn.target()?,
+                "POST",
+                "/api/v1/commitlog/cleanup",
+                "{}",
+                long,
+            )
+            .await?;
+            print_value(&r, json_out)
+        }
+    }
+}
+
+/// One admin request whose answer must be 2xx JSON.
+async fn call(
+    t: &AdminTarget,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> Result<Value> {
+    let (status, text) = t
+        .send(method, path, body, timeout)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if !(200..300).contains(&status) {
+        bail!("{method} {path}: HTTP {status}: {}", text.trim());
+    }
+    serde_json::from_str(&text).with_context(|| format!("{path}: not JSON: {text}"))
+}
+
+/// Polls `/api/v1/compaction/status` until job `id` finished; prints a line per change of
+/// RocksDB's pending compaction bytes (to stderr with `--json`, so stdout stays one document).
+async fn follow_job(t: &AdminTarget, id: u64, json_out: bool) -> Result<Value> {
+    let mut last = None;
+    loop {
+        let st = call(t, "GET", "/api/v1/compaction/status", "{}", REQUEST).await?;
+        let job = st["jobs"]
+            .as_array()
+            .and_then(|js| js.iter().find(|j| j["id"].as_u64() == Some(id)).cloned())
+            .with_context(|| format!("job {id} is no longer listed (node restarted?)"))?;
+        if !job["finished_at_ms"].is_null() {
+            return Ok(job);
+        }
+        let line = format!(
+            "compaction job {id}: running, {} compactions, {} bytes pending",
+            st["running_compactions"], st["pending_compaction_bytes"]
+        );
+        if last.as_ref() != Some(&line) {
+            if json_out {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+            last = Some(line);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+const REQUEST: Duration = pairdb_common::tls::admin_http::REQUEST_TIMEOUT;
+
+fn print_value(v: &Value, json_out: bool) -> Result<()> {
+    if json_out {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(v)?);
     }
     Ok(())
 }

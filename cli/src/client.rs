@@ -359,7 +359,22 @@ pub fn node_json(n: &pb::StorageNode) -> Value {
         "state": pb::NodeState::try_from(n.state).map(|s| s.as_str_name()).unwrap_or("?"),
         "status": pb::NodeStatus::try_from(n.status).map(|s| s.as_str_name()).unwrap_or("?"),
         "last_seen_ms": n.last_seen_ms,
+        "drained_at_ms": n.drained_at_ms,
+        "maintenance": n.maintenance,
+        "serving": serving(n),
     })
+}
+
+/// Whether the node takes client requests: `yes`, `drained` (an operator drained it) or
+/// `maintenance` (it said so in its last heartbeat).
+pub fn serving(n: &pb::StorageNode) -> &'static str {
+    if n.drained_at_ms != 0 {
+        "drained"
+    } else if n.maintenance {
+        "maintenance"
+    } else {
+        "yes"
+    }
 }
 
 pub fn print_nodes(ns: &[pb::StorageNode], json_out: bool) {
@@ -368,20 +383,84 @@ pub fn print_nodes(ns: &[pb::StorageNode], json_out: bool) {
         return;
     }
     println!(
-        "{:<16} {:<22} {:<14} {:<8} {:<8} {:>6}",
-        "NODE", "ADDRESS", "STATE", "STATUS", "ZONE", "VNODES"
+        "{:<16} {:<22} {:<14} {:<8} {:<12} {:<8} {:>6}",
+        "NODE", "ADDRESS", "STATE", "STATUS", "SERVING", "ZONE", "VNODES"
     );
     for n in ns {
         let j = node_json(n);
         println!(
-            "{:<16} {:<22} {:<14} {:<8} {:<8} {:>6}",
+            "{:<16} {:<22} {:<14} {:<8} {:<12} {:<8} {:>6}",
             n.node_id,
             format!("{}:{}", n.host, n.port),
             j["state"].as_str().unwrap_or(""),
             j["status"].as_str().unwrap_or(""),
+            serving(n),
             n.zone,
             n.virtual_nodes
         );
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum HintsCmd {
+    /// Pending hints per target node (the whole cluster, from the metadata store) and this
+    /// coordinator's stored/replayed/failed counters.
+    Stats,
+}
+
+pub async fn hints(
+    c: &mut pairdb_common::client::Coordinator,
+    cmd: HintsCmd,
+    json_out: bool,
+) -> Result<()> {
+    match cmd {
+        HintsCmd::Stats => {
+            let h = c
+                .get_hint_stats(pb::GetHintStatsRequest {})
+                .await
+                .map_err(describe)?
+                .into_inner();
+            let now = pairdb_common::now_ms();
+            let age = |t: &pb::HintTargetStats| now.saturating_sub(t.oldest_created_at_ms) / 1000;
+            if json_out {
+                let targets: Vec<Value> = h
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        json!({"node_id": t.node_id, "pending": t.pending, "bytes": t.bytes,
+                               "oldest_created_at_ms": t.oldest_created_at_ms,
+                               "oldest_age_secs": age(t)})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"pending": h.pending, "stored_total": h.stored_total,
+                           "replayed_total": h.replayed_total, "failed_total": h.failed_total,
+                           "targets": targets})
+                );
+                return Ok(());
+            }
+            println!(
+                "pending {} (this coordinator: stored {}, replayed {}, failed {})",
+                h.pending, h.stored_total, h.replayed_total, h.failed_total
+            );
+            if !h.targets.is_empty() {
+                println!(
+                    "{:<16} {:>10} {:>14} {:>12}",
+                    "TARGET", "PENDING", "BYTES", "OLDEST (s)"
+                );
+                for t in &h.targets {
+                    println!(
+                        "{:<16} {:>10} {:>14} {:>12}",
+                        t.node_id,
+                        t.pending,
+                        t.bytes,
+                        age(t)
+                    );
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -457,7 +536,11 @@ pub async fn cluster(
                     .nodes
                     .iter()
                     .zip(&r.ownership)
-                    .map(|(n, o)| json!({"node_id": n.node_id, "ownership": o}))
+                    .map(|(n, o)| {
+                        let mut j = node_json(n);
+                        j["ownership"] = json!(o);
+                        j
+                    })
                     .collect();
                 println!(
                     "{}",
@@ -465,13 +548,22 @@ pub async fn cluster(
                 );
             } else {
                 println!("ring version {}, {} tokens", r.ring_version, r.tokens);
+                println!(
+                    "  {:<16} {:<14} {:<8} {:<12} {:>9}",
+                    "NODE", "STATE", "STATUS", "SERVING", "OWNS"
+                );
                 for (n, o) in r.nodes.iter().zip(&r.ownership) {
+                    let j = node_json(n);
                     println!(
-                        "  {:<16} owns {:>5.1}% of the ring (as first replica)",
+                        "  {:<16} {:<14} {:<8} {:<12} {:>8.1}%",
                         n.node_id,
+                        j["state"].as_str().unwrap_or(""),
+                        j["status"].as_str().unwrap_or(""),
+                        serving(n),
                         o * 100.0
                     );
                 }
+                println!("  (OWNS: share of the token space where the node is the first replica)");
                 if !r.key_replicas.is_empty() {
                     println!(
                         "key token {} → replicas {}",

@@ -122,6 +122,7 @@ pub async fn run(a: DevArgs, json: bool) -> anyhow::Result<()> {
             pairdb_coordinator::auth::AuthMode::Off
         },
         admin_token: sec.as_ref().map(|t| t.token.clone()).unwrap_or_default(),
+        backup_dir: Some(data_dir.join("backups")),
         ..pairdb_kit::coordinator_config(&url, "dev-coordinator")
     };
     let coordinator = pairdb_kit::start_coordinator(ccfg, store).await?;

@@ -4,6 +4,8 @@
 //! - `bench storage`: the storage-node benchmark (engine, gRPC, and references in one run).
 //! - `node …`, `changes …`: topology changes and their live progress (`topology.rs`).
 //! - `repair start|status`: anti-entropy repair runs and their progress (`repair.rs`).
+//! - `hints stats`: hinted handoff per target (`client.rs`).
+//! - `backup …`: cluster backups and restore (`backup.rs`).
 //!
 //! Human output by default, `--json` for machines.
 
@@ -13,6 +15,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
+mod backup;
 mod bench;
 mod client;
 mod cpu;
@@ -97,6 +100,13 @@ enum Cmd {
     /// Anti-entropy repair: start one, follow its progress.
     #[command(subcommand)]
     Repair(repair::RepairCmd),
+    /// Cluster backups: create, list, get, verify, delete (through a coordinator) and
+    /// restore (offline, into empty data directories and an empty metadata store).
+    #[command(subcommand)]
+    Backup(backup::BackupCmd),
+    /// Hinted handoff: what is queued for which node.
+    #[command(subcommand)]
+    Hints(client::HintsCmd),
     /// Bearer tokens: create (shown once), list, revoke. Needs an admin token.
     #[command(subcommand)]
     Token(security::TokenCmd),
@@ -134,9 +144,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Tenant(t) => client::tenant(&mut connect().await?, t, cli.json).await,
         Cmd::Cluster(c) => client::cluster(&mut connect().await?, c, cli.json).await,
         Cmd::Node(topology::NodeCmd::Maintenance(a)) => admin::maintenance(a, cli.json).await,
+        Cmd::Node(topology::NodeCmd::Admin(a)) => admin::node_admin(a, cli.json).await,
         Cmd::Node(n) => topology::node(&mut connect().await?, n, cli.json).await,
         Cmd::Changes(c) => topology::changes(&mut connect().await?, c, cli.json).await,
         Cmd::Repair(r) => repair::repair(&mut connect().await?, r, cli.json).await,
+        Cmd::Backup(b) => backup::backup(&dial, b, cli.json).await,
+        Cmd::Hints(h) => client::hints(&mut connect().await?, h, cli.json).await,
         Cmd::Token(t) => security::token(&mut connect().await?, t, cli.json).await,
         Cmd::Certs(c) => security::certs(c, cli.json),
         Cmd::K8s(k) => admin::k8s(k).await,

@@ -22,6 +22,22 @@ pub enum NodeCmd {
     Status {
         node_id: String,
     },
+    /// Drain a node for maintenance: every coordinator stops sending it client reads and
+    /// writes (its writes become hints) and holds it in maintenance mode. Refused when some
+    /// tenant's range would fall below its write quorum, unless `--force`.
+    Drain {
+        node_id: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// End a drain: the node serves clients again and its hints replay. Fails if the node
+    /// did not leave maintenance mode.
+    Undrain {
+        node_id: String,
+    },
+    /// Admin actions on one storage node, over its admin port.
+    #[command(flatten)]
+    Admin(crate::admin::NodeAdminCmd),
     /// Add a storage node: it bootstraps (streams the ranges it gains) unless the cluster is
     /// empty or `--initial-member` forms a new cluster.
     Add {
@@ -106,6 +122,39 @@ fn add_request(n: NewNode, initial_member: bool) -> Result<pb::AddStorageNodeReq
 pub async fn node(c: &mut Client, cmd: NodeCmd, json_out: bool) -> Result<()> {
     let (resp, wait) = match cmd {
         NodeCmd::Maintenance(a) => return crate::admin::maintenance(a, json_out).await,
+        NodeCmd::Admin(a) => return crate::admin::node_admin(a, json_out).await,
+        NodeCmd::Drain { node_id, force } => {
+            let n = c
+                .drain_storage_node(pb::DrainStorageNodeRequest { node_id, force })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            print_drain(&n, json_out);
+            if !n.maintenance {
+                eprintln!(
+                    "warning: {} did not confirm maintenance mode (coordinators route around it \
+                     anyway; its heartbeat is asked again)",
+                    n.node_id
+                );
+            }
+            return Ok(());
+        }
+        NodeCmd::Undrain { node_id } => {
+            let n = c
+                .undrain_storage_node(pb::UndrainStorageNodeRequest { node_id })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            print_drain(&n, json_out);
+            if n.maintenance {
+                bail!(
+                    "{} is undrained but still in maintenance mode: check `pairdbctl node \
+                     maintenance off` on it",
+                    n.node_id
+                );
+            }
+            return Ok(());
+        }
         NodeCmd::List => {
             let ns = c
                 .list_storage_nodes(pb::ListStorageNodesRequest {})
@@ -339,4 +388,17 @@ pub async fn watch(
         }
     })
     .await
+}
+
+fn print_drain(n: &pb::StorageNode, json_out: bool) {
+    if json_out {
+        println!("{}", crate::client::node_json(n));
+    } else {
+        println!(
+            "{}: serving {}, maintenance {}",
+            n.node_id,
+            crate::client::serving(n),
+            if n.maintenance { "on" } else { "off" }
+        );
+    }
 }

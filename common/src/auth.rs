@@ -36,7 +36,7 @@ fn random<const N: usize>() -> [u8; N] {
     b
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

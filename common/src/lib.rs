@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod client;
 pub mod context;
 pub mod convert;

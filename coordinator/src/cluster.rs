@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pairdb_common::api::pb;
@@ -37,6 +37,8 @@ pub struct Health {
     down_since_ms: AtomicU64,
     /// The node's unrepaired outage as its last heartbeat reported it.
     outage_ms: AtomicU64,
+    /// The node reported maintenance mode in its last heartbeat.
+    maintenance: AtomicBool,
 }
 
 impl Health {
@@ -60,6 +62,15 @@ impl Health {
 
     pub fn set_outage_ms(&self, ms: u64) {
         self.outage_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the node said it is in maintenance mode (it refuses client requests).
+    pub fn maintenance(&self) -> bool {
+        self.maintenance.load(Ordering::Relaxed)
+    }
+
+    pub fn set_maintenance(&self, on: bool) {
+        self.maintenance.store(on, Ordering::Relaxed);
     }
 
     pub fn last_seen_ms(&self) -> u64 {
@@ -100,6 +111,16 @@ pub struct NodeEntry {
     /// Coalesces concurrent data operations to this node into batch RPCs.
     pub batcher: crate::batcher::Batcher,
     pub health: Arc<Health>,
+}
+
+impl NodeEntry {
+    /// Whether client reads and writes go to the node: not DOWN, not drained by an operator
+    /// (`storage_nodes.drained_at`, the same on every coordinator) and not in maintenance by
+    /// its own last heartbeat (a pod's preStop). A node that does not serve clients gets a
+    /// hint for each write instead, replayed once it serves again.
+    pub fn serves_clients(&self) -> bool {
+        self.health.is_available() && !self.record.drained() && !self.health.maintenance()
+    }
 }
 
 /// An immutable snapshot: ring + nodes. Replaced wholesale on topology change.
@@ -185,6 +206,34 @@ pub fn node_channel(
         ep,
         ClientTls::cluster(tls, Expect::storage_node(Some(node_id))),
     ))
+}
+
+/// Asks a node drained at `drained_at_ms` to be in maintenance mode (best effort: the
+/// coordinators route around it by its `drained_at` row either way, and the next heartbeat
+/// asks again). A coordinator whose view is stale may ask after the undrain: the node ignores
+/// a hold for a drain an undrain released.
+pub async fn hold_in_maintenance(
+    c: &mut StorageClient,
+    node_id: &str,
+    drained_at_ms: u64,
+    timeout: Duration,
+) {
+    let r = tokio::time::timeout(
+        timeout,
+        c.set_maintenance(pb::SetMaintenanceRequest {
+            enabled: true,
+            drained_at_ms,
+        }),
+    )
+    .await;
+    match r {
+        Ok(Ok(_)) => tracing::info!(node_id, "drained node held in maintenance mode"),
+        Ok(Err(s)) => tracing::warn!(node_id, error = %s, "drained node refused maintenance mode"),
+        Err(_) => tracing::warn!(
+            node_id,
+            "drained node did not answer SetMaintenance in time"
+        ),
+    }
 }
 
 impl Cluster {
@@ -368,8 +417,17 @@ impl Cluster {
                             .await
                         {
                             Ok(Ok(info)) => {
-                                e.health
-                                    .set_outage_ms(info.into_inner().unrepaired_outage_ms);
+                                let info = info.into_inner();
+                                e.health.set_outage_ms(info.unrepaired_outage_ms);
+                                e.health.set_maintenance(info.maintenance);
+                                // A drained node that restarted (or missed the drain's call)
+                                // is put back into maintenance.
+                                if let Some(at) = e.record.drained_at_ms
+                                    && !info.maintenance
+                                {
+                                    hold_in_maintenance(&mut c, &e.record.node_id, at, timeout)
+                                        .await;
+                                }
                                 true
                             }
                             _ => false,

@@ -68,6 +68,16 @@ pub struct Config {
     pub cleanup_grace_secs: u64,
     /// Longest wait for hints to a gaining node to drain before a change finishes.
     pub hint_drain_timeout_ms: u64,
+    /// Where this coordinator writes a cluster backup's manifest and metadata part
+    /// (`pairdbctl backup create`); every storage node writes its part under its own
+    /// `backup_dir`. One shared volume, the same path on every process, in production.
+    /// None: backups are refused.
+    pub backup_dir: Option<PathBuf>,
+    /// Complete backups kept: after a new one completes, the oldest beyond this are deleted
+    /// (0 = keep all).
+    pub backup_retention: u32,
+    /// Longest one storage node may take to write its part of a backup.
+    pub backup_part_timeout_ms: u64,
     /// A cluster-wide anti-entropy repair starts this long after the last one started
     /// (default 6 h; 0 = only on demand).
     pub repair_interval_secs: u64,
@@ -156,6 +166,9 @@ impl Default for Config {
             stream_parallelism: 2,
             cleanup_grace_secs: 24 * 3600,
             hint_drain_timeout_ms: 30_000,
+            backup_dir: None,
+            backup_retention: 7,
+            backup_part_timeout_ms: 600_000,
             repair_interval_secs: 6 * 3600,
             repair_parallelism: 2,
             repair_max_bytes_per_sec: 64 << 20,
@@ -201,6 +214,12 @@ pub struct Args {
     /// Grace period before surplus ranges are dropped after a topology change.
     #[arg(long, env = "PAIRDB_CLEANUP_GRACE_SECS")]
     pub cleanup_grace_secs: Option<u64>,
+    /// Directory for cluster backups' manifests and metadata parts.
+    #[arg(long, env = "PAIRDB_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Complete backups kept (0 = all).
+    #[arg(long, env = "PAIRDB_BACKUP_RETENTION")]
+    pub backup_retention: Option<u32>,
     #[arg(long, env = "PAIRDB_MAX_CONCURRENT_BOOTSTRAPS")]
     pub max_concurrent_bootstraps: Option<usize>,
     /// Per-stream throttle in bytes per second (0 = unthrottled).
@@ -283,6 +302,12 @@ impl Config {
         }
         if let Some(v) = args.cleanup_grace_secs {
             c.cleanup_grace_secs = v;
+        }
+        if args.backup_dir.is_some() {
+            c.backup_dir = args.backup_dir;
+        }
+        if let Some(v) = args.backup_retention {
+            c.backup_retention = v;
         }
         if let Some(v) = args.max_concurrent_bootstraps {
             c.max_concurrent_bootstraps = v;

@@ -148,6 +148,10 @@ impl Hints {
             .nodes
             .get(target)
             .map(|e| {
+                // A drained node is away from the moment it was drained.
+                if let Some(at) = e.record.drained_at_ms {
+                    return now.saturating_sub(at);
+                }
                 if e.health.status() != crate::meta::NodeStatus::Down {
                     return 0;
                 }
@@ -343,7 +347,8 @@ impl Hints {
             let Some(node) = snap.nodes.get(&t.node_id) else {
                 continue;
             };
-            if node.health.status() != crate::meta::NodeStatus::Up {
+            // Up, and serving clients again: a drained node's hints wait for its undrain.
+            if node.health.status() != crate::meta::NodeStatus::Up || !node.serves_clients() {
                 continue;
             }
             let hints = self

@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod batcher;
 pub mod cluster;
 pub mod config;

@@ -3,7 +3,8 @@
 //! The contract, which the write and the read paths both rely on:
 //! - **Targets** are `(node, counts)`: a call to a target that does not count (a pending
 //!   replica of a topology change) runs like the others but never counts toward the quorum.
-//!   A target whose node is marked down is not called; it answers "node is down" at once.
+//!   A target whose node does not serve clients (down, drained, or in maintenance:
+//!   `NodeEntry::serves_clients`) is not called; it answers a miss at once.
 //! - **Per call**: each call is bounded by the per-call timeout; a timeout or an
 //!   `UNAVAILABLE` is a transport failure and counts against the node's health, any answer
 //!   counts for it. Each call's latency is observed under the fan-out's operation name.
@@ -189,8 +190,10 @@ where
             let fut = call(node.clone());
             let settings = settings.clone();
             async move {
-                let result = if node.health.is_available() {
+                let result = if node.serves_clients() {
                     call_one(node.clone(), &settings, fut).await
+                } else if node.health.is_available() {
+                    Err(Miss::refused("node is drained or in maintenance"))
                 } else {
                     Err(Miss::refused("node is down"))
                 };

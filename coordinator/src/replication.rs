@@ -35,12 +35,14 @@ pub struct TenantCoverage {
     pub under_quorum: Vec<UnderQuorum>,
 }
 
-/// Whether a node counts as a live replica in `snap`: NORMAL and heartbeating.
+/// Whether a node counts as a live replica in `snap`: NORMAL, heartbeating and serving
+/// clients (not drained, not in maintenance).
 pub fn live_normal(snap: &crate::cluster::Snapshot) -> impl Fn(&str) -> bool + '_ {
     move |id: &str| {
         snap.nodes.get(id).is_some_and(|e| {
             e.record.state == pairdb_common::ring::NodeState::Normal
                 && e.health.status() == crate::meta::NodeStatus::Up
+                && e.serves_clients()
         })
     }
 }

@@ -253,6 +253,16 @@ pub async fn start_with_stores(
         pairdb_common::grpc::reflection(&["pairdb.CoordinatorService"])
             .map_err(|e| StartError::Reflection(e.to_string()))?;
     let max_msg = (cfg.max_message_mb << 20) as usize;
+    let backups = Arc::new(crate::backup::Backups {
+        meta: meta.clone(),
+        cluster: cluster.clone(),
+        dir: cfg.backup_dir.clone(),
+        retention: cfg.backup_retention,
+        part_timeout: Duration::from_millis(cfg.backup_part_timeout_ms),
+        coordinator_id: cfg.coordinator_id.clone(),
+        sup: sup.clone(),
+        taking: Default::default(),
+    });
     let svc = CoordinatorServiceServer::new(CoordinatorApi {
         data: data.clone(),
         contexts: contexts.clone(),
@@ -260,6 +270,7 @@ pub async fn start_with_stores(
         topology: topology.clone(),
         repairs: repairs.clone(),
         auth: auth.clone(),
+        backups,
     })
     .max_decoding_message_size(max_msg)
     .max_encoding_message_size(max_msg);

@@ -76,6 +76,8 @@ pub fn node_config(
     pairdb_storage_node::Config {
         node_id: id.into(),
         data_dir: root.join(id),
+        // Beside the data directories, shared by every node (and the coordinators) of `root`.
+        backup_dir: Some(root.join("backups")),
         grpc_addr,
         admin_addr,
         block_cache_mb: 16,

@@ -50,6 +50,10 @@ pub struct Config {
     /// Coordinator gRPC address (`host:port`) to register with at start (AddStorageNode):
     /// a new node bootstraps, a known one is left as it is (its address updated if it moved).
     pub join: Option<String>,
+    /// Where this node writes its part of a cluster backup (`pairdbctl backup create`): a
+    /// directory outside `data_dir`, ideally another volume (one shared by every process in
+    /// production). None: backups are refused.
+    pub backup_dir: Option<PathBuf>,
     /// Host other nodes and coordinators reach this node at. Default: the gRPC listen IP, or
     /// (when that is unspecified) `$POD_IP`, else the hostname.
     pub advertise_host: String,
@@ -120,6 +124,7 @@ impl Default for Config {
             max_inflight_requests: 8192,
             log_json: false,
             join: None,
+            backup_dir: None,
             advertise_host: String::new(),
             zone: String::new(),
             virtual_nodes: 0,
@@ -179,6 +184,9 @@ pub struct Args {
     /// Register with this coordinator (host:port) at start; a new node bootstraps.
     #[arg(long, env = "PAIRDB_JOIN")]
     pub join: Option<String>,
+    /// Directory for this node's parts of cluster backups (outside the data directory).
+    #[arg(long, env = "PAIRDB_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
     #[arg(long, env = "PAIRDB_ADVERTISE_HOST")]
     pub advertise_host: Option<String>,
     #[arg(long, env = "PAIRDB_ZONE")]
@@ -261,6 +269,9 @@ impl Config {
         if args.join.is_some() {
             c.join = args.join;
         }
+        if args.backup_dir.is_some() {
+            c.backup_dir = args.backup_dir;
+        }
         if let (true, Some(f)) = (c.zone.is_empty(), &args.zone_file) {
             c.zone = std::fs::read_to_string(f)
                 .map_err(|e| ConfigError(format!("zone_file {}: {e}", f.display())))?
@@ -291,6 +302,15 @@ impl Config {
         if !self.advertise_host.is_empty() {
             pairdb_common::validate::host(&self.advertise_host)
                 .map_err(|e| ConfigError(format!("advertise_host: {e}")))?;
+        }
+        if let Some(b) = &self.backup_dir
+            && (b.starts_with(&self.data_dir) || self.data_dir.starts_with(b))
+        {
+            return Err(ConfigError(format!(
+                "backup_dir {} must be outside data_dir {} (a backup must survive losing the data directory)",
+                b.display(),
+                self.data_dir.display()
+            )));
         }
         let d = &self.disk;
         if !(0.0 < d.warning_percent

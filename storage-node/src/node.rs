@@ -42,7 +42,15 @@ pub struct Node {
     pub limits: NodeLimits,
     /// This node's TLS material (server, and client for pulls); `None`: plaintext.
     pub tls: Option<Arc<pairdb_common::tls::Tls>>,
+    /// Where this node's backup parts go (`crate::backup`); `None`: backups are refused.
+    pub backup_dir: Option<PathBuf>,
+    /// The local maintenance switch (admin HTTP, the preStop hook).
     maintenance: AtomicBool,
+    /// A coordinator's hold for an operator drain (`SetMaintenance`): `(held, cleared)` —
+    /// the drain (its `drained_at_ms`) holding the node, 0 for none, and the newest drain an
+    /// undrain released. A hold for a drain at or before `cleared` is stale (a coordinator
+    /// that had not yet seen the undrain) and is ignored.
+    drain: parking_lot::Mutex<(u64, u64)>,
     /// False from start until `--join` registered the node (always true without `--join`).
     joined: AtomicBool,
     /// When the compaction that reclaims dropped ranges is due (Unix ms; 0 = none).
@@ -91,12 +99,20 @@ impl Node {
             started: Instant::now(),
             recent: Recent::default(),
             tls: None,
+            backup_dir: None,
             maintenance: AtomicBool::new(false),
+            drain: parking_lot::Mutex::new((0, 0)),
             joined: AtomicBool::new(true),
             reclaim_due_ms: AtomicU64::new(0),
             reclaim_scheduled: AtomicBool::new(false),
             sup,
         }
+    }
+
+    /// The node with a backup directory (before it is shared).
+    pub fn with_backup_dir(mut self, dir: Option<PathBuf>) -> Node {
+        self.backup_dir = dir;
+        self
     }
 
     /// The node with TLS material (before it is shared).
@@ -108,7 +124,7 @@ impl Node {
     /// Maintenance (drain) mode: client reads and writes are refused with UNAVAILABLE so
     /// coordinators route around the node; internal streaming and repair keep working.
     pub fn maintenance(&self) -> bool {
-        self.maintenance.load(Ordering::SeqCst)
+        self.maintenance.load(Ordering::SeqCst) || self.drain.lock().0 != 0
     }
 
     /// Whether `--join` registration has succeeded (true without `--join`).
@@ -141,9 +157,44 @@ impl Node {
         why
     }
 
+    /// The local switch (admin HTTP `maintenance/enable|disable`).
     pub fn set_maintenance(&self, on: bool) {
-        let was = self.maintenance.swap(on, Ordering::SeqCst);
-        if was != on {
+        let before = self.maintenance();
+        self.maintenance.store(on, Ordering::SeqCst);
+        self.maintenance_changed(before);
+    }
+
+    /// A coordinator holds the node in maintenance for the drain made at `drained_at_ms`
+    /// (ignored if an undrain already released that drain or a later one).
+    pub fn hold_drain(&self, drained_at_ms: u64) {
+        let before = self.maintenance();
+        {
+            let mut d = self.drain.lock();
+            if drained_at_ms > d.1 {
+                d.0 = d.0.max(drained_at_ms);
+            }
+        }
+        self.maintenance_changed(before);
+    }
+
+    /// An undrain releases every drain made at or before `drained_at_ms`, and the local
+    /// switch too (the operator wants the node serving).
+    pub fn release_drain(&self, drained_at_ms: u64) {
+        let before = self.maintenance();
+        {
+            let mut d = self.drain.lock();
+            d.1 = d.1.max(drained_at_ms);
+            if d.0 <= d.1 {
+                d.0 = 0;
+            }
+        }
+        self.maintenance.store(false, Ordering::SeqCst);
+        self.maintenance_changed(before);
+    }
+
+    fn maintenance_changed(&self, before: bool) {
+        let on = self.maintenance();
+        if before != on {
             self.metrics.maintenance_mode.set(i64::from(on));
             tracing::warn!(node_id = %self.node_id, enabled = on, "maintenance mode changed");
         }

@@ -172,7 +172,8 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
             },
             sup.clone(),
         )
-        .with_tls(tls.clone()),
+        .with_tls(tls.clone())
+        .with_backup_dir(cfg.backup_dir.clone()),
     );
 
     let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };

@@ -188,6 +188,7 @@ impl TestCluster {
         let mut coordinators = Vec::new();
         for i in 0..o.coordinators {
             let mut cfg = coordinator_config(&db_url, &format!("coord-{i}"), o.hints)?;
+            cfg.backup_dir = Some(dir.path().join("backups"));
             if let Some(t) = o.tweak {
                 t(&mut cfg);
             }
@@ -225,6 +226,7 @@ impl TestCluster {
     pub async fn restart_coordinator(&mut self, i: usize) -> Result<()> {
         let id = format!("coord-{i}-r{}", rand::random::<u16>());
         let mut cfg = coordinator_config(&self.db_url, &id, self.hints)?;
+        cfg.backup_dir = Some(self.dir.path().join("backups"));
         if let Some(t) = self.tweak {
             t(&mut cfg);
         }

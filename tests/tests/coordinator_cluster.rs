@@ -476,3 +476,147 @@ async fn no_hints_for_a_node_down_past_the_hint_window() {
     assert_eq!(c.meta.count_hints_for("n3").await.unwrap(), 0);
     c.shutdown().await;
 }
+
+/// An operator drain: both coordinators route around the node at once (from its row, not
+/// from errors), it is held in maintenance mode, every write meanwhile succeeds at QUORUM and
+/// becomes a hint for it, a drain that would break a write quorum is refused, and after the
+/// undrain the hints replay so the node holds every write made while it was drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_is_routed_around_and_catches_up_from_hints_on_undrain() {
+    let _s = serial_async().await;
+    let c = TestCluster::start(ClusterOptions::three_by_two(Backend::Sqlite, true))
+        .await
+        .unwrap();
+    let mut a = c.client(0).await.unwrap();
+    let mut b = c.client(1).await.unwrap();
+    for i in 0..3 {
+        c.wait_status(i, NodeStatus::Up).await.unwrap();
+    }
+    let before = a
+        .write(write_req(b"dr-before", b"old", vec![], Quorum))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(before.replicas_acked >= 2);
+
+    let n = a
+        .drain_storage_node(pb::DrainStorageNodeRequest {
+            node_id: "n1".into(),
+            force: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(n.drained_at_ms > 0, "{n:?}");
+    assert!(n.maintenance, "the node confirmed maintenance mode: {n:?}");
+    let drained_at = n.drained_at_ms;
+    assert!(c.nodes[0].as_ref().unwrap().node.maintenance());
+    // The other coordinator reads the flag within one ring poll.
+    wait_async(
+        "coordinator 1 sees the drain",
+        Duration::from_secs(5),
+        || async {
+            c.coordinators[1]
+                .data
+                .cluster
+                .snapshot()
+                .nodes
+                .get("n1")
+                .is_some_and(|e| e.record.drained() && !e.serves_clients())
+        },
+    )
+    .await
+    .unwrap();
+    let listed = b
+        .get_storage_node_status(pb::GetStorageNodeStatusRequest {
+            node_id: "n1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.drained_at_ms, n.drained_at_ms);
+
+    // A second drain would leave ranges with one live replica of RF 3 (write quorum 2).
+    let refused = a
+        .drain_storage_node(pb::DrainStorageNodeRequest {
+            node_id: "n2".into(),
+            force: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused).0, "TOPOLOGY_CONFLICT", "{refused:?}");
+    assert!(!c.nodes[1].as_ref().unwrap().node.maintenance());
+
+    // Writes through both coordinators succeed without n1 and are hinted for it; reads too.
+    let keys: Vec<String> = (0..30).map(|i| format!("dr-{i}")).collect();
+    let n1_served = || {
+        let m = &c.nodes[0].as_ref().unwrap().node.metrics;
+        m.read_requests.get() + m.write_requests.get()
+    };
+    let served_before = n1_served();
+    for (i, k) in keys.iter().enumerate() {
+        let cl = if i % 2 == 0 { &mut a } else { &mut b };
+        let r = cl
+            .write(write_req(k.as_bytes(), k.as_bytes(), vec![], Quorum))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.replicas_acked, 2, "{k}: n1 is not asked");
+        let got = cl
+            .read(read_req(k.as_bytes(), Quorum))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.siblings.len(), 1, "{k}");
+    }
+    // Not one read or write reached n1 (it would have refused it): the coordinators did not
+    // learn of the drain from errors.
+    assert_eq!(n1_served(), served_before);
+    wait_async("hints recorded for n1", Duration::from_secs(10), || async {
+        c.meta.count_hints_for("n1").await.unwrap() >= keys.len() as u64
+    })
+    .await
+    .unwrap();
+    // Nothing replays while it is drained.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(c.meta.count_hints_for("n1").await.unwrap() >= keys.len() as u64);
+
+    let n = b
+        .undrain_storage_node(pb::UndrainStorageNodeRequest {
+            node_id: "n1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(n.drained_at_ms, 0);
+    assert!(!n.maintenance, "{n:?}");
+    // A coordinator that has not yet seen the undrain asks the node to hold the old drain:
+    // the node ignores it (it released that drain).
+    c.storage(0)
+        .await
+        .unwrap()
+        .set_maintenance(pb::SetMaintenanceRequest {
+            enabled: true,
+            drained_at_ms: drained_at,
+        })
+        .await
+        .unwrap();
+    assert!(!c.nodes[0].as_ref().unwrap().node.maintenance());
+    wait_async("n1's hints replay", Duration::from_secs(30), || async {
+        c.meta.count_hints_for("n1").await.unwrap() == 0
+    })
+    .await
+    .unwrap();
+    for k in &keys {
+        assert_eq!(
+            c.node_values(0, k.as_bytes()).await.unwrap(),
+            vec![k.as_bytes().to_vec()],
+            "n1 holds {k}"
+        );
+    }
+    assert_eq!(
+        c.node_values(0, b"dr-before").await.unwrap(),
+        vec![b"old".to_vec()]
+    );
+    c.shutdown().await;
+}

@@ -95,6 +95,30 @@ impl StorageNodeService for Corrupting {
     async fn node_info(&self, r: Request<pb::NodeInfoRequest>) -> R<pb::NodeInfoResponse> {
         self.0.node_info(r).await
     }
+    async fn set_maintenance(
+        &self,
+        r: Request<pb::SetMaintenanceRequest>,
+    ) -> R<pb::SetMaintenanceResponse> {
+        self.0.set_maintenance(r).await
+    }
+    async fn create_backup_part(
+        &self,
+        r: Request<pb::BackupPartRequest>,
+    ) -> R<pb::BackupPartResponse> {
+        self.0.create_backup_part(r).await
+    }
+    async fn verify_backup_part(
+        &self,
+        r: Request<pb::BackupPartRequest>,
+    ) -> R<pb::BackupPartResponse> {
+        self.0.verify_backup_part(r).await
+    }
+    async fn delete_backup_part(
+        &self,
+        r: Request<pb::BackupPartRequest>,
+    ) -> R<pb::BackupPartResponse> {
+        self.0.delete_backup_part(r).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

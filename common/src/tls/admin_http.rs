@@ -54,13 +54,30 @@ impl AdminTarget {
     }
 
     pub async fn request(&self, method: &str, path: &str) -> Result<(u16, String), String> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path))
+        self.send(method, path, "{}", REQUEST_TIMEOUT).await
+    }
+
+    /// `method path` with a JSON `body`, allowed `timeout` in all (a long action such as an
+    /// integrity scan answers only when it is done).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        timeout: Duration,
+    ) -> Result<(u16, String), String> {
+        tokio::time::timeout(timeout, self.exchange(method, path, body))
             .await
             .map_err(|_| format!("{method} {}{path}: timed out", self.addr))?
             .map_err(|e| format!("{method} {}{path}: {e}", self.addr))
     }
 
-    async fn exchange(&self, method: &str, path: &str) -> Result<(u16, String), String> {
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String), String> {
         let tcp = tokio::net::TcpStream::connect(&self.addr)
             .await
             .map_err(|e| e.to_string())?;
@@ -74,7 +91,8 @@ impl AdminTarget {
             None => String::new(),
         };
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         );
         let Some(ca) = &self.ca else {
             return exchange_on(tcp, &req).await;

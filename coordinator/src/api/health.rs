@@ -51,7 +51,7 @@ impl CoordinatorApi {
         let view: Vec<pb::StorageNode> = nodes
             .iter()
             .filter(|n| n.state != NodeState::Removed)
-            .map(|n| nodes::node_pb(n, self.live_status(&n.node_id)))
+            .map(|n| nodes::node_pb(n, self.live_status(&n.node_id).as_deref()))
             .collect();
         let count = |s: pb::NodeStatus| view.iter().filter(|n| n.status == s as i32).count() as u32;
         let (up, down) = (count(pb::NodeStatus::Up), count(pb::NodeStatus::Down));

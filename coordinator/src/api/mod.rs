@@ -2,10 +2,11 @@
 //! every request, maps errors through [`crate::error`]. Only this module touches the
 //! coordinator's prost types.
 //!
-//! Files: `data` (data RPCs), `tenants` (tenant RPCs and the settings rules), `nodes`
+//! Files: `backup` (backup RPCs), `data` (data RPCs), `tenants` (tenant RPCs and the settings rules), `nodes`
 //! (membership and topology RPCs, the ring), `health` (cluster health, ranges under quorum), `repair` (repair and hint RPCs);
 //! this file holds the service, its audit wrapper, request accounting and the token RPCs.
 
+mod backup;
 mod data;
 mod health;
 mod nodes;
@@ -23,10 +24,12 @@ use pairdb_common::{Error as E, convert, token, validate};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Principal;
+use crate::cluster::Health;
 use crate::data::{DataPlane, ReadReq, WriteReq};
 use crate::error::{Error, Result};
 use crate::meta::{
-    ChangeKind, ChangeRecord, Level, MetaStore, NodeRecord, NodeStatus, NodeWrite, TenantRecord,
+    ChangeKind, ChangeRecord, Level, MetaError, MetaStore, NodeRecord, NodeStatus, NodeWrite,
+    TenantRecord,
 };
 use crate::metrics::OpLabels;
 use crate::topology::{self, Params, Topology};
@@ -44,6 +47,7 @@ pub struct CoordinatorApi {
     pub topology: Arc<Topology>,
     pub repairs: Arc<crate::repair::Repairs>,
     pub auth: Arc<crate::auth::Auth>,
+    pub backups: Arc<crate::backup::Backups>,
 }
 
 fn level(c: i32) -> Option<Level> {
@@ -130,13 +134,14 @@ impl CoordinatorApi {
         }
     }
 
-    fn live_status(&self, node_id: &str) -> Option<NodeStatus> {
+    /// This coordinator's live view of a node's health.
+    fn live_status(&self, node_id: &str) -> Option<Arc<Health>> {
         self.data
             .cluster
             .snapshot()
             .nodes
             .get(node_id)
-            .map(|e| e.health.status())
+            .map(|e| e.health.clone())
     }
 }
 
@@ -224,6 +229,55 @@ impl CoordinatorService for CoordinatorApi {
         req: Request<pb::ReplaceStorageNodeRequest>,
     ) -> std::result::Result<Response<pb::TopologyChangeResponse>, Status> {
         self.rpc_replace_storage_node(req).await
+    }
+
+    async fn create_backup(
+        &self,
+        req: Request<pb::CreateBackupRequest>,
+    ) -> std::result::Result<Response<pb::BackupInfo>, Status> {
+        self.rpc_create_backup(req).await
+    }
+
+    async fn get_backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> std::result::Result<Response<pb::BackupInfo>, Status> {
+        self.rpc_get_backup(req).await
+    }
+
+    async fn list_backups(
+        &self,
+        req: Request<pb::ListBackupsRequest>,
+    ) -> std::result::Result<Response<pb::ListBackupsResponse>, Status> {
+        self.rpc_list_backups(req).await
+    }
+
+    async fn verify_backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> std::result::Result<Response<pb::VerifyBackupResponse>, Status> {
+        self.rpc_verify_backup(req).await
+    }
+
+    async fn delete_backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> std::result::Result<Response<pb::DeleteBackupResponse>, Status> {
+        self.rpc_delete_backup(req).await
+    }
+
+    async fn drain_storage_node(
+        &self,
+        req: Request<pb::DrainStorageNodeRequest>,
+    ) -> std::result::Result<Response<pb::StorageNode>, Status> {
+        self.rpc_drain_storage_node(req).await
+    }
+
+    async fn undrain_storage_node(
+        &self,
+        req: Request<pb::UndrainStorageNodeRequest>,
+    ) -> std::result::Result<Response<pb::StorageNode>, Status> {
+        self.rpc_undrain_storage_node(req).await
     }
 
     async fn get_storage_node_status(

@@ -5,8 +5,10 @@
 
 use super::*;
 
-pub(super) fn node_pb(n: &NodeRecord, live: Option<NodeStatus>) -> pb::StorageNode {
-    let status = live.unwrap_or(n.status);
+/// A node as the API shows it: its row, with this coordinator's live view of its health
+/// (`live`) when it has one.
+pub(super) fn node_pb(n: &NodeRecord, live: Option<&Health>) -> pb::StorageNode {
+    let status = live.map_or(n.status, Health::status);
     pb::StorageNode {
         node_id: n.node_id.clone(),
         host: n.host.clone(),
@@ -28,6 +30,8 @@ pub(super) fn node_pb(n: &NodeRecord, live: Option<NodeStatus>) -> pb::StorageNo
         last_seen_ms: n.last_seen_ms.unwrap_or(0),
         created_at_ms: n.created_at_ms,
         updated_at_ms: n.updated_at_ms,
+        drained_at_ms: n.drained_at_ms.unwrap_or(0),
+        maintenance: live.is_some_and(Health::maintenance),
     }
 }
 
@@ -201,7 +205,7 @@ impl CoordinatorApi {
             self.meta.get_change(change_id).await?
         };
         Ok(pb::TopologyChangeResponse {
-            node: node.map(|n| node_pb(&n, self.live_status(node_id))),
+            node: node.map(|n| node_pb(&n, self.live_status(node_id).as_deref())),
             change: change.as_ref().map(change_pb),
         })
     }
@@ -350,7 +354,7 @@ impl CoordinatorApi {
         let id = req.into_inner().node_id;
         validate::node_id(&id).map_err(Error::from)?;
         match self.meta.get_node(&id).await.map_err(Error::from)? {
-            Some(n) => Ok(Response::new(node_pb(&n, self.live_status(&id)))),
+            Some(n) => Ok(Response::new(node_pb(&n, self.live_status(&id).as_deref()))),
             None => Err(Status::not_found(format!("storage node {id} not found"))),
         }
     }
@@ -363,7 +367,7 @@ impl CoordinatorApi {
         Ok(Response::new(pb::ListStorageNodesResponse {
             nodes: nodes
                 .iter()
-                .map(|n| node_pb(n, self.live_status(&n.node_id)))
+                .map(|n| node_pb(n, self.live_status(&n.node_id).as_deref()))
                 .collect(),
         }))
     }
@@ -412,7 +416,7 @@ impl CoordinatorApi {
             .filter_map(|m| {
                 snap.nodes
                     .get(&m.node_id)
-                    .map(|e| node_pb(&e.record, Some(e.health.status())))
+                    .map(|e| node_pb(&e.record, Some(&e.health)))
             })
             .collect();
         let (key_replicas, key_token) = if q.tenant_id.is_empty() {
@@ -443,5 +447,114 @@ impl CoordinatorApi {
             key_replicas,
             key_token,
         }))
+    }
+
+    pub(super) async fn rpc_drain_storage_node(
+        &self,
+        req: Request<pb::DrainStorageNodeRequest>,
+    ) -> std::result::Result<Response<pb::StorageNode>, Status> {
+        self.audited("DrainStorageNode", req, |req| async move {
+            let started = Instant::now();
+            let q = req.into_inner();
+            let r = self.set_drain(&q.node_id, Some(q.force)).await;
+            self.observe("drain_node", started, &r);
+            Ok(Response::new(r?))
+        })
+        .await
+    }
+
+    pub(super) async fn rpc_undrain_storage_node(
+        &self,
+        req: Request<pb::UndrainStorageNodeRequest>,
+    ) -> std::result::Result<Response<pb::StorageNode>, Status> {
+        self.audited("UndrainStorageNode", req, |req| async move {
+            let started = Instant::now();
+            let r = self.set_drain(&req.into_inner().node_id, None).await;
+            self.observe("undrain_node", started, &r);
+            Ok(Response::new(r?))
+        })
+        .await
+    }
+
+    /// Drains (`Some(force)`) or undrains (`None`) a node: the `drained_at` row first (every
+    /// coordinator routes by it within one ring poll; this one at once), then the node's own
+    /// maintenance mode (best effort: the heartbeat asks a drained node again). The answer's
+    /// `maintenance` is what the node said.
+    async fn set_drain(&self, node_id: &str, drain: Option<bool>) -> Result<pb::StorageNode> {
+        validate::node_id(node_id)?;
+        let Some(node) = self.meta.get_node(node_id).await? else {
+            return Err(MetaError::NotFound(format!("storage node {node_id}")).into());
+        };
+        if drain == Some(false) && !node.drained() {
+            self.check_drain_keeps_quorum(node_id).await?;
+        }
+        self.meta
+            .set_drained(node_id, drain.map(|_| pairdb_common::now_ms()))
+            .await?;
+        self.data.cluster.refresh().await?;
+        // The drain the node is held for (a repeated drain keeps the first time), or the one
+        // an undrain releases (every drain up to now when the row named none).
+        let generation = match drain {
+            Some(_) => self
+                .meta
+                .get_node(node_id)
+                .await?
+                .and_then(|n| n.drained_at_ms)
+                .unwrap_or_else(pairdb_common::now_ms),
+            None => node.drained_at_ms.unwrap_or_else(pairdb_common::now_ms),
+        };
+        let snap = self.data.cluster.snapshot();
+        let entry = snap.nodes.get(node_id);
+        if let Some(e) = entry {
+            let timeout = std::time::Duration::from_millis(
+                self.data.cluster.config().heartbeat_timeout_ms.max(1000),
+            );
+            let mut c = e.client.clone();
+            let enabled = drain.is_some();
+            match tokio::time::timeout(
+                timeout,
+                c.set_maintenance(pb::SetMaintenanceRequest {
+                    enabled,
+                    drained_at_ms: generation,
+                }),
+            )
+            .await
+            {
+                Ok(Ok(r)) => e.health.set_maintenance(r.into_inner().enabled),
+                Ok(Err(s)) => {
+                    tracing::warn!(node_id, enabled, error = %s, "SetMaintenance refused")
+                }
+                Err(_) => tracing::warn!(node_id, enabled, "SetMaintenance timed out"),
+            }
+        }
+        let row = self.meta.get_node(node_id).await?.unwrap_or(node);
+        Ok(node_pb(&row, entry.map(|e| e.health.as_ref())))
+    }
+
+    /// Refuses a drain that would put more of some tenant's ranges below its write quorum
+    /// than already are (counting nodes down, drained or in maintenance).
+    async fn check_drain_keeps_quorum(&self, node_id: &str) -> Result<()> {
+        let snap = self.data.cluster.snapshot();
+        let tenants = self.meta.list_tenants().await?;
+        let live = crate::replication::live_normal(&snap);
+        let without = |id: &str| id != node_id && live(id);
+        let before = crate::replication::tenant_coverage(&snap.ring, &tenants, &live);
+        let after = crate::replication::tenant_coverage(&snap.ring, &tenants, &without);
+        for (b, a) in before.iter().zip(&after) {
+            if a.ranges_below_quorum > b.ranges_below_quorum {
+                return Err(E::TopologyConflict(format!(
+                    "draining {node_id} would leave {} of tenant {}'s {} ranges below its write \
+                     quorum of {} (now {}); bring the other replicas back first, or drain with \
+                     force and accept failed writes there",
+                    a.ranges_below_quorum,
+                    a.tenant_id,
+                    a.ranges_total,
+                    a.write_quorum,
+                    b.ranges_below_quorum
+                ))
+                .into());
+            }
+        }
+        Ok(())
     }
 }

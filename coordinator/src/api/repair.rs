@@ -64,6 +64,7 @@ impl CoordinatorApi {
                     node_id: t.node_id.clone(),
                     pending: t.pending,
                     oldest_created_at_ms: t.oldest_created_at_ms,
+                    bytes: t.bytes,
                 })
                 .collect(),
         }))

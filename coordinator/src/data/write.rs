@@ -188,9 +188,13 @@ impl DataPlane {
     async fn coordinate(&self, replicas: &[Arc<NodeEntry>], op: pb::WriteOp) -> Coordinated {
         let settings = self.calls("write");
         let mut order: Vec<usize> = (0..replicas.len())
-            .filter(|i| replicas[*i].health.is_available())
+            .filter(|i| replicas[*i].serves_clients())
             .collect();
-        order.extend((0..replicas.len()).filter(|i| !replicas[*i].health.is_available()));
+        // Down ones last, in case they are back; never a drained one (it refuses clients).
+        order.extend((0..replicas.len()).filter(|i| {
+            let r = &replicas[*i];
+            !r.health.is_available() && !r.record.drained() && !r.health.maintenance()
+        }));
         let mut misses = Vec::new();
         for i in order {
             let node = &replicas[i];

@@ -68,6 +68,11 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Inserts a node and increments `ring_version` atomically; returns the new ring version.
     /// `Conflict` if the node id exists.
     async fn add_node(&self, node: &NodeRecord) -> MetaResult<u64>;
+    /// Drains a node (`Some(now)`) or ends its drain (`None`) and bumps `ring_version` in the
+    /// same transaction, so every coordinator rebuilds its view within one ring poll; returns
+    /// the new ring version. Draining a drained node keeps its first time. `NotFound` for an
+    /// unknown node.
+    async fn set_drained(&self, node_id: &str, drained_at_ms: Option<u64>) -> MetaResult<u64>;
     /// Records observed health (does not change the ring).
     async fn record_status(
         &self,

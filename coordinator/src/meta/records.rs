@@ -42,9 +42,17 @@ pub struct NodeRecord {
     pub last_seen_ms: Option<u64>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// When an operator drained the node (`None`: serving). While set, coordinators send it
+    /// no client reads or writes (its writes become hints) and hold it in maintenance mode.
+    pub drained_at_ms: Option<u64>,
 }
 
 impl NodeRecord {
+    /// Whether an operator drained the node.
+    pub fn drained(&self) -> bool {
+        self.drained_at_ms.is_some()
+    }
+
     /// A node to register: default zone and virtual nodes, status UNKNOWN; the store sets the
     /// timestamps.
     pub fn new(
@@ -66,6 +74,7 @@ impl NodeRecord {
             last_seen_ms: None,
             created_at_ms: 0,
             updated_at_ms: 0,
+            drained_at_ms: None,
         }
     }
 }

@@ -63,10 +63,11 @@ impl<'r, B: Backend> Cols<'r, B> {
 
 pub(crate) fn node_cols(d: &Dialect) -> String {
     format!(
-        "node_id, host, port, admin_port, zone, virtual_nodes, state, status, {}, {}, {}",
+        "node_id, host, port, admin_port, zone, virtual_nodes, state, status, {}, {}, {}, {}",
         d.ms("last_seen", "last_seen_ms"),
         d.ms("created_at", "created_at_ms"),
         d.ms("updated_at", "updated_at_ms"),
+        d.ms("drained_at", "drained_at_ms"),
     )
 }
 
@@ -86,6 +87,7 @@ pub(crate) fn node_row<B: Backend>(r: &B::Row) -> MetaResult<NodeRecord> {
         last_seen_ms: c.ms("last_seen_ms")?,
         created_at_ms: c.ms("created_at_ms")?.unwrap_or(0),
         updated_at_ms: c.ms("updated_at_ms")?.unwrap_or(0),
+        drained_at_ms: c.ms("drained_at_ms")?,
     })
 }
 

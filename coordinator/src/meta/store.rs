@@ -54,6 +54,24 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
         Ok(v)
     }
 
+    async fn set_drained(&self, node_id: &str, drained_at_ms: Option<u64>) -> MetaResult<u64> {
+        let d = &B::DIALECT;
+        let sql = d.sql(&format!(
+            "UPDATE storage_nodes SET drained_at = CASE WHEN {at} IS NULL THEN NULL \
+             ELSE COALESCE(drained_at, {at}) END, updated_at = {now} WHERE node_id = $1",
+            at = d.ts("$2"),
+            now = d.ts("$3")
+        ));
+        let at = drained_at_ms.map(|v| v.min(i64::MAX as u64) as i64);
+        let mut tx = self.begin_write().await?;
+        if run::<B>(&mut tx, &sql, &[node_id.into(), at.into(), now()]).await? == 0 {
+            return Err(MetaError::NotFound(format!("storage node {node_id}")));
+        }
+        let v = bump_ring::<B>(&mut tx).await?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
     async fn record_status(
         &self,
         node_id: &str,

@@ -262,4 +262,173 @@ impl StorageNodeService for StorageApi {
             started_at_ms: self.node.outage.started_ms(),
         }))
     }
+
+    /// Only a coordinator may hold a node in maintenance (see [`coordinator_only`]).
+    async fn set_maintenance(
+        &self,
+        req: Request<pb::SetMaintenanceRequest>,
+    ) -> Result<Response<pb::SetMaintenanceResponse>, Status> {
+        let (enabled, drain) = (req.get_ref().enabled, req.get_ref().drained_at_ms);
+        let audit = self.coordinator_only(
+            &req,
+            format!("SetMaintenance enabled={enabled} drained_at_ms={drain}"),
+        )?;
+        match (enabled, drain) {
+            (on, 0) => self.node.set_maintenance(on),
+            (true, d) => self.node.hold_drain(d),
+            (false, d) => self.node.release_drain(d),
+        }
+        audit.done("ok");
+        Ok(Response::new(pb::SetMaintenanceResponse {
+            enabled: self.node.maintenance(),
+        }))
+    }
+
+    async fn create_backup_part(
+        &self,
+        req: Request<pb::BackupPartRequest>,
+    ) -> Result<Response<pb::BackupPartResponse>, Status> {
+        let id = req.get_ref().backup_id.clone();
+        let audit = self.coordinator_only(&req, format!("CreateBackupPart {id}"))?;
+        let r = self
+            .backup_call(move |n| {
+                let part = crate::backup::create(n, &id)?;
+                let root = n.backup_dir.clone().unwrap_or_default();
+                Ok(part_answer(&root, &part, Vec::new(), true))
+            })
+            .await;
+        audit.result(&r);
+        Ok(Response::new(r?))
+    }
+
+    async fn verify_backup_part(
+        &self,
+        req: Request<pb::BackupPartRequest>,
+    ) -> Result<Response<pb::BackupPartResponse>, Status> {
+        let id = req.get_ref().backup_id.clone();
+        let audit = self.coordinator_only(&req, format!("VerifyBackupPart {id}"))?;
+        let r = self
+            .backup_call(move |n| {
+                let (part, problems) = crate::backup::verify(n, &id)?;
+                let root = n.backup_dir.clone().unwrap_or_default();
+                Ok(part_answer(&root, &part, problems, true))
+            })
+            .await;
+        audit.result(&r);
+        Ok(Response::new(r?))
+    }
+
+    async fn delete_backup_part(
+        &self,
+        req: Request<pb::BackupPartRequest>,
+    ) -> Result<Response<pb::BackupPartResponse>, Status> {
+        let id = req.get_ref().backup_id.clone();
+        let audit = self.coordinator_only(&req, format!("DeleteBackupPart {id}"))?;
+        let node_id = self.node.node_id.clone();
+        let r = self
+            .backup_call(move |n| {
+                Ok(pb::BackupPartResponse {
+                    node_id,
+                    existed: crate::backup::delete(n, &id)?,
+                    ..Default::default()
+                })
+            })
+            .await;
+        audit.result(&r);
+        Ok(Response::new(r?))
+    }
+}
+
+/// The audit line of a coordinator-only call, written once its outcome is known.
+struct Audit {
+    caller: String,
+    conn: String,
+    action: String,
+}
+
+impl Audit {
+    fn done(&self, outcome: &str) {
+        pairdb_common::telemetry::audit(&self.caller, &self.conn, &self.action, "", outcome);
+    }
+
+    fn result<T>(&self, r: &Result<T, Status>) {
+        match r {
+            Ok(_) => self.done("ok"),
+            Err(s) => self.done(&format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+}
+
+impl StorageApi {
+    /// Calls only a coordinator may make (maintenance, backups): over TLS the peer's
+    /// certificate must carry the coordinator role (another storage node is admitted to this
+    /// service for streaming, not for these). Audited like the admin port's actions.
+    fn coordinator_only<T>(&self, req: &Request<T>, action: String) -> Result<Audit, Status> {
+        let info = req
+            .extensions()
+            .get::<pairdb_common::tls::listen::PeerInfo>();
+        let audit = Audit {
+            caller: info
+                .and_then(|i| i.peer.as_ref())
+                .map(|p| p.describe())
+                .unwrap_or_else(|| "anonymous".into()),
+            conn: info.map(|i| i.describe()).unwrap_or_default(),
+            action,
+        };
+        let coordinator = info.is_none_or(|i| {
+            !i.tls
+                || i.peer
+                    .as_ref()
+                    .is_some_and(|p| p.has_role(pairdb_common::tls::Role::Coordinator))
+        });
+        if !coordinator {
+            self.node.metrics.security.denied("role");
+            audit.done("denied");
+            return Err(
+                Common::PermissionDenied("only a coordinator may make this call".into())
+                    .to_status(),
+            );
+        }
+        Ok(audit)
+    }
+
+    /// Runs backup file work on the blocking pool.
+    async fn backup_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Node) -> std::result::Result<T, Common> + Send + 'static,
+    ) -> Result<T, Status> {
+        let node = self.node.clone();
+        self.node
+            .sup
+            .spawn_blocking("backup", move || f(&node))
+            .await
+            .map_err(|e| Common::Internal(format!("backup task: {e}")).to_status())?
+            .map_err(|e| e.to_status())
+    }
+}
+
+/// A part as the wire shows it.
+fn part_answer(
+    root: &std::path::Path,
+    part: &pairdb_common::backup::NodePart,
+    problems: Vec<String>,
+    existed: bool,
+) -> pb::BackupPartResponse {
+    let doc = pairdb_common::backup::node_part_path(root, &part.backup_id, &part.node_id)
+        .map(|p| p.join("part.json"));
+    let part_sha256 = doc
+        .ok()
+        .and_then(|p| pairdb_common::backup::sha256_file(&p).ok())
+        .map(|(h, _)| h)
+        .unwrap_or_default();
+    pb::BackupPartResponse {
+        node_id: part.node_id.clone(),
+        epoch: part.epoch,
+        files: part.files.len() as u32,
+        bytes: part.total_bytes(),
+        linked: part.linked,
+        problems,
+        part_sha256,
+        existed,
+    }
 }

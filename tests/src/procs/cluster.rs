@@ -82,7 +82,12 @@ impl ProcCluster {
                 id: format!("coord-{i}"),
                 grpc: free_port()?,
                 admin: free_port()?,
-                env: o.coord_env.clone(),
+                env: std::iter::once((
+                    "PAIRDB_BACKUP_DIR".to_string(),
+                    dir.path().join("backups").display().to_string(),
+                ))
+                .chain(o.coord_env.iter().cloned())
+                .collect(),
                 child: None,
                 secure: secure.clone(),
                 log: None,

@@ -55,7 +55,11 @@ impl NodeProc {
             join: None,
             child: None,
             secure: None,
-            env: Vec::new(),
+            // Every node of a cluster and its coordinators share `root/backups`.
+            env: vec![(
+                "PAIRDB_BACKUP_DIR".into(),
+                root.join("backups").display().to_string(),
+            )],
         })
     }
 

@@ -8,6 +8,45 @@ pub async fn migrations_are_idempotent_and_the_ring_starts_at_one(store: Arc<dyn
     assert_eq!(store.ring_version().await.unwrap(), 1);
 }
 
+/// Drain: set and cleared with a ring-version bump each; a second drain keeps the first
+/// time; an unknown node is `NotFound` and bumps nothing.
+pub async fn drain(store: Arc<dyn MetaStore>) {
+    store
+        .add_node(&node("n1", NodeState::Normal))
+        .await
+        .unwrap();
+    let v0 = store.ring_version().await.unwrap();
+    assert_eq!(
+        store.get_node("n1").await.unwrap().unwrap().drained_at_ms,
+        None
+    );
+    let v1 = store
+        .set_drained("n1", Some(1_800_000_000_500))
+        .await
+        .unwrap();
+    assert_eq!(v1, v0 + 1);
+    let n1 = store.get_node("n1").await.unwrap().unwrap();
+    assert_eq!(n1.drained_at_ms, Some(1_800_000_000_500));
+    assert!(n1.drained());
+    let v2 = store
+        .set_drained("n1", Some(1_800_000_999_000))
+        .await
+        .unwrap();
+    assert_eq!(v2, v1 + 1);
+    assert_eq!(
+        store.get_node("n1").await.unwrap().unwrap().drained_at_ms,
+        Some(1_800_000_000_500),
+        "a second drain keeps the first time"
+    );
+    assert_eq!(store.set_drained("n1", None).await.unwrap(), v2 + 1);
+    assert!(!store.get_node("n1").await.unwrap().unwrap().drained());
+    assert!(matches!(
+        store.set_drained("nope", Some(1)).await,
+        Err(MetaError::NotFound(_))
+    ));
+    assert_eq!(store.ring_version().await.unwrap(), v2 + 1);
+}
+
 pub async fn nodes(store: Arc<dyn MetaStore>) {
     // Nodes: add bumps the ring version; duplicates conflict.
     assert_eq!(

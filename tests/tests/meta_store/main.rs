@@ -1,7 +1,7 @@
 //! The same behaviour suite against both metadata stores: SQLite (a temp file) and PostgreSQL
 //! (a database created for each test on the local server and dropped afterwards). Each
 //! behaviour is its own test on each backend (`<behaviour>::sqlite`, `<behaviour>::postgres`),
-//! on a fresh, migrated store. Behaviours: `basics.rs` (migrations, nodes, tenants, hints,
+//! on a fresh, migrated store. Behaviours: `basics.rs` (migrations, nodes, drain, tenants, hints,
 //! context keys), `topology.rs` (topology changes, racing admissions), `jobs.rs` (tokens,
 //! repairs); the job driver's lease under a panic is at the end of this file.
 #![allow(clippy::unwrap_used)]
@@ -29,6 +29,7 @@ pub fn node(id: &str, state: NodeState) -> NodeRecord {
         last_seen_ms: None,
         created_at_ms: 0,
         updated_at_ms: 0,
+        drained_at_ms: None,
     }
 }
 
@@ -89,6 +90,7 @@ macro_rules! on_both {
 on_both!(
     basics::migrations_are_idempotent_and_the_ring_starts_at_one,
     basics::nodes,
+    basics::drain,
     basics::tenants,
     basics::hints,
     basics::context_keys,
