@@ -292,16 +292,13 @@ async fn restore(a: RestoreArgs, json_out: bool) -> Result<()> {
         if !manifest.nodes.iter().any(|n| &n.node_id == node) {
             bail!("backup {} has no part for {node}", a.backup_id);
         }
-        let (root, id, n, d) = (
-            a.backup_dir.clone(),
-            a.backup_id.clone(),
-            node.clone(),
-            PathBuf::from(dir),
-        );
-        let part = tokio::task::spawn_blocking(move || {
-            pairdb_storage_node::backup::restore(&root, &id, &n, &d)
-        })
-        .await?
+        // A one-shot command: the copy may block this runtime.
+        let part = pairdb_storage_node::backup::restore(
+            &a.backup_dir,
+            &a.backup_id,
+            node,
+            std::path::Path::new(dir),
+        )
         .map_err(|e| anyhow::anyhow!("{node}: {e}"))?;
         if !json_out {
             println!(

@@ -282,7 +282,21 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, BackupE
             message: format!("larger than {MAX_DOCUMENT_BYTES} bytes"),
         });
     }
-    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| BackupError::Bad {
+    parse_json(path, &body)
+}
+
+/// A backup JSON document's bytes (read from `path`), refusing other format versions.
+pub fn parse_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    body: &[u8],
+) -> Result<T, BackupError> {
+    if body.len() as u64 > MAX_DOCUMENT_BYTES {
+        return Err(BackupError::Bad {
+            path: path.to_path_buf(),
+            message: format!("larger than {MAX_DOCUMENT_BYTES} bytes"),
+        });
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| BackupError::Bad {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;

@@ -193,6 +193,18 @@ pub enum Found {
 }
 
 impl Backups {
+    /// File work on the blocking pool, owned by this coordinator's supervisor.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> std::result::Result<T, BackupError> + Send + 'static,
+    ) -> Result<T> {
+        self.sup
+            .spawn_blocking("backup-files", f)
+            .await
+            .map_err(|e| E::Internal(format!("backup task: {e}")))?
+            .map_err(from_layout)
+    }
+
     fn root(&self) -> Result<&Path> {
         self.dir.as_deref().ok_or_else(|| {
             E::InvalidArgument("this coordinator has no backup_dir (set PAIRDB_BACKUP_DIR)".into())
@@ -327,7 +339,8 @@ impl Backups {
         let meta_bytes = serde_json::to_vec_pretty(&metadata)
             .map_err(|e| E::Internal(format!("encode metadata: {e}")))?;
         let metadata_sha256 = layout::sha256_bytes(&meta_bytes);
-        blocking(move || layout::write_file(&meta_path, &meta_bytes)).await?;
+        self.blocking(move || layout::write_file(&meta_path, &meta_bytes))
+            .await?;
 
         let snap = self.cluster.snapshot();
         let calls = nodes.iter().map(|n| {
@@ -393,14 +406,15 @@ impl Backups {
             .map_err(from_layout)?
             .join("manifest.json");
         let doc = manifest.clone();
-        blocking(move || layout::write_json(&path, &doc)).await?;
+        self.blocking(move || layout::write_json(&path, &doc))
+            .await?;
         Ok(manifest)
     }
 
     /// Complete backups under this coordinator's `backup_dir`, oldest first.
     pub async fn list(&self) -> Result<Vec<Manifest>> {
         let root = self.root()?.to_path_buf();
-        blocking(move || list_manifests(&root)).await
+        self.blocking(move || list_manifests(&root)).await
     }
 
     /// Re-reads the metadata part here and asks every node to re-read its part: the
@@ -412,9 +426,10 @@ impl Backups {
         let meta_path = layout::backup_path(&root, id)
             .map_err(from_layout)?
             .join("metadata.json");
-        match blocking(move || layout::sha256_file(&meta_path)).await {
-            Ok((h, _)) if h == manifest.metadata_sha256 => {}
-            Ok(_) => problems.push("metadata.json: checksum mismatch".to_string()),
+        match read_doc(&meta_path).await {
+            Ok(Some(b)) if layout::sha256_bytes(&b) == manifest.metadata_sha256 => {}
+            Ok(Some(_)) => problems.push("metadata.json: checksum mismatch".to_string()),
+            Ok(None) => problems.push("metadata.json: missing".to_string()),
             Err(e) => problems.push(format!("metadata.json: {e}")),
         }
         let snap = self.cluster.snapshot();
@@ -461,11 +476,12 @@ impl Backups {
         let _ = tokio::fs::remove_file(dir.join("metadata.json")).await;
         let r = root.clone();
         let i = id.to_string();
-        let _ = blocking(move || {
-            layout::remove_if_empty(&r, &i);
-            Ok(())
-        })
-        .await;
+        let _ = self
+            .blocking(move || {
+                layout::remove_if_empty(&r, &i);
+                Ok(())
+            })
+            .await;
         tracing::info!(backup_id = id, parts_left = left.len(), "backup deleted");
         Ok((manifest, left))
     }
@@ -525,13 +541,20 @@ fn rand_u16() -> u16 {
     (pairdb_common::now_ms() as u16) ^ (std::process::id() as u16).rotate_left(7)
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::result::Result<T, BackupError> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
+/// A backup document's bytes, at most `MAX_DOCUMENT_BYTES` (`None`: no such file).
+async fn read_doc(path: &Path) -> Result<Option<Vec<u8>>> {
+    let len = match tokio::fs::metadata(path).await {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(E::Internal(format!("{}: {e}", path.display())).into()),
+    };
+    if len > layout::MAX_DOCUMENT_BYTES {
+        return Err(E::Internal(format!("{}: {len} bytes is too large", path.display())).into());
+    }
+    tokio::fs::read(path)
         .await
-        .map_err(|e| E::Internal(format!("backup task: {e}")))?
-        .map_err(from_layout)
+        .map(Some)
+        .map_err(|e| E::Internal(format!("{}: {e}", path.display())).into())
 }
 
 fn list_manifests(root: &Path) -> std::result::Result<Vec<Manifest>, BackupError> {
@@ -567,15 +590,10 @@ pub async fn read_manifest(root: &Path, id: &str) -> Result<Manifest> {
     let path = layout::backup_path(root, id)
         .map_err(from_layout)?
         .join("manifest.json");
-    let shown = id.to_string();
-    blocking(move || {
-        if !path.exists() {
-            return Ok(None);
-        }
-        layout::read_json::<Manifest>(&path).map(Some)
-    })
-    .await?
-    .ok_or_else(|| E::InvalidArgument(format!("no complete backup {shown}")).into())
+    let body = read_doc(&path)
+        .await?
+        .ok_or_else(|| E::InvalidArgument(format!("no complete backup {id}")))?;
+    layout::parse_json(&path, &body).map_err(from_layout)
 }
 
 /// Where a restored node listens (a node keeps its id; its address may change).
@@ -599,13 +617,11 @@ pub async fn restore_metadata(
     let path = layout::backup_path(root, id)
         .map_err(from_layout)?
         .join("metadata.json");
-    let (bytes, doc) = blocking(move || {
-        let (h, _) = layout::sha256_file(&path)?;
-        let doc: Metadata = layout::read_json(&path)?;
-        Ok((h, doc))
-    })
-    .await?;
-    if bytes != manifest.metadata_sha256 {
+    let body = read_doc(&path)
+        .await?
+        .ok_or_else(|| E::InvalidArgument(format!("backup {id} has no metadata.json")))?;
+    let doc: Metadata = layout::parse_json(&path, &body).map_err(from_layout)?;
+    if layout::sha256_bytes(&body) != manifest.metadata_sha256 {
         return Err(E::ChecksumFailed(format!(
             "backup {id}: metadata.json does not match its manifest"
         ))
