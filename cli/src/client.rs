@@ -284,6 +284,7 @@ fn tenant_json(t: &pb::Tenant) -> Value {
         "max_value_bytes": t.max_value_bytes, "max_state_bytes": t.max_state_bytes,
         "sibling_max": t.sibling_max, "sibling_warn": t.sibling_warn,
         "rate_limit_rps": t.rate_limit_rps,
+        "target_replication_factor": t.target_replication_factor,
     })
 }
 
@@ -293,15 +294,20 @@ fn print_tenants(ts: &[pb::Tenant], json_out: bool) {
         return;
     }
     println!(
-        "{:<24} {:>3} {:<8} {:<8} {:<9} {:>10} {:>10} {:>8}",
+        "{:<24} {:>6} {:<8} {:<8} {:<9} {:>10} {:>10} {:>8}",
         "TENANT", "RF", "READ", "WRITE", "POLICY", "MAX_VALUE", "MAX_STATE", "RPS"
     );
     for t in ts {
         let j = tenant_json(t);
+        // "3→5" while a replication-factor change is in progress.
+        let rf = match t.target_replication_factor {
+            0 => t.replication_factor.to_string(),
+            to => format!("{}→{to}", t.replication_factor),
+        };
         println!(
-            "{:<24} {:>3} {:<8} {:<8} {:<9} {:>10} {:>10} {:>8}",
+            "{:<24} {:>6} {:<8} {:<8} {:<9} {:>10} {:>10} {:>8}",
             t.tenant_id,
-            t.replication_factor,
+            rf,
             j["read_consistency"].as_str().unwrap_or(""),
             j["write_consistency"].as_str().unwrap_or(""),
             j["conflict_policy"].as_str().unwrap_or(""),

@@ -104,6 +104,11 @@ impl Tenants {
             .unwrap_or(3)
     }
 
+    /// How often the cache reloads every tenant.
+    pub fn refresh_period(&self) -> Duration {
+        self.refresh
+    }
+
     /// The refresh worker.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         pairdb_common::worker::every(self.refresh, &cancel, || async {

@@ -620,3 +620,106 @@ async fn a_drained_node_is_routed_around_and_catches_up_from_hints_on_undrain() 
     );
     c.shutdown().await;
 }
+
+/// A replication-factor change moves data: raising t1 from 3 to 5 replicas keeps reads at 3
+/// while a repair copies every key to the two replicas it adds (writes made meanwhile reach
+/// them too), then the tenant reads at 5 and every node holds every key; lowering it back
+/// to 3 waits for its repair the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_factor_change_copies_every_key_before_reads_count_the_new_replicas() {
+    let _s = serial_async().await;
+    let c = TestCluster::start(ClusterOptions {
+        nodes: 5,
+        coordinators: 2,
+        ..ClusterOptions::three_by_two(Backend::Sqlite, true)
+    })
+    .await
+    .unwrap();
+    let mut a = c.client(0).await.unwrap();
+    let mut b = c.client(1).await.unwrap();
+    for i in 0..5 {
+        c.wait_status(i, NodeStatus::Up).await.unwrap();
+    }
+    let before: Vec<String> = (0..40).map(|i| format!("rf-{i}")).collect();
+    for k in &before {
+        a.write(write_req(k.as_bytes(), k.as_bytes(), vec![], Quorum))
+            .await
+            .unwrap();
+    }
+    let holders = |k: String| {
+        let c = &c;
+        async move {
+            let mut n = 0;
+            for i in 0..5 {
+                if c.node_values(i, k.as_bytes()).await.unwrap() == vec![k.as_bytes().to_vec()] {
+                    n += 1;
+                }
+            }
+            n
+        }
+    };
+    assert_eq!(holders(before[0].clone()).await, 3, "RF 3: three copies");
+
+    let set_rf = |rf: u32| pb::UpdateTenantRequest {
+        tenant: Some(pb::Tenant {
+            tenant_id: "t1".into(),
+            replication_factor: rf,
+            ..Default::default()
+        }),
+    };
+    let t = a.update_tenant(set_rf(5)).await.unwrap().into_inner();
+    assert_eq!((t.replication_factor, t.target_replication_factor), (3, 5));
+    // Writes during the change, through both coordinators.
+    let during: Vec<String> = (0..20).map(|i| format!("rf-during-{i}")).collect();
+    for (i, k) in during.iter().enumerate() {
+        let cl = if i % 2 == 0 { &mut a } else { &mut b };
+        cl.write(write_req(k.as_bytes(), k.as_bytes(), vec![], Quorum))
+            .await
+            .unwrap();
+    }
+    wait_async("RF 5 in effect", Duration::from_secs(60), || async {
+        let t = b
+            .clone()
+            .get_tenant(pb::GetTenantRequest {
+                tenant_id: "t1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        t.replication_factor == 5 && t.target_replication_factor == 0
+    })
+    .await
+    .unwrap();
+    for k in before.iter().chain(&during) {
+        assert_eq!(
+            holders(k.clone()).await,
+            5,
+            "{k} is on every replica of RF 5"
+        );
+    }
+
+    let t = b.update_tenant(set_rf(3)).await.unwrap().into_inner();
+    assert_eq!((t.replication_factor, t.target_replication_factor), (5, 3));
+    wait_async("RF 3 in effect", Duration::from_secs(60), || async {
+        let t = a
+            .clone()
+            .get_tenant(pb::GetTenantRequest {
+                tenant_id: "t1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        t.replication_factor == 3 && t.target_replication_factor == 0
+    })
+    .await
+    .unwrap();
+    for k in before.iter().chain(&during) {
+        let got = a
+            .read(read_req(k.as_bytes(), Quorum))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.value, k.as_bytes(), "{k} reads at RF 3");
+    }
+    c.shutdown().await;
+}

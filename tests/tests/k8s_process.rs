@@ -246,8 +246,9 @@ async fn a_cluster_started_from_the_dev_manifests_serves_drains_and_exports_ever
     );
     assert!(ok, "{out}");
 
-    // The preStop drain of the last pod: readiness turns 503; client reads routed to it fail
-    // there (counted by code), and the data stays readable at QUORUM.
+    // The preStop drain of the last pod: readiness turns 503; coordinators route around it
+    // (its heartbeat says maintenance), a client request sent to it anyway is refused there
+    // (counted by code), and the data stays readable at QUORUM.
     let last_i = nodes.len() - 1;
     let last = &nodes[last_i];
     let pre = last.pre_stop.clone().unwrap();
@@ -268,6 +269,20 @@ async fn a_cluster_started_from_the_dev_manifests_serves_drains_and_exports_ever
     for i in 0..50 {
         assert_eq!(read_key(&mut c, i).await.value, b"value");
     }
+    let mut direct = pb::storage_node_service_client::StorageNodeServiceClient::connect(format!(
+        "http://127.0.0.1:{}",
+        last.port(7001)
+    ))
+    .await
+    .unwrap();
+    let refused = direct
+        .read(pb::KeyRef {
+            tenant_id: "k8s".into(),
+            key: b"key-0".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
 
     // Every metric a rule or a dashboard uses is exported by some process.
     tokio::time::sleep(pairdb_coordinator::gauges::GAUGE_INTERVAL + Duration::from_secs(1)).await;

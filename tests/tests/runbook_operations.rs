@@ -85,6 +85,8 @@ async fn every_command_of_the_day2_operations_runbook_runs_against_a_live_cluste
         "capacity_bytes_after",
         "wal_files_after",
         "SERVING",
+        "{\"replication_factor\":2,\"target_replication_factor\":0}",
+        "{\"replication_factor\":3,\"target_replication_factor\":0}",
     ] {
         assert!(log.contains(want), "runbook output lacks {want:?}:\n{log}");
     }

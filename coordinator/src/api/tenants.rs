@@ -16,6 +16,7 @@ pub(super) fn tenant_pb(t: &TenantRecord) -> pb::Tenant {
         max_state_bytes: t.max_state_bytes,
         created_at_ms: t.created_at_ms,
         updated_at_ms: t.updated_at_ms,
+        target_replication_factor: t.target_replication_factor.unwrap_or(0),
     }
 }
 
@@ -172,10 +173,30 @@ impl CoordinatorApi {
                     .get_tenant(&p.tenant_id)
                     .await?
                     .ok_or_else(|| E::TenantNotFound(p.tenant_id.clone()))?;
+                let current = t.replication_factor;
                 apply_tenant_fields(&mut t, &p)?;
+                let wanted = t.replication_factor;
+                t.replication_factor = current;
+                let moving = wanted != current && t.target_replication_factor != Some(wanted);
+                if wanted != current {
+                    // The rules must hold at the larger of the two while both are in use.
+                    let mut widest = t.clone();
+                    widest.replication_factor = wanted.max(current);
+                    check_tenant(&widest)?;
+                    if moving {
+                        self.repairs.check_idle().await?;
+                    }
+                    t.target_replication_factor = Some(wanted);
+                } else {
+                    // Asking for the current factor cancels a change in progress.
+                    t.target_replication_factor = None;
+                }
                 self.meta.update_tenant(&t).await?;
                 let t = self.meta.get_tenant(&t.tenant_id).await?.unwrap_or(t);
                 self.data.tenants.remember(t.clone());
+                if let Some(target) = t.target_replication_factor {
+                    self.start_rf_change(&t, target).await?;
+                }
                 Ok(tenant_pb(&t))
             }
             .await;
@@ -193,5 +214,25 @@ impl CoordinatorApi {
         Ok(Response::new(pb::ListTenantsResponse {
             tenants: all.iter().map(tenant_pb).collect(),
         }))
+    }
+
+    /// Starts the repair that moves tenant `t` to `target` replicas: over the larger of the
+    /// two factors, so the replicas gaining the tenant's ranges receive every key (a lower
+    /// factor: the replicas keeping them hold everything the dropped ones had). Waits first
+    /// until every coordinator has reloaded the tenant (two refresh periods), so each sends
+    /// writes to the gaining replicas before the repair passes their ranges.
+    async fn start_rf_change(&self, t: &TenantRecord, target: u32) -> Result<()> {
+        let wait = self.data.tenants.refresh_period() * 2;
+        tokio::time::sleep(wait).await;
+        let params = crate::repair::Params {
+            tenant: Some(t.tenant_id.clone()),
+            trigger: "replication_factor".into(),
+            replication_factor: Some(target.max(t.replication_factor) as usize),
+            set_replication_factor: Some(target),
+            ..Default::default()
+        };
+        let run = self.repairs.start(params, None).await?;
+        tracing::info!(tenant = %t.tenant_id, from = t.replication_factor, to = target, repair_id = %run.repair_id, "replication factor change started");
+        Ok(())
     }
 }

@@ -162,7 +162,20 @@ impl DataPlane {
             .into());
         }
         let pending = if with_pending {
-            snap.pending_replicas(tok, tenant.replication_factor as usize)
+            let mut p = snap.pending_replicas(tok, tenant.replication_factor as usize);
+            // A replication-factor change to more replicas: the ones it adds get every write
+            // too (not counted toward W) while the repair copies them the rest.
+            let fanout = tenant.write_fanout() as usize;
+            if fanout > list.len() {
+                for m in snap.ring.preference_list(tok, fanout) {
+                    if list.iter().chain(&p).all(|e| e.record.node_id != m.node_id)
+                        && let Some(e) = snap.nodes.get(&m.node_id)
+                    {
+                        p.push(e.clone());
+                    }
+                }
+            }
+            p
         } else {
             Vec::new()
         };

@@ -134,9 +134,19 @@ pub struct TenantRecord {
     pub max_state_bytes: u32,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// A replication-factor change in progress (`crate::tenants` docs): the factor the
+    /// tenant moves to once a repair over the larger of the two has completed.
+    pub target_replication_factor: Option<u32>,
 }
 
 impl TenantRecord {
+    /// The replica count writes go to: the larger of the factor and a target being moved to
+    /// (the extra replicas receive writes without counting toward W).
+    pub fn write_fanout(&self) -> u32 {
+        self.target_replication_factor
+            .map_or(self.replication_factor, |t| t.max(self.replication_factor))
+    }
+
     /// A tenant with every default of SPEC §2.
     pub fn with_defaults(tenant_id: &str) -> TenantRecord {
         TenantRecord {
@@ -152,6 +162,7 @@ impl TenantRecord {
             max_state_bytes: pairdb_common::validate::DEFAULT_MAX_STATE_BYTES as u32,
             created_at_ms: 0,
             updated_at_ms: 0,
+            target_replication_factor: None,
         }
     }
 }

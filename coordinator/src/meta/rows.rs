@@ -94,7 +94,8 @@ pub(crate) fn node_row<B: Backend>(r: &B::Row) -> MetaResult<NodeRecord> {
 pub(crate) fn tenant_cols(d: &Dialect) -> String {
     format!(
         "tenant_id, replication_factor, read_consistency, write_consistency, conflict_policy, \
-         max_value_bytes, sibling_warn, sibling_max, rate_limit_rps, max_state_bytes, {}, {}",
+         max_value_bytes, sibling_warn, sibling_max, rate_limit_rps, max_state_bytes, \
+         target_replication_factor, {}, {}",
         d.ms("created_at", "created_at_ms"),
         d.ms("updated_at", "updated_at_ms"),
     )
@@ -115,6 +116,14 @@ pub(crate) fn tenant_row<B: Backend>(r: &B::Row) -> MetaResult<TenantRecord> {
         max_state_bytes: c.num("max_state_bytes")?,
         created_at_ms: c.ms("created_at_ms")?.unwrap_or(0),
         updated_at_ms: c.ms("updated_at_ms")?.unwrap_or(0),
+        target_replication_factor: c
+            .opt_int("target_replication_factor")?
+            .map(|v| {
+                u32::try_from(v).map_err(|_| {
+                    MetaError::BadRow(format!("target_replication_factor = {v} is out of range"))
+                })
+            })
+            .transpose()?,
     })
 }
 

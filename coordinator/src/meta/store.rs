@@ -99,8 +99,8 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
         let sql = d.sql(&format!(
             "INSERT INTO tenants (tenant_id, replication_factor, read_consistency, \
              write_consistency, conflict_policy, max_value_bytes, sibling_warn, sibling_max, \
-             rate_limit_rps, max_state_bytes, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, {now}, {now})",
+             rate_limit_rps, max_state_bytes, created_at, updated_at, target_replication_factor) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, {now}, {now}, $12)",
             now = d.ts("$11")
         ));
         self.run(&sql, &Self::tenant_args(t)).await?;
@@ -120,7 +120,7 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
             "UPDATE tenants SET replication_factor = $2, read_consistency = $3, \
              write_consistency = $4, conflict_policy = $5, max_value_bytes = $6, \
              sibling_warn = $7, sibling_max = $8, rate_limit_rps = $9, max_state_bytes = $10, \
-             updated_at = {} WHERE tenant_id = $1",
+             updated_at = {}, target_replication_factor = $12 WHERE tenant_id = $1",
             d.ts("$11")
         ));
         if self.run(&sql, &Self::tenant_args(t)).await? == 0 {

@@ -243,7 +243,7 @@ impl<B: Backend> SqlMeta<B> {
         Ok(tx)
     }
 
-    pub(super) fn tenant_args(t: &TenantRecord) -> [Arg<'_>; 11] {
+    pub(super) fn tenant_args(t: &TenantRecord) -> [Arg<'_>; 12] {
         [
             (&t.tenant_id).into(),
             int(t.replication_factor),
@@ -256,6 +256,7 @@ impl<B: Backend> SqlMeta<B> {
             int(t.rate_limit_rps),
             int(t.max_state_bytes),
             now(),
+            t.target_replication_factor.map(i64::from).into(),
         ]
     }
 

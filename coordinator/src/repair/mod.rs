@@ -310,6 +310,13 @@ impl Repairs {
         if status == "completed" && params.whole {
             self.forgive_outages(&params.node_starts).await;
         }
+        if let (true, Some(t), Some(rf)) = (
+            status == "completed",
+            &params.tenant,
+            params.set_replication_factor,
+        ) {
+            self.finish_rf_change(t, rf).await;
+        }
         tracing::info!(repair_id = %r.repair_id, status, ranges = progress.ranges_total, keys_differing = progress.keys_differing, keys_transferred = progress.keys_transferred, bytes_transferred = progress.bytes_transferred, digest_bytes = progress.digest_bytes, "repair finished");
         Ok(())
     }
@@ -398,6 +405,7 @@ impl Repairs {
                 .find(|x| &x.tenant_id == t)
                 .map(|x| x.replication_factor as usize)
                 .unwrap_or(DEFAULT_N);
+            let rf = params.replication_factor.unwrap_or(rf);
             return Ok(vec![(rf, vec![t.clone()])]);
         }
         let mut by_rf: HashMap<usize, Vec<String>> = HashMap::new();
@@ -412,6 +420,53 @@ impl Repairs {
             1 => vec![(*by_rf.keys().next().unwrap_or(&DEFAULT_N), Vec::new())],
             _ => by_rf.into_iter().collect(),
         })
+    }
+
+    /// The repair of a replication-factor change completed: the tenant now reads and
+    /// counts quorums at `rf` (unless its change was cancelled or retargeted meanwhile).
+    async fn finish_rf_change(&self, tenant: &str, rf: u32) {
+        let r = async {
+            let Some(mut t) = self.meta.get_tenant(tenant).await? else {
+                return Ok::<_, MetaError>(false);
+            };
+            if t.target_replication_factor != Some(rf) {
+                return Ok(false);
+            }
+            t.replication_factor = rf;
+            t.target_replication_factor = None;
+            self.meta.update_tenant(&t).await?;
+            Ok(true)
+        }
+        .await;
+        match r {
+            Ok(true) => tracing::info!(
+                tenant,
+                replication_factor = rf,
+                "replication factor change completed"
+            ),
+            Ok(false) => tracing::info!(
+                tenant,
+                replication_factor = rf,
+                "replication factor change superseded; left as it is"
+            ),
+            Err(e) => {
+                tracing::error!(tenant, error = %e, "replication factor change: could not record the new factor (start the change again)")
+            }
+        }
+    }
+
+    /// Fails with TOPOLOGY_CONFLICT while a repair runs (only one runs at a time).
+    pub async fn check_idle(&self) -> Result<(), crate::error::Error> {
+        if let Some(r) = self.meta.list_repairs(1).await?.first()
+            && r.status == "running"
+        {
+            return Err(E::TopologyConflict(format!(
+                "repair {} is running; change the replication factor once it finished",
+                r.repair_id
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// After a complete cluster-wide run: every node that came back before the run started

@@ -29,6 +29,14 @@ pub struct Params {
     /// still in that start when the run completes had every range compared while up.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_starts: BTreeMap<String, u64>,
+    /// Compare this many replicas of the tenant's ranges instead of its replication factor
+    /// (a replication-factor change: the larger of the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<usize>,
+    /// On completion, make this the tenant's replication factor (if the tenant still moves
+    /// to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_replication_factor: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -118,6 +118,25 @@ pub async fn tenants(store: Arc<dyn MetaStore>) {
         store.create_tenant(&t).await,
         Err(MetaError::Conflict(_))
     ));
+    assert_eq!(
+        store
+            .get_tenant("acme")
+            .await
+            .unwrap()
+            .unwrap()
+            .target_replication_factor,
+        None
+    );
+    // A replication-factor change in progress is stored and cleared.
+    t.target_replication_factor = Some(5);
+    store.update_tenant(&t).await.unwrap();
+    let got = store.get_tenant("acme").await.unwrap().unwrap();
+    assert_eq!(
+        (got.replication_factor, got.target_replication_factor),
+        (3, Some(5))
+    );
+    assert_eq!(got.write_fanout(), 5);
+    t.target_replication_factor = None;
     t.replication_factor = 5;
     t.conflict_policy = pairdb_common::version::ConflictPolicy::Lww;
     t.read_consistency = Level::One;
