@@ -1,5 +1,5 @@
 //! Executes every `sh` block of `runbooks/monitoring.md`, `runbooks/operations.md`,
-//! `runbooks/backup.md` and `runbooks/kubernetes.md`, in order, against a live multi-process cluster (three storage
+//! `runbooks/backup.md`, `runbooks/disk-space.md` and `runbooks/kubernetes.md`, in order, against a live multi-process cluster (three storage
 //! nodes, one coordinator, PostgreSQL). For the Kubernetes runbook a fourth storage node starts with `--join`, the way
 //! a new StatefulSet pod does, and the runbook waits for its bootstrap and decommissions it.
 #![allow(clippy::unwrap_used)]
@@ -174,6 +174,47 @@ async fn every_command_of_the_backup_runbook_runs_against_a_live_cluster() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(left, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_of_the_disk_space_runbook_runs_against_a_live_cluster() {
+    let _s = serial_async().await;
+    let mut c = ProcCluster::start(one_coordinator()).await.unwrap();
+    let mut client = c.coord().await.unwrap();
+    for i in 0..200 {
+        client
+            .write(pairdb_common::api::pb::WriteRequest {
+                tenant_id: "t1".into(),
+                key: format!("ds{i}").into_bytes(),
+                value: vec![b'x'; 1000],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let node = c.node("n1");
+    let (admin, dir) = (
+        format!("127.0.0.1:{}", node.admin),
+        node.dir.display().to_string(),
+    );
+    let log = run_runbook(
+        "disk-space.md",
+        3,
+        vec![("NODE_ADMIN", admin), ("DATA_DIR", dir)],
+    )
+    .await
+    .unwrap();
+    println!("{log}");
+    for want in [
+        "\"usage_percent\"",
+        "total_files",
+        "cleanable_bytes",
+        "wal_files_after",
+        "\"sst_bytes_after\"",
+        "ready: HTTP 200",
+    ] {
+        assert!(log.contains(want), "runbook output lacks {want:?}:\n{log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
