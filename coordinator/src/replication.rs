@@ -36,15 +36,20 @@ pub struct TenantCoverage {
 }
 
 /// Whether a node counts as a live replica in `snap`: NORMAL, heartbeating and serving
-/// clients (not drained, not in maintenance).
-pub fn live_normal(snap: &crate::cluster::Snapshot) -> impl Fn(&str) -> bool + '_ {
-    move |id: &str| {
-        snap.nodes.get(id).is_some_and(|e| {
+/// clients (not drained, not in maintenance). Health is read once, here: a report counts
+/// every range against the same live set even if a node goes down while it is computed.
+pub fn live_normal(snap: &crate::cluster::Snapshot) -> impl Fn(&str) -> bool + use<> {
+    let live: std::collections::HashSet<String> = snap
+        .nodes
+        .values()
+        .filter(|e| {
             e.record.state == pairdb_common::ring::NodeState::Normal
                 && e.health.status() == crate::meta::NodeStatus::Up
                 && e.serves_clients()
         })
-    }
+        .map(|e| e.record.node_id.clone())
+        .collect();
+    move |id: &str| live.contains(id)
 }
 
 /// What one replication factor and write quorum see of the ring: (ranges, below quorum,
