@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/setup.sh
 source scripts/env.sh
+# The previous release's binaries for the mixed-version upgrade test (built once, cached).
+scripts/build-previous.sh
 # Servers started by tests log to stderr; keep CI output to warnings unless asked.
 export RUST_LOG="${RUST_LOG:-warn}"
 

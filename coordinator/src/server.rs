@@ -177,6 +177,7 @@ pub async fn start_with_stores(
             parallelism: cfg.repair_parallelism,
             max_bytes_per_sec: cfg.repair_max_bytes_per_sec,
             gc_grace_ms: cfg.tombstone_gc_grace_secs.saturating_mul(1000),
+            cleanup_grace_ms: cfg.cleanup_grace_secs.saturating_mul(1000),
         },
         driver(JobTable::Repair),
     );

@@ -26,11 +26,42 @@ const META_HWM: &[u8] = b"counter_hwm";
 /// Counters reserved per synced reservation.
 const BLOCK: u64 = 100_000;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct IdentityFile {
-    node_id: String,
-    epoch: u64,
-    counter_hwm: u64,
+/// The `identity.json` format this release writes and the newest it reads. Fields are only
+/// added (with defaults); a change an older release would misread takes a new version, which
+/// that release refuses to start with instead of choosing a new epoch over it.
+pub const IDENTITY_FORMAT_VERSION: u32 = 1;
+
+fn format_v1() -> u32 {
+    1
+}
+
+/// `identity.json` (a file written before `format_version` existed is version 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityFile {
+    #[serde(default = "format_v1")]
+    pub format_version: u32,
+    pub node_id: String,
+    pub epoch: u64,
+    pub counter_hwm: u64,
+}
+
+impl IdentityFile {
+    /// Decodes `identity.json`. `Ok(None)`: unreadable (treated as missing: the node takes a
+    /// new epoch). A file of a newer format is an error: starting over it would discard an
+    /// identity this release cannot read.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Option<IdentityFile>, IdentityError> {
+        let Ok(f) = serde_json::from_slice::<IdentityFile>(bytes) else {
+            return Ok(None);
+        };
+        if f.format_version > IDENTITY_FORMAT_VERSION {
+            return Err(IdentityError::Corrupt(format!(
+                "{} has format_version {}, written by a newer release (this one reads up to {IDENTITY_FORMAT_VERSION}): run that release",
+                path.display(),
+                f.format_version
+            )));
+        }
+        Ok(Some(f))
+    }
 }
 
 /// Why the identity could not be established.
@@ -139,7 +170,7 @@ impl Identity {
         let db_epoch = read_u64(engine, META_EPOCH)?;
         let db_hwm = read_u64(engine, META_HWM)?.unwrap_or(0);
         let on_file: Option<IdentityFile> = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).ok(),
+            Ok(bytes) => IdentityFile::parse(&file, &bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => return Err(IdentityError::File { path: file, source }),
         };
@@ -228,6 +259,7 @@ impl Identity {
         write_file(
             &self.file,
             &IdentityFile {
+                format_version: IDENTITY_FORMAT_VERSION,
                 node_id: self.actor.node_id.clone(),
                 epoch: self.actor.epoch,
                 counter_hwm: hwm,

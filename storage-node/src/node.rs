@@ -63,6 +63,11 @@ pub struct Node {
 /// Quiet time after the last DropRange before the reclaiming compaction runs (a cleanup drops
 /// hundreds of small ranges; one compaction at the end rewrites the files once).
 pub const RECLAIM_DELAY_MS: u64 = 3_000;
+/// How far in the future (by this node's clock) a drain's `drained_at_ms` may be: the
+/// coordinators' clocks may run ahead by this much. A later one is refused: held, it could
+/// only be released by an undrain of that same instant, and released, it would make the node
+/// ignore every later drain (both last until a restart).
+pub const MAX_DRAIN_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
 
 impl Node {
     #[allow(clippy::too_many_arguments)]

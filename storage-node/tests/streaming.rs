@@ -246,3 +246,76 @@ async fn session_digests_equal_scanned_digests_at_every_level() {
         }
     }
 }
+
+/// A tenant-scoped drop deletes exactly that tenant's records of the range, across more keys
+/// than one delete batch, and leaves other tenants' and other ranges' records.
+#[tokio::test]
+async fn a_tenant_range_drop_leaves_other_tenants_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, mut c) = start(config(dir.path(), "n1"), None).await;
+    let n = 2 * pairdb_storage_node::store::DROP_BATCH_KEYS as u32 + 1000;
+    let ops: Vec<_> = (0..n)
+        .map(|i| {
+            write_op(
+                if i % 2 == 0 { "ta" } else { "tb" },
+                format!("key-{i}").as_bytes(),
+                b"v",
+                vec![],
+            )
+        })
+        .collect();
+    for chunk in ops.chunks(500) {
+        c.batch_write(pb::BatchWriteRequest {
+            ops: chunk.to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let store = node.node.store.clone();
+    let count = |tenant: &str, range: TokenRange| {
+        let mut keys = 0u64;
+        let tenants = HashSet::from([tenant.to_string()]);
+        for b in store
+            .repair_digest(&[(range, 1)], &tenants, None)
+            .unwrap()
+            .0
+        {
+            keys += b.keys;
+        }
+        keys
+    };
+    // The lower half of the ring: about half of each tenant's keys.
+    let lower = TokenRange::new(0, 1 << 63);
+    let upper = TokenRange::new(1 << 63, 0);
+    let (ta_lower, ta_upper, tb_lower) =
+        (count("ta", lower), count("ta", upper), count("tb", lower));
+    assert!(ta_lower > 0 && ta_upper > 0 && tb_lower > 0);
+    let dropped = c
+        .drop_tenant_range(pb::DropTenantRangeRequest {
+            range: range_pb(lower),
+            whole_ring: false,
+            tenant_id: "ta".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dropped.records, ta_lower);
+    assert_eq!(count("ta", lower), 0);
+    assert_eq!(count("ta", upper), ta_upper);
+    assert_eq!(count("tb", lower), tb_lower);
+    // The whole ring, more keys than one batch.
+    let all = c
+        .drop_tenant_range(pb::DropTenantRangeRequest {
+            range: Some(pb::TokenRange { start: 0, end: 0 }),
+            whole_ring: true,
+            tenant_id: "tb".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.records, u64::from(n / 2));
+    assert!(all.records > pairdb_storage_node::store::DROP_BATCH_KEYS as u64);
+    assert_eq!(count("tb", TokenRange::FULL), 0);
+    assert_eq!(count("ta", TokenRange::FULL), ta_upper);
+    node.shutdown().await;
+}

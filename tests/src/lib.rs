@@ -193,6 +193,50 @@ pub fn sh_blocks(md: &str) -> Vec<String> {
     out
 }
 
+/// The `sh` code blocks under the `## <heading>` of a markdown file, up to the next `## `.
+pub fn sh_blocks_in(md: &str, heading: &str) -> Vec<String> {
+    let want = format!("## {heading}");
+    let mut section = String::new();
+    let mut inside = false;
+    for line in md.lines() {
+        if line.starts_with("## ") {
+            inside = line.trim_end() == want;
+            continue;
+        }
+        if inside {
+            section.push_str(line);
+            section.push('\n');
+        }
+    }
+    sh_blocks(&section)
+}
+
+/// Directory of the previous release's binaries (the commit in `tests/upgrade-from`), as
+/// `scripts/build-previous.sh` leaves them; fails with that hint when they were not built.
+pub fn previous_bin_dir() -> Result<PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pin = std::fs::read_to_string(root.join("upgrade-from"))?;
+    let commit = pin
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .context("tests/upgrade-from names no commit")?
+        .to_string();
+    let cache = match std::env::var("PAIRDB_CACHE") {
+        Ok(c) => PathBuf::from(c),
+        Err(_) if std::path::Path::new("/var/cache/pairdb").is_dir() => "/var/cache/pairdb".into(),
+        Err(_) => PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/pairdb"),
+    };
+    let dir = cache.join("prev").join(&commit).join("bin");
+    if !dir.join(".complete").exists() {
+        bail!(
+            "the previous release ({commit}) is not built in {}: run scripts/build-previous.sh (scripts/test.sh does)",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
 /// `PATH` with `pairdbctl` and `grpcurl` first, for runbook scripts.
 pub fn runbook_path() -> Result<String> {
     let pairdbctl = binary("pairdbctl")?;
@@ -219,12 +263,36 @@ pub async fn run_runbook(
     min_blocks: usize,
     envs: Vec<(&'static str, String)>,
 ) -> Result<String> {
+    run_blocks(file, None, min_blocks, envs).await
+}
+
+/// [`run_runbook`] for the blocks of one `## <heading>` section only: a procedure whose
+/// steps between sections (stopping a process, installing a binary) belong to the deployment.
+pub async fn run_runbook_section(
+    file: &str,
+    heading: &str,
+    min_blocks: usize,
+    envs: Vec<(&'static str, String)>,
+) -> Result<String> {
+    run_blocks(file, Some(heading), min_blocks, envs).await
+}
+
+async fn run_blocks(
+    file: &str,
+    heading: Option<&str>,
+    min_blocks: usize,
+    envs: Vec<(&'static str, String)>,
+) -> Result<String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let md = std::fs::read_to_string(root.join("runbooks").join(file))?;
-    let blocks = sh_blocks(&md);
+    let blocks = match heading {
+        Some(h) => sh_blocks_in(&md, h),
+        None => sh_blocks(&md),
+    };
     anyhow::ensure!(
         blocks.len() >= min_blocks,
-        "runbook {file} has {} sh blocks",
+        "runbook {file} {} has {} sh blocks",
+        heading.unwrap_or(""),
         blocks.len()
     );
     let script = format!("set -euo pipefail\nset -x\n{}", blocks.join("\n"));

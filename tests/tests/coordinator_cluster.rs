@@ -602,6 +602,19 @@ async fn a_drained_node_is_routed_around_and_catches_up_from_hints_on_undrain() 
         .await
         .unwrap();
     assert!(!c.nodes[0].as_ref().unwrap().node.maintenance());
+    // A drain instant far ahead of the node's clock is refused (it could never be released).
+    let e = c
+        .storage(0)
+        .await
+        .unwrap()
+        .set_maintenance(pb::SetMaintenanceRequest {
+            enabled: true,
+            drained_at_ms: u64::MAX,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(!c.nodes[0].as_ref().unwrap().node.maintenance());
     wait_async("n1's hints replay", Duration::from_secs(30), || async {
         c.meta.count_hints_for("n1").await.unwrap() == 0
     })
@@ -624,17 +637,22 @@ async fn a_drained_node_is_routed_around_and_catches_up_from_hints_on_undrain() 
 /// A replication-factor change moves data: raising t1 from 3 to 5 replicas keeps reads at 3
 /// while a repair copies every key to the two replicas it adds (writes made meanwhile reach
 /// them too), then the tenant reads at 5 and every node holds every key; lowering it back
-/// to 3 waits for its repair the same way.
+/// to 3 waits for its repair the same way, and after the cleanup grace the two surplus copies
+/// of every t1 key are dropped while another tenant's records on the same nodes stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replication_factor_change_copies_every_key_before_reads_count_the_new_replicas() {
     let _s = serial_async().await;
     let c = TestCluster::start(ClusterOptions {
         nodes: 5,
         coordinators: 2,
+        tweak: Some(|cfg| cfg.cleanup_grace_secs = 2),
         ..ClusterOptions::three_by_two(Backend::Sqlite, true)
     })
     .await
     .unwrap();
+    pairdb_kit::ensure_tenant(c.meta.as_ref(), "t2")
+        .await
+        .unwrap();
     let mut a = c.client(0).await.unwrap();
     let mut b = c.client(1).await.unwrap();
     for i in 0..5 {
@@ -721,5 +739,54 @@ async fn a_replication_factor_change_copies_every_key_before_reads_count_the_new
             .into_inner();
         assert_eq!(got.value, k.as_bytes(), "{k} reads at RF 3");
     }
+    // A second tenant at RF 5 on the same nodes: its copies are not t1's to drop.
+    let mut other = write_req(b"t2-key", b"t2-value", vec![], Quorum);
+    other.tenant_id = "t2".into();
+    c.meta
+        .update_tenant(&{
+            let mut t = c.meta.get_tenant("t2").await.unwrap().unwrap();
+            t.replication_factor = 5;
+            t
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    a.write(other).await.unwrap();
+    let t2_holders = || async {
+        let mut n = 0;
+        for i in 0..5 {
+            let mut s = c.storage(i).await.unwrap();
+            let r = s
+                .read(pb::KeyRef {
+                    tenant_id: "t2".into(),
+                    key: b"t2-key".to_vec(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            n += usize::from(r.exists);
+        }
+        n
+    };
+    // The cleanup change runs after the 2 s grace and drops t1's surplus copies.
+    let cleanup = wait_async("t1's cleanup change", Duration::from_secs(60), || async {
+        c.meta.list_changes(true).await.unwrap().iter().any(|ch| {
+            ch.node_id == "t1"
+                && ch.kind == pairdb_coordinator::meta::ChangeKind::Cleanup
+                && ch.status == pairdb_coordinator::meta::ChangeStatus::Completed
+        })
+    })
+    .await;
+    cleanup.unwrap();
+    for k in before.iter().chain(&during) {
+        assert_eq!(holders(k.clone()).await, 3, "{k}: only RF 3 copies left");
+        let got = b
+            .read(read_req(k.as_bytes(), Quorum))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.value, k.as_bytes(), "{k} still reads");
+    }
+    assert_eq!(t2_holders().await, 5, "t2's copies stay on every node");
     c.shutdown().await;
 }

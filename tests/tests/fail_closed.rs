@@ -86,6 +86,12 @@ impl StorageNodeService for Corrupting {
     async fn drop_range(&self, r: Request<pb::DropRangeRequest>) -> R<pb::DropRangeResponse> {
         self.0.drop_range(r).await
     }
+    async fn drop_tenant_range(
+        &self,
+        r: Request<pb::DropTenantRangeRequest>,
+    ) -> R<pb::DropRangeResponse> {
+        self.0.drop_tenant_range(r).await
+    }
     async fn mark_repaired(
         &self,
         r: Request<pb::MarkRepairedRequest>,

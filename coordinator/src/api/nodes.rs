@@ -174,6 +174,7 @@ impl CoordinatorApi {
             adds: vec![a.node_id.clone()],
             removes: vec![],
             force: false,
+            ..Params::default()
         };
         let change = topology::new_change(ChangeKind::Bootstrap, &a.node_id, &params, &[], None);
         self.meta
@@ -262,6 +263,7 @@ impl CoordinatorApi {
                     adds: vec![],
                     removes: vec![q.node_id.clone()],
                     force: q.force,
+                    ..Params::default()
                 };
                 let change = topology::new_change(ChangeKind::Decommission, &q.node_id, &params, &[], None);
                 self.meta
@@ -320,6 +322,7 @@ impl CoordinatorApi {
                     adds: vec![new.node_id.clone()],
                     removes: vec![q.old_node_id.clone()],
                     force: false,
+                    ..Params::default()
                 };
                 let change = topology::new_change(ChangeKind::Replace, &new.node_id, &params, &[], None);
                 self.meta

@@ -185,6 +185,7 @@ impl CoordinatorApi {
                     check_tenant(&widest)?;
                     if moving {
                         self.repairs.check_idle().await?;
+                        self.check_no_rf_cleanup(&t.tenant_id).await?;
                     }
                     t.target_replication_factor = Some(wanted);
                 } else {
@@ -214,6 +215,28 @@ impl CoordinatorApi {
         Ok(Response::new(pb::ListTenantsResponse {
             tenants: all.iter().map(tenant_pb).collect(),
         }))
+    }
+
+    /// TOPOLOGY_CONFLICT while the cleanup of an earlier decrease of `tenant`'s factor is
+    /// pending or running: it would drop copies a new change is about to count on.
+    async fn check_no_rf_cleanup(&self, tenant: &str) -> Result<()> {
+        for c in self.meta.list_changes(false).await? {
+            if c.kind != crate::meta::ChangeKind::Cleanup {
+                continue;
+            }
+            let params =
+                crate::topology::parse_params(&c).map_err(|e| E::Internal(e.to_string()))?;
+            if params.tenant.as_deref() == Some(tenant) {
+                return Err(E::TopologyConflict(format!(
+                    "cleanup {} of tenant {tenant}'s surplus copies (after its replication factor was lowered) is {}; wait for it, or abort it with `pairdbctl changes abort {}`",
+                    c.change_id,
+                    c.status.as_str(),
+                    c.change_id
+                ))
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Starts the repair that moves tenant `t` to `target` replicas: over the larger of the

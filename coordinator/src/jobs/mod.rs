@@ -38,7 +38,7 @@ use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use error::{JobError, decode};
+pub use error::{FORMAT_VERSION, JobError, decode, format_v1};
 
 use crate::meta::{ChangeRecord, JobTable, MetaError, MetaStore, RepairRecord};
 

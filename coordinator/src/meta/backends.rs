@@ -58,6 +58,11 @@ macro_rules! runs {
     };
 }
 
+/// Schema changes are additive only (new tables, new nullable or defaulted columns, new
+/// indexes): every release reads and writes a schema that later releases migrated, which is
+/// what a rolling upgrade (old and new coordinators on one database) and a rollback need. An
+/// applied migration is never edited (sqlx refuses a changed checksum; `tests/tests/formats.rs`
+/// pins them).
 fn migrate_error(e: sqlx::migrate::MigrateError) -> MetaError {
     MetaError::Db(format!("migrate: {e}"))
 }
@@ -79,10 +84,12 @@ impl Backend for Postgres {
         pool: &sqlx::Pool<Self>,
     ) -> Pin<Box<dyn Future<Output = MetaResult<()>> + Send + '_>> {
         Box::pin(async move {
-            sqlx::migrate!("../migrations/postgres")
-                .run(pool)
-                .await
-                .map_err(migrate_error)
+            let mut m = sqlx::migrate!("../migrations/postgres");
+            // A schema newer than this release (a later release ran its migrations) is
+            // accepted: migrations only add (see [`migrate_error`]), so a rollback
+            // or a mixed-version rollout keeps working.
+            m.set_ignore_missing(true);
+            m.run(pool).await.map_err(migrate_error)
         })
     }
 
@@ -120,10 +127,12 @@ impl Backend for Sqlite {
         pool: &sqlx::Pool<Self>,
     ) -> Pin<Box<dyn Future<Output = MetaResult<()>> + Send + '_>> {
         Box::pin(async move {
-            sqlx::migrate!("../migrations/sqlite")
-                .run(pool)
-                .await
-                .map_err(migrate_error)
+            let mut m = sqlx::migrate!("../migrations/sqlite");
+            // A schema newer than this release (a later release ran its migrations) is
+            // accepted: migrations only add (see [`migrate_error`]), so a rollback
+            // or a mixed-version rollout keeps working.
+            m.set_ignore_missing(true);
+            m.run(pool).await.map_err(migrate_error)
         })
     }
 

@@ -47,7 +47,7 @@ pub use plan::{Params, Progress, RangeState, RangeTask, new_run, plan};
 
 use crate::cluster::{Cluster, NodeEntry};
 use crate::jobs::{self, JobDriver, JobError, Run, Work, to_json};
-use crate::meta::{MetaError, MetaStore, RepairRecord};
+use crate::meta::{ChangeKind, MetaError, MetaStore, RepairRecord};
 use crate::metrics::Metrics;
 use crate::node_call;
 use plan::progress_of;
@@ -76,6 +76,8 @@ pub struct RepairConfig {
     pub max_bytes_per_sec: u64,
     /// Tombstones older than this are purged from a piece once its replicas hash equal.
     pub gc_grace_ms: u64,
+    /// Wait before the cleanup after a replication-factor decrease (the topology cleanup grace).
+    pub cleanup_grace_ms: u64,
 }
 
 /// A run's own state beside its plan: the records found lost (capped list, exact count).
@@ -432,9 +434,13 @@ impl Repairs {
             if t.target_replication_factor != Some(rf) {
                 return Ok(false);
             }
+            let from = t.replication_factor;
             t.replication_factor = rf;
             t.target_replication_factor = None;
             self.meta.update_tenant(&t).await?;
+            if rf < from {
+                self.schedule_rf_cleanup(tenant, from, rf).await?;
+            }
             Ok(true)
         }
         .await;
@@ -453,6 +459,44 @@ impl Repairs {
                 tracing::error!(tenant, error = %e, "replication factor change: could not record the new factor (start the change again)")
             }
         }
+    }
+
+    /// After a decrease from `from` to `to` replicas, the nodes past the tenant's first `to`
+    /// replicas of each range hold surplus copies: a cleanup change (driven like a topology
+    /// change's, after the cleanup grace, so coordinators still on the old factor have moved
+    /// on) drops that tenant's records there once the remaining replicas are verified to hold
+    /// them. Left behind, such a copy would come back into use, stale, if the factor were
+    /// raised again (a key deleted meanwhile would reappear).
+    async fn schedule_rf_cleanup(&self, tenant: &str, from: u32, to: u32) -> Result<(), MetaError> {
+        let snap = self.cluster.snapshot();
+        let plan: Vec<crate::topology::Task> = snap
+            .ring
+            .ranges(from as usize)
+            .into_iter()
+            .flat_map(|(range, reps)| {
+                reps.into_iter()
+                    .skip(to as usize)
+                    .map(move |m| crate::topology::Task::new(range, m.node_id.clone(), Vec::new()))
+            })
+            .collect();
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let params = crate::topology::Params {
+            tenant: Some(tenant.to_string()),
+            replication_factor: Some(to),
+            ..Default::default()
+        };
+        let change = crate::topology::new_change(
+            ChangeKind::Cleanup,
+            tenant,
+            &params,
+            &plan,
+            Some(now_ms() + self.cfg.cleanup_grace_ms),
+        );
+        self.meta.create_change(&change, &[], &|_| Ok(())).await?;
+        tracing::info!(tenant, from, to, change_id = %change.change_id, ranges = plan.len(), "surplus copies of the lowered replication factor will be cleaned up after the grace");
+        Ok(())
     }
 
     /// Fails with TOPOLOGY_CONFLICT while a repair runs (only one runs at a time).

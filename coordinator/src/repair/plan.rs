@@ -14,8 +14,11 @@ use crate::jobs::{self, to_json};
 use crate::meta::RepairRecord;
 
 /// `repairs.params`: what a run covers.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Params {
+    /// The format of this run's documents ([`jobs::FORMAT_VERSION`]).
+    #[serde(default = "jobs::format_v1")]
+    pub format_version: u32,
     /// `None` = every tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
@@ -37,6 +40,20 @@ pub struct Params {
     /// to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_replication_factor: Option<u32>,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            format_version: jobs::FORMAT_VERSION,
+            tenant: None,
+            trigger: String::new(),
+            whole: false,
+            node_starts: BTreeMap::new(),
+            replication_factor: None,
+            set_replication_factor: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -193,7 +193,7 @@ impl Topology {
         );
         run.keeping_lease(async {
             match c.kind {
-                ChangeKind::Cleanup => self.run_cleanup(&run).await,
+                ChangeKind::Cleanup => self.run_cleanup(&c, &run).await,
                 _ => self.run_streams(&run).await,
             }
         })

@@ -17,8 +17,11 @@ use crate::jobs::{self, JobError, to_json};
 use crate::meta::{ChangeKind, ChangeRecord, ChangeStatus, NodeRecord};
 
 /// `pending_changes.params`: how the change alters the ring.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Params {
+    /// The format of this change's documents ([`jobs::FORMAT_VERSION`]).
+    #[serde(default = "jobs::format_v1")]
+    pub format_version: u32,
     /// Nodes that become owners.
     #[serde(default)]
     pub adds: Vec<String>,
@@ -28,6 +31,25 @@ pub struct Params {
     /// The removed nodes are dead: never stream from them and never clean them up.
     #[serde(default)]
     pub force: bool,
+    /// A cleanup after this tenant's replication factor was lowered: only its records are
+    /// dropped, and only from nodes outside its first `replication_factor` replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<u32>,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            format_version: jobs::FORMAT_VERSION,
+            adds: Vec::new(),
+            removes: Vec::new(),
+            force: false,
+            tenant: None,
+            replication_factor: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +97,7 @@ pub struct Task {
 }
 
 impl Task {
-    pub(super) fn new(range: TokenRange, node: String, sources: Vec<String>) -> Task {
+    pub fn new(range: TokenRange, node: String, sources: Vec<String>) -> Task {
         Task {
             start: range.start,
             end: range.end,
@@ -255,6 +277,7 @@ mod tests {
             adds: vec![],
             removes: vec!["b".into()],
             force: false,
+            ..Params::default()
         };
         assert_eq!(
             order_sources(src.clone(), ChangeKind::Decommission, &p),

@@ -50,7 +50,7 @@ impl Topology {
                 let resume = unhex(&run.lock().plan[i].resume);
                 let mut seen = (0u64, 0u64);
                 let r = self
-                    .pull(&dst, &src, range, resume, run, |p| {
+                    .pull(&dst, &src, range, Vec::new(), resume, run, |p| {
                         let mut w = run.lock();
                         let t = &mut w.plan[i];
                         t.resume = hex(&p.last_data_key);
@@ -106,12 +106,15 @@ impl Topology {
         Err(last_err)
     }
 
-    /// Has `dst` pull `range` from `src`, reporting each progress message; resumable.
+    /// Has `dst` pull `range` (of `tenants`, empty = all) from `src`, reporting each progress
+    /// message; resumable.
+    #[allow(clippy::too_many_arguments)]
     async fn pull(
         &self,
         dst: &NodeEntry,
         src: &NodeEntry,
         range: TokenRange,
+        tenants: Vec<String>,
         resume: Vec<u8>,
         run: &ChangeRun,
         on: impl FnMut(&pb::PullProgress),
@@ -124,6 +127,7 @@ impl Topology {
             resume_after: resume,
             batch_size: self.cfg.stream_batch_size,
             max_bytes_per_sec: self.cfg.stream_max_bytes_per_sec,
+            tenant_ids: tenants,
             ..Default::default()
         };
         node_call::pull(dst, req, run.cancel_token(), on)
@@ -174,7 +178,7 @@ impl Topology {
             let mut changed = 0u64;
             for r in differing {
                 changed += self
-                    .pull(dst, src, r, Vec::new(), run, |_| {})
+                    .pull(dst, src, r, Vec::new(), Vec::new(), run, |_| {})
                     .await?
                     .changed;
             }
@@ -184,6 +188,32 @@ impl Topology {
         }
         Err(JobError::Precondition(format!(
             "{} did not converge with {} over {range} in {VERIFY_ROUNDS} rounds",
+            dst.record.node_id, src.record.node_id
+        )))
+    }
+
+    /// [`Self::verify`] for one tenant's records only (digests cover every tenant, and other
+    /// tenants' replica sets differ): `dst` pulls the tenant's records of `range` from `src`
+    /// until a pass changes nothing there.
+    pub(super) async fn verify_tenant(
+        &self,
+        dst: &NodeEntry,
+        src: &NodeEntry,
+        range: TokenRange,
+        tenant: &str,
+        run: &ChangeRun,
+    ) -> Result<(), JobError> {
+        for _ in 0..VERIFY_ROUNDS {
+            let tenants = vec![tenant.to_string()];
+            let p = self
+                .pull(dst, src, range, tenants, Vec::new(), run, |_| {})
+                .await?;
+            if p.changed == 0 {
+                return Ok(());
+            }
+        }
+        Err(JobError::Precondition(format!(
+            "{} did not converge with {} over {range} for tenant {tenant} in {VERIFY_ROUNDS} rounds",
             dst.record.node_id, src.record.node_id
         )))
     }

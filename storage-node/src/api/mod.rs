@@ -238,6 +238,13 @@ impl StorageNodeService for StorageApi {
         self.rpc_drop_range(req).await
     }
 
+    async fn drop_tenant_range(
+        &self,
+        req: Request<pb::DropTenantRangeRequest>,
+    ) -> Result<Response<pb::DropRangeResponse>, Status> {
+        self.rpc_drop_tenant_range(req).await
+    }
+
     async fn node_info(
         &self,
         _req: Request<pb::NodeInfoRequest>,
@@ -273,6 +280,15 @@ impl StorageNodeService for StorageApi {
             &req,
             format!("SetMaintenance enabled={enabled} drained_at_ms={drain}"),
         )?;
+        let latest = pairdb_common::now_ms().saturating_add(crate::node::MAX_DRAIN_CLOCK_SKEW_MS);
+        if drain > latest {
+            let s = Status::from(Error::Invalid(Common::InvalidArgument(format!(
+                "drained_at_ms {drain} is more than {} s ahead of this node's clock",
+                crate::node::MAX_DRAIN_CLOCK_SKEW_MS / 1000
+            ))));
+            audit.done(&format!("{:?}: {}", s.code(), s.message()));
+            return Err(s);
+        }
         match (enabled, drain) {
             (on, 0) => self.node.set_maintenance(on),
             (true, d) => self.node.hold_drain(d),

@@ -311,4 +311,23 @@ impl StorageApi {
         self.node.schedule_reclaim();
         Ok(Response::new(pb::DropRangeResponse { records }))
     }
+
+    pub(super) async fn rpc_drop_tenant_range(
+        &self,
+        req: Request<pb::DropTenantRangeRequest>,
+    ) -> Result<Response<pb::DropRangeResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let range =
+            convert::explicit_range(req.range, req.whole_ring).map_err(|e| e.to_status())?;
+        pairdb_common::validate::tenant_id(&req.tenant_id).map_err(|e| e.to_status())?;
+        let tenant = req.tenant_id;
+        let r = self
+            .scan(move |s| s.drop_tenant_range(range, &tenant))
+            .await;
+        self.observe("drop_tenant_range", started, &r);
+        let records = r?;
+        self.node.schedule_reclaim();
+        Ok(Response::new(pb::DropRangeResponse { records }))
+    }
 }

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Keys deleted per write batch by [`Store::drop_tenant_range`].
+pub const DROP_BATCH_KEYS: usize = 4096;
+
 /// One corrupt record found by an integrity scan.
 #[derive(Debug, Clone, Serialize)]
 pub struct CorruptEntry {
@@ -102,6 +105,42 @@ impl Store {
         }
         self.engine.write(ops, true)?;
         tracing::info!(%range, records = count, "dropped token range");
+        Ok(count)
+    }
+
+    /// Deletes the records of `tenant` whose token lies in `range`, leaving every other
+    /// tenant's: the surplus copies after a decrease of that tenant's replication factor.
+    /// Data keys start with the token, so this scans the range and deletes the tenant's keys
+    /// in batches of [`DROP_BATCH_KEYS`] (bounded memory however many the tenant has).
+    pub fn drop_tenant_range(&self, range: TokenRange, tenant: &str) -> Result<u64> {
+        let mut count = 0u64;
+        for (lo, hi) in range.pieces() {
+            let (mut from, to) = piece_bounds(lo, hi);
+            loop {
+                let mut batch = Vec::new();
+                let mut next = None;
+                self.engine
+                    .scan(Space::Data, &from, to.as_deref(), &mut |k, _| {
+                        if matches!(token::split_data_key(k), Ok((_, t, _)) if t == tenant) {
+                            batch.push(BatchOp::Delete(Space::Data, k.to_vec()));
+                            if batch.len() >= DROP_BATCH_KEYS {
+                                next = Some(successor(k));
+                                return Scan::Stop;
+                            }
+                        }
+                        Scan::Continue
+                    })?;
+                count += batch.len() as u64;
+                if !batch.is_empty() {
+                    self.engine.write(batch, true)?;
+                }
+                match next {
+                    Some(n) => from = n,
+                    None => break,
+                }
+            }
+        }
+        tracing::info!(%range, tenant, records = count, "dropped a tenant's records in a token range");
         Ok(count)
     }
 

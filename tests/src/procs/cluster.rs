@@ -26,6 +26,8 @@ pub struct ProcOptions {
     /// TLS on every port (mTLS to storage nodes), tokens required, admin tokens on the
     /// admin HTTP ports.
     pub secure: bool,
+    /// Start every process from this directory's binaries (another release's build).
+    pub bin_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ProcOptions {
@@ -39,6 +41,7 @@ impl Default for ProcOptions {
             ],
             node_env: Vec::new(),
             secure: false,
+            bin_dir: None,
         }
     }
 }
@@ -70,6 +73,7 @@ impl ProcCluster {
             let mut n = NodeProc::new(&format!("n{i}"), dir.path())?;
             n.secure = secure.clone();
             n.env.extend(o.node_env.iter().cloned());
+            n.bin_dir = o.bin_dir.clone();
             n.start()?;
             meta.add_node(&n.record()).await?;
             nodes.push(n);
@@ -91,6 +95,7 @@ impl ProcCluster {
                 child: None,
                 secure: secure.clone(),
                 log: None,
+                bin_dir: o.bin_dir.clone(),
             };
             c.start(&pg.url)?;
             coords.push(c);

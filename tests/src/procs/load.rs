@@ -16,6 +16,7 @@ pub type Acked = Vec<(String, Vec<u8>)>;
 /// acknowledged write (key, value). Stops when told, after `max` writes, or after `max_time`.
 pub struct Writer {
     stop: Arc<AtomicBool>,
+    acked: Arc<std::sync::atomic::AtomicUsize>,
     handle: tokio::task::JoinHandle<(Acked, u64)>,
 }
 
@@ -23,6 +24,8 @@ impl Writer {
     pub fn start(coords: Vec<Dial>, prefix: &str, max: usize, max_time: Duration) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
+        let acked_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = acked_count.clone();
         let prefix = prefix.to_string();
         let handle = tokio::spawn(async move {
             let deadline = Instant::now() + max_time;
@@ -44,14 +47,26 @@ impl Writer {
                 let req =
                     crate::cluster::write_req(k.as_bytes(), &v, vec![], pb::Consistency::Quorum);
                 match tokio::time::timeout(Duration::from_secs(10), c.write(req)).await {
-                    Ok(Ok(_)) => acked.push((k, v)),
+                    Ok(Ok(_)) => {
+                        acked.push((k, v));
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
                     _ => failed += 1,
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             (acked, failed)
         });
-        Writer { stop, handle }
+        Writer {
+            stop,
+            acked: acked_count,
+            handle,
+        }
+    }
+
+    /// Writes acknowledged so far (to show that a fault overlapped the traffic).
+    pub fn acked(&self) -> usize {
+        self.acked.load(Ordering::Relaxed)
     }
 
     pub async fn finish(self) -> Result<(Acked, u64)> {

@@ -30,6 +30,30 @@ fn kill9(child: &mut Option<ChildGuard>) -> Result<()> {
     Ok(())
 }
 
+/// SIGTERM (what systemd and Kubernetes send) and the exit status within 20 s, which must be 0.
+fn terminate(child: &mut Option<ChildGuard>) -> Result<()> {
+    let mut g = child.take().context("not running")?;
+    let status = g.signal_and_wait(rustix::process::Signal::TERM, Duration::from_secs(20))?;
+    anyhow::ensure!(
+        status.success(),
+        "{} exited with {status} after SIGTERM",
+        g.name
+    );
+    Ok(())
+}
+
+/// The binary `name` from `dir` (another release's build), or this workspace's.
+fn binary_in(dir: Option<&std::path::Path>, name: &str) -> Result<std::path::PathBuf> {
+    match dir {
+        Some(d) => {
+            let p = d.join(name);
+            anyhow::ensure!(p.exists(), "{} not found", p.display());
+            Ok(p)
+        }
+        None => binary(name),
+    }
+}
+
 /// A storage node process.
 pub struct NodeProc {
     pub id: String,
@@ -43,6 +67,8 @@ pub struct NodeProc {
     pub secure: Option<Arc<Secure>>,
     /// Extra environment, applied last (a test switching settings between restarts).
     pub env: Vec<(String, String)>,
+    /// Run another release's binary from this directory (`None`: this workspace's).
+    pub bin_dir: Option<std::path::PathBuf>,
 }
 
 impl NodeProc {
@@ -60,6 +86,7 @@ impl NodeProc {
                 "PAIRDB_BACKUP_DIR".into(),
                 root.join("backups").display().to_string(),
             )],
+            bin_dir: None,
         })
     }
 
@@ -68,7 +95,7 @@ impl NodeProc {
     }
 
     pub fn start(&mut self) -> Result<()> {
-        let mut cmd = Command::new(binary("pairdb-storage-node")?);
+        let mut cmd = Command::new(binary_in(self.bin_dir.as_deref(), "pairdb-storage-node")?);
         cmd.args(["--node-id", &self.id, "--data-dir"])
             .arg(&self.dir)
             .args([
@@ -101,6 +128,11 @@ impl NodeProc {
 
     pub fn kill9(&mut self) -> Result<()> {
         kill9(&mut self.child)
+    }
+
+    /// Graceful stop (SIGTERM), which must exit 0.
+    pub fn terminate(&mut self) -> Result<()> {
+        terminate(&mut self.child)
     }
 
     pub fn record(&self) -> NodeRecord {
@@ -189,6 +221,8 @@ pub struct CoordProc {
     pub secure: Option<Arc<Secure>>,
     /// Append the process's stderr (its log, the audit trail) to this file.
     pub log: Option<std::path::PathBuf>,
+    /// Run another release's binary from this directory (`None`: this workspace's).
+    pub bin_dir: Option<std::path::PathBuf>,
 }
 
 impl CoordProc {
@@ -197,7 +231,7 @@ impl CoordProc {
     }
 
     pub fn start(&mut self, db_url: &str) -> Result<()> {
-        let mut cmd = Command::new(binary("pairdb-coordinator")?);
+        let mut cmd = Command::new(binary_in(self.bin_dir.as_deref(), "pairdb-coordinator")?);
         cmd.arg("serve")
             .env("DATABASE_URL", db_url)
             .env("PAIRDB_GRPC_ADDR", self.addr())
@@ -224,6 +258,11 @@ impl CoordProc {
 
     pub fn kill9(&mut self) -> Result<()> {
         kill9(&mut self.child)
+    }
+
+    /// Graceful stop (SIGTERM), which must exit 0.
+    pub fn terminate(&mut self) -> Result<()> {
+        terminate(&mut self.child)
     }
 
     pub fn running(&self) -> bool {

@@ -50,6 +50,34 @@ async fn destructive_rpcs_need_explicit_ranges_and_pulls_need_a_certified_source
         ),
         tonic::Code::InvalidArgument
     );
+    // A tenant-scoped drop needs an explicit range and a valid tenant id.
+    for bad in [
+        pb::DropTenantRangeRequest {
+            tenant_id: "t1".into(),
+            ..Default::default()
+        },
+        pb::DropTenantRangeRequest {
+            range: full,
+            whole_ring: false,
+            tenant_id: "t1".into(),
+        },
+        pb::DropTenantRangeRequest {
+            range: Some(pb::TokenRange { start: 1, end: 2 }),
+            whole_ring: false,
+            tenant_id: String::new(),
+        },
+        pb::DropTenantRangeRequest {
+            range: Some(pb::TokenRange { start: 1, end: 2 }),
+            whole_ring: false,
+            tenant_id: "../Bad Tenant".into(),
+        },
+    ] {
+        assert_eq!(
+            code(n1.drop_tenant_range(bad.clone()).await),
+            tonic::Code::InvalidArgument,
+            "{bad:?}"
+        );
+    }
     // An explicit range is served.
     n1.drop_range(pb::DropRangeRequest {
         range: Some(pb::TokenRange { start: 1, end: 2 }),
