@@ -16,6 +16,10 @@
 //!   pull, a compaction), or a blocking engine call. A panic is logged and counted under the
 //!   task's label, and its handle ([`Owned`]) yields [`TaskFailed`]; dropping the handle
 //!   detaches the task, which still counts towards shutdown.
+//! - **Draining** ([`Supervisor::begin_drain`], [`Supervisor::stop_serving`]), before a
+//!   graceful shutdown: the process reports itself shutting down (readiness 503) while it keeps
+//!   serving, then its client-facing servers stop accepting and finish what is in flight
+//!   (they watch [`Supervisor::serving_token`]); workers and tasks keep running for them.
 //! - **Shutdown** ([`Supervisor::shutdown`]) cancels the token every worker watches and waits
 //!   for every task at once (a `TaskTracker`) until one deadline, naming what did not stop.
 //!
@@ -135,6 +139,9 @@ pub struct TaskFailed {
 
 struct Inner {
     cancel: CancellationToken,
+    /// Cancelled when client-facing servers must stop accepting (drain, or shutdown).
+    serving: CancellationToken,
+    draining: std::sync::atomic::AtomicBool,
     tracker: TaskTracker,
     workers: Mutex<BTreeMap<&'static str, WorkerStatus>>,
     metrics: WorkerMetrics,
@@ -154,6 +161,8 @@ impl Supervisor {
     pub fn new(metrics: WorkerMetrics) -> Supervisor {
         Supervisor(Arc::new(Inner {
             cancel: CancellationToken::new(),
+            serving: CancellationToken::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
             tracker: TaskTracker::new(),
             workers: Mutex::new(BTreeMap::new()),
             metrics,
@@ -165,8 +174,28 @@ impl Supervisor {
         self.0.cancel.clone()
     }
 
+    /// Shutting down, or draining before it (readiness reports it).
     pub fn is_shutting_down(&self) -> bool {
-        self.0.cancel.is_cancelled()
+        self.0.cancel.is_cancelled() || self.0.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The token a client-facing server stops accepting on: cancelled by
+    /// [`Self::stop_serving`] and by shutdown.
+    pub fn serving_token(&self) -> CancellationToken {
+        self.0.serving.clone()
+    }
+
+    /// First step of a graceful stop: report shutting down (readiness fails) while serving on.
+    pub fn begin_drain(&self) {
+        self.0
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Second step: client-facing servers stop accepting and finish their requests in flight.
+    pub fn stop_serving(&self) {
+        self.begin_drain();
+        self.0.serving.cancel();
     }
 
     /// Every worker and service, by name.
@@ -352,6 +381,7 @@ impl Supervisor {
     /// Cancels every worker and waits for every task, all at once, until `deadline`. `false`
     /// (after a warning naming what still runs) when the deadline passed first.
     pub async fn shutdown(&self, deadline: Duration) -> bool {
+        self.0.serving.cancel();
         self.0.cancel.cancel();
         self.0.tracker.close();
         if tokio::time::timeout(deadline, self.0.tracker.wait())

@@ -66,6 +66,10 @@ pub struct Config {
     pub stream_parallelism: usize,
     /// Grace period before surplus ranges are dropped after a change (default 24 h).
     pub cleanup_grace_secs: u64,
+    /// On SIGTERM, how long the coordinator keeps serving while reporting not ready, before it
+    /// closes its gRPC port and finishes what is in flight (time for a load balancer that
+    /// probes readiness to move traffic; Kubernetes' preStop sleep does this, so 0 there).
+    pub shutdown_drain_delay_ms: u64,
     /// Longest wait for hints to a gaining node to drain before a change finishes.
     pub hint_drain_timeout_ms: u64,
     /// Where this coordinator writes a cluster backup's manifest and metadata part
@@ -165,6 +169,7 @@ impl Default for Config {
             stream_batch_size: 512,
             stream_parallelism: 2,
             cleanup_grace_secs: 24 * 3600,
+            shutdown_drain_delay_ms: 0,
             hint_drain_timeout_ms: 30_000,
             backup_dir: None,
             backup_retention: 7,
@@ -214,6 +219,9 @@ pub struct Args {
     /// Grace period before surplus ranges are dropped after a topology change.
     #[arg(long, env = "PAIRDB_CLEANUP_GRACE_SECS")]
     pub cleanup_grace_secs: Option<u64>,
+    /// On SIGTERM, keep serving this long while not ready before draining.
+    #[arg(long, env = "PAIRDB_SHUTDOWN_DRAIN_DELAY_MS")]
+    pub shutdown_drain_delay_ms: Option<u64>,
     /// Directory for cluster backups' manifests and metadata parts.
     #[arg(long, env = "PAIRDB_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
@@ -299,6 +307,9 @@ impl Config {
         }
         if let Some(v) = args.log_json {
             c.log_json = v;
+        }
+        if let Some(v) = args.shutdown_drain_delay_ms {
+            c.shutdown_drain_delay_ms = v;
         }
         if let Some(v) = args.cleanup_grace_secs {
             c.cleanup_grace_secs = v;

@@ -65,14 +65,17 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Cmd::Serve => {
+            let delay = std::time::Duration::from_millis(cfg.shutdown_drain_delay_ms);
+            // Requests in flight get their own deadline to finish.
+            let deadline = std::time::Duration::from_millis(cfg.request_timeout_ms + 1000);
             let c = pairdb_coordinator::server::start(cfg).await?;
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM received; draining, then shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; draining, then shutting down"),
             }
-            c.shutdown().await;
+            c.drain_and_shutdown(delay, deadline).await;
         }
     }
     telemetry.shutdown();

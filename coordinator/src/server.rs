@@ -55,6 +55,8 @@ pub struct RunningCoordinator {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     sup: Supervisor,
+    /// Resolves when the gRPC server has stopped and finished its requests.
+    grpc_done: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// Starts a coordinator on an already-open metadata store (hints share its pool).
@@ -307,11 +309,12 @@ pub async fn start_with_stores(
     };
     // A client certificate is optional: tokens authenticate clients; a storage node's
     // certificate lets it register itself (`--join`).
-    let grpc_conns = listen::incoming(
+    let grpc_conns = listen::incoming_until(
         grpc_listener,
         listen(ClientAuth::Optional, listen::ALPN_H2, "grpc"),
         &sup,
         "grpc-accept",
+        sup.serving_token(),
     );
     let admin_conns = listen::incoming(
         admin_listener,
@@ -319,13 +322,18 @@ pub async fn start_with_stores(
         &sup,
         "admin-accept",
     );
-    let c = sup.cancel_token();
-    sup.service(
-        "grpc",
-        grpc.serve_with_incoming_shutdown(listen::tonic_incoming(grpc_conns), async move {
-            c.cancelled().await
-        }),
-    );
+    // The gRPC server stops on the serving token (a drain: no new connections, HTTP/2 GOAWAY
+    // on the open ones, requests in flight finish) before the workers they use are cancelled.
+    let c = sup.serving_token();
+    let (grpc_stopped, grpc_done) = tokio::sync::oneshot::channel::<()>();
+    let serve = grpc.serve_with_incoming_shutdown(listen::tonic_incoming(grpc_conns), async move {
+        c.cancelled().await
+    });
+    sup.service("grpc", async move {
+        let r = serve.await;
+        let _ = grpc_stopped.send(());
+        r
+    });
     let app = Router::new()
         .route("/health", get(health))
         .route("/health/live", get(pairdb_common::probes::live))
@@ -347,6 +355,7 @@ pub async fn start_with_stores(
         grpc_addr,
         admin_addr,
         sup,
+        grpc_done,
     })
 }
 
@@ -451,6 +460,31 @@ async fn render_metrics(State(d): State<Arc<DataPlane>>) -> axum::response::Resp
 impl RunningCoordinator {
     /// Stops every worker and owned task, all within [`SHUTDOWN_DEADLINE`].
     pub async fn shutdown(self) {
+        self.sup.shutdown(SHUTDOWN_DEADLINE).await;
+        tracing::info!("coordinator stopped");
+    }
+
+    /// The graceful stop of SIGTERM: readiness and gRPC health report shutting down at once
+    /// while requests are still served for `delay` (load balancers that probe readiness take
+    /// the coordinator out of rotation), then the gRPC port closes (new connections are
+    /// refused and go to another coordinator), open connections get HTTP/2 GOAWAY, and every
+    /// request in flight finishes (at most `deadline`); only then are the workers those
+    /// requests use cancelled ([`Self::shutdown`]).
+    pub async fn drain_and_shutdown(self, delay: Duration, deadline: Duration) {
+        self.sup.begin_drain();
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "draining: not ready; serving on until the delay ends"
+        );
+        tokio::time::sleep(delay).await;
+        self.sup.stop_serving();
+        match tokio::time::timeout(deadline, self.grpc_done).await {
+            Ok(_) => tracing::info!("gRPC server drained: every request in flight finished"),
+            Err(_) => tracing::warn!(
+                deadline_ms = deadline.as_millis() as u64,
+                "requests still in flight at the drain deadline; stopping anyway"
+            ),
+        }
         self.sup.shutdown(SHUTDOWN_DEADLINE).await;
         tracing::info!("coordinator stopped");
     }

@@ -90,3 +90,52 @@ impl Drop for TcpProxy {
         self.cut();
     }
 }
+
+/// A TCP load balancer in front of several servers, the way a Kubernetes Service routes new
+/// connections: each new connection goes to the next upstream (round robin) that accepts it;
+/// one whose port is closed is skipped. Open connections stay where they are until either end
+/// closes them.
+pub struct TcpBalancer {
+    pub addr: SocketAddr,
+    accept: JoinHandle<()>,
+    /// Connections made to each upstream so far.
+    pub connections: Arc<Mutex<Vec<usize>>>,
+}
+
+impl TcpBalancer {
+    pub async fn start(upstreams: Vec<SocketAddr>) -> Result<TcpBalancer> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let connections = Arc::new(Mutex::new(vec![0; upstreams.len()]));
+        let counts = connections.clone();
+        let accept = tokio::spawn(async move {
+            let mut next = 0usize;
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let start = next;
+                next = next.wrapping_add(1);
+                let (ups, counts) = (upstreams.clone(), counts.clone());
+                tokio::spawn(async move {
+                    for i in 0..ups.len() {
+                        let at = (start + i) % ups.len();
+                        if let Ok(mut out) = TcpStream::connect(ups[at]).await {
+                            counts.lock().unwrap_or_else(|e| e.into_inner())[at] += 1;
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(TcpBalancer {
+            addr,
+            accept,
+            connections,
+        })
+    }
+}
+
+impl Drop for TcpBalancer {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}

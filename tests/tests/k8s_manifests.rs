@@ -306,6 +306,34 @@ fn the_manifests_wire_what_the_processes_need() {
                 env_value(node, "PAIRDB_TLS_CERT"),
                 Some("/etc/pairdb/tls/$(POD_NAME).crt")
             );
+            // Backups: every storage pod and coordinator writes under one shared
+            // ReadWriteMany volume, mounted where PAIRDB_BACKUP_DIR points.
+            let pvc = r.get("PersistentVolumeClaim", "pairdb-backups").unwrap();
+            assert_eq!(pvc["spec"]["accessModes"][0], "ReadWriteMany");
+            for (w, c) in [(sts, node), (dep, c)] {
+                let dir = env_value(c, "PAIRDB_BACKUP_DIR")
+                    .unwrap_or_else(|| panic!("production {}: no PAIRDB_BACKUP_DIR", c["name"]));
+                let mount = c["volumeMounts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["mountPath"] == dir)
+                    .unwrap_or_else(|| {
+                        panic!("production {}: nothing mounted at {dir}", c["name"])
+                    });
+                let volume = pod_spec(w)["volumes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|v| v["name"] == mount["name"])
+                    .unwrap();
+                assert_eq!(
+                    volume["persistentVolumeClaim"]["claimName"], "pairdb-backups",
+                    "production {}: the backup dir is not the shared volume",
+                    c["name"]
+                );
+                assert!(!dir.starts_with("/var/lib/pairdb/"), "outside the data dir");
+            }
         } else {
             assert_eq!(env_value(node, "PAIRDB_INSECURE"), Some("true"));
             r.get("StatefulSet", "pairdb-postgres").unwrap();

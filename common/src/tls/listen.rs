@@ -265,7 +265,20 @@ pub fn incoming(
     sup: &Supervisor,
     name: &'static str,
 ) -> mpsc::Receiver<Conn> {
-    let cancel = sup.cancel_token();
+    incoming_until(listener, cfg, sup, name, sup.cancel_token())
+}
+
+/// [`incoming`] until `stop` (a client-facing port closes when the process starts draining,
+/// [`Supervisor::serving_token`], so new connections are refused and go elsewhere); the
+/// listener is dropped then.
+pub fn incoming_until(
+    listener: TcpListener,
+    cfg: ListenConfig,
+    sup: &Supervisor,
+    name: &'static str,
+    stop: tokio_util::sync::CancellationToken,
+) -> mpsc::Receiver<Conn> {
+    let cancel = stop;
     let handshakes = sup.clone();
     let (tx, rx) = mpsc::channel(64);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
