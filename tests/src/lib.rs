@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod k8s;
 pub mod monitoring;
+pub mod nemesis;
 pub mod procs;
 pub mod proxy;
 

@@ -28,6 +28,9 @@ pub struct ProcOptions {
     pub secure: bool,
     /// Start every process from this directory's binaries (another release's build).
     pub bin_dir: Option<std::path::PathBuf>,
+    /// Register each storage node at a TCP proxy in front of it, so a test can cut it off from
+    /// every coordinator and every other node (a symmetric partition) and heal it.
+    pub proxied: bool,
 }
 
 impl Default for ProcOptions {
@@ -42,6 +45,7 @@ impl Default for ProcOptions {
             node_env: Vec::new(),
             secure: false,
             bin_dir: None,
+            proxied: false,
         }
     }
 }
@@ -53,6 +57,8 @@ pub struct ProcCluster {
     pub nodes: Vec<NodeProc>,
     pub coords: Vec<CoordProc>,
     pub secure: Option<Arc<Secure>>,
+    /// The proxy each storage node is registered at (`ProcOptions::proxied`), by node id.
+    pub proxies: std::collections::BTreeMap<String, crate::proxy::TcpProxy>,
     _pg: PgDb,
 }
 
@@ -69,13 +75,20 @@ impl ProcCluster {
         let meta = meta::connect(&pg.url).await?;
         meta.migrate().await?;
         let mut nodes = Vec::new();
+        let mut proxies = std::collections::BTreeMap::new();
         for i in 1..=o.nodes {
             let mut n = NodeProc::new(&format!("n{i}"), dir.path())?;
             n.secure = secure.clone();
             n.env.extend(o.node_env.iter().cloned());
             n.bin_dir = o.bin_dir.clone();
             n.start()?;
-            meta.add_node(&n.record()).await?;
+            let mut record = n.record();
+            if o.proxied {
+                let p = crate::proxy::TcpProxy::start(n.addr().parse()?).await?;
+                record.port = p.addr.port();
+                proxies.insert(n.id.clone(), p);
+            }
+            meta.add_node(&record).await?;
             nodes.push(n);
         }
         meta.create_tenant(&TenantRecord::with_defaults("t1"))
@@ -107,6 +120,7 @@ impl ProcCluster {
             nodes,
             coords,
             secure,
+            proxies,
             _pg: pg,
         })
     }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the nemesis scenarios (tests/tests/nemesis_process.rs) and prints each run's verdict.
+#   scripts/faults.sh            the fast tier: what scripts/test.sh runs (4 faults, one seed)
+#   scripts/faults.sh --long [SEEDS] [STEPS]
+#                                the long tier: SEEDS runs (default 5) of STEPS faults each
+#                                (default 30, about 3 minutes per run), fresh seeds
+#   PAIRDB_NEMESIS_SEED=N scripts/faults.sh   replays one schedule
+# Record what it prints in TESTING.md. Builds first (the process tests start the binaries).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+export RUST_LOG="${RUST_LOG:-warn}"
+cargo build --workspace --locked --bins
+runs=1
+if [ "${1:-}" = "--long" ]; then
+  runs="${2:-5}"
+  export PAIRDB_NEMESIS_STEPS="${3:-30}"
+fi
+status=0
+log=$(mktemp)
+for i in $(seq 1 "$runs"); do
+  echo "== nemesis run $i of $runs (steps ${PAIRDB_NEMESIS_STEPS:-default})"
+  if ! cargo test -p pairdb-tests --locked --test nemesis_process -- --nocapture --test-threads=1 > "$log" 2>&1; then
+    status=1
+  fi
+  grep -E 'nemesis seed|\(seed [0-9]+\)|test result|panicked|failed with seed' "$log" || true
+done
+rm -f "$log"
+exit $status

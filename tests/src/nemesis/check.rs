@@ -1,0 +1,222 @@
+//! Checkers over a recorded history and the cluster's final state: no acknowledged element
+//! lost, no element nobody attempted (phantom), siblings within the cap, and every key's
+//! replicas holding the same versions after the heal (raw per-replica reads).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use pairdb_common::api::pb;
+use pairdb_common::client::Dial;
+use serde::Serialize;
+use tonic::Code;
+
+use super::history::{History, Kind};
+use super::setadd::elements;
+use crate::cluster::read_req;
+use crate::procs::ProcCluster;
+
+/// What a run's checks found (one row of TESTING.md's table).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verdict {
+    pub ops: usize,
+    pub acked: usize,
+    pub info: usize,
+    pub failed: usize,
+    /// Acknowledged (key, element) pairs missing from the key's final set.
+    pub lost: Vec<(String, String)>,
+    /// Final elements no operation attempted.
+    pub unexpected: Vec<(String, String)>,
+    /// `info` operations whose element is in the final set (applied though unacknowledged).
+    pub info_applied: usize,
+    pub max_siblings_seen: usize,
+    /// From the heal until every key's replicas held the same versions.
+    pub converged_ms: Option<u64>,
+}
+
+impl Verdict {
+    /// Acknowledged over attempted, in percent.
+    pub fn availability(&self) -> f64 {
+        if self.ops == 0 {
+            return 0.0;
+        }
+        100.0 * self.acked as f64 / self.ops as f64
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "ops {}, acked {}, info {} ({} applied), failed {}, lost {}, unexpected {}, max siblings {}, availability {:.1} %, converged in {} ms",
+            self.ops,
+            self.acked,
+            self.info,
+            self.info_applied,
+            self.failed,
+            self.lost.len(),
+            self.unexpected.len(),
+            self.max_siblings_seen,
+            self.availability(),
+            self.converged_ms
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "-".into())
+        )
+    }
+}
+
+/// Every key's final set, read at QUORUM (retried until it answers, at most `deadline`).
+pub async fn final_sets(
+    dial: &Dial,
+    keys: &BTreeSet<String>,
+    deadline: Duration,
+) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let mut client = dial.connect().await.map_err(anyhow::Error::msg)?;
+    let until = Instant::now() + deadline;
+    let mut out = BTreeMap::new();
+    for k in keys {
+        loop {
+            match client
+                .read(read_req(k.as_bytes(), pb::Consistency::Quorum))
+                .await
+            {
+                Ok(r) => {
+                    let mut set = BTreeSet::new();
+                    for s in &r.get_ref().siblings {
+                        set.extend(elements(&s.value));
+                    }
+                    out.insert(k.clone(), set);
+                    break;
+                }
+                Err(e) if e.code() == Code::NotFound => {
+                    out.insert(k.clone(), BTreeSet::new());
+                    break;
+                }
+                Err(e) if Instant::now() < until => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => anyhow::bail!("final read of {k}: {e}"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The keys the history touched.
+pub fn keys(h: &History) -> BTreeSet<String> {
+    h.records()
+        .into_iter()
+        .filter(|r| r.kind == Kind::Invoke)
+        .map(|r| r.key)
+        .collect()
+}
+
+/// Lost, phantom and sibling checks of `h` against the final sets.
+pub fn check(h: &History, finals: &BTreeMap<String, BTreeSet<String>>) -> Verdict {
+    let mut v = Verdict::default();
+    let mut attempted: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut acked = Vec::new();
+    let mut info = Vec::new();
+    for r in h.records() {
+        match r.kind {
+            Kind::Invoke => {
+                v.ops += 1;
+                attempted.insert((r.key, r.element));
+            }
+            Kind::Ok => {
+                v.acked += 1;
+                v.max_siblings_seen = v.max_siblings_seen.max(r.siblings);
+                acked.push((r.key, r.element));
+            }
+            Kind::Info => {
+                v.info += 1;
+                info.push((r.key, r.element));
+            }
+            Kind::Fail => v.failed += 1,
+            Kind::Nemesis => {}
+        }
+    }
+    let has = |k: &str, e: &str| finals.get(k).is_some_and(|s| s.contains(e));
+    v.lost = acked.into_iter().filter(|(k, e)| !has(k, e)).collect();
+    v.info_applied = info.iter().filter(|(k, e)| has(k, e)).count();
+    for (k, set) in finals {
+        for e in set {
+            if !attempted.contains(&(k.clone(), e.clone())) {
+                v.unexpected.push((k.clone(), e.clone()));
+            }
+        }
+    }
+    v
+}
+
+/// Each replica's versions of `key` (dot, tombstone, value), read from the node itself.
+async fn replica_versions(
+    c: &ProcCluster,
+    node: &str,
+    key: &str,
+) -> Result<BTreeSet<(String, u64, u64, bool, Vec<u8>)>> {
+    let n = c
+        .nodes
+        .iter()
+        .find(|n| n.id == node)
+        .ok_or_else(|| anyhow::anyhow!("no node {node}"))?;
+    let mut s = n.client().await?;
+    let r = s
+        .read(pb::KeyRef {
+            tenant_id: "t1".into(),
+            key: key.as_bytes().to_vec(),
+        })
+        .await?
+        .into_inner();
+    Ok(r.state
+        .map(|st| {
+            st.versions
+                .into_iter()
+                .map(|v| {
+                    let d = v.dot.unwrap_or_default();
+                    (d.node_id, d.epoch, d.counter, v.tombstone, v.value)
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Waits until every key's replicas (current ring, RF 3) hold the same versions; returns how
+/// long it took.
+pub async fn converge(
+    c: &ProcCluster,
+    keys: &BTreeSet<String>,
+    deadline: Duration,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let ring = c.ring().await?;
+    let mut last = String::new();
+    while started.elapsed() < deadline {
+        let mut differ = Vec::new();
+        for k in keys {
+            let tok = pairdb_common::token::token("t1", k.as_bytes());
+            let mut states = Vec::new();
+            for m in ring.preference_list(tok, 3) {
+                match replica_versions(c, &m.node_id, k).await {
+                    Ok(v) => states.push(v),
+                    Err(e) => {
+                        differ.push(format!("{k} on {}: {e}", m.node_id));
+                        states.clear();
+                        break;
+                    }
+                }
+            }
+            if states.windows(2).any(|w| w[0] != w[1]) {
+                differ.push(format!("{k}: replicas differ"));
+            }
+        }
+        if differ.is_empty() {
+            return Ok(started.elapsed());
+        }
+        last = format!(
+            "{} keys, e.g. {:?}",
+            differ.len(),
+            &differ[..differ.len().min(3)]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("replicas did not converge within {deadline:?}: {last}")
+}
