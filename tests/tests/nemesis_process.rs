@@ -38,7 +38,8 @@ async fn scenario(name: &str, kinds: &[FaultKind], default_steps: usize) {
     .unwrap();
     let h = History::new(name, seed);
     let ids: Vec<String> = c.nodes.iter().map(|n| n.id.clone()).collect();
-    let plan = faults::schedule(seed, nemesis::steps(default_steps), &ids, kinds);
+    let coords: Vec<String> = c.coords.iter().map(|co| co.id.clone()).collect();
+    let plan = faults::schedule(seed, nemesis::steps(default_steps), &ids, &coords, kinds);
     println!("{name}: schedule {plan:?}");
     let load = SetAdd::start(
         &h,
@@ -99,6 +100,15 @@ async fn single_node_faults_lose_no_acknowledged_add_and_replicas_converge() {
     .await;
 }
 
+/// S18: coordinators killed (SIGKILL) mid-request, in turn. The clients of the killed one fail
+/// or end `info` (maybe applied) until it is back — they have no failover of their own; none
+/// acknowledged may be lost, and an `info` add may or may not be in the final set, but nothing
+/// unattempted may appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_mid_request_loses_no_acknowledged_add() {
+    scenario("coordinator-kills", &[FaultKind::KillCoordinator], 3).await;
+}
+
 /// The checkers decide: a synthetic history with an acknowledged element missing from the
 /// final set, and a final element nobody attempted, fails both checks.
 #[test]
@@ -132,11 +142,12 @@ fn the_checkers_catch_lost_and_phantom_elements() {
     // The same seed gives the same schedule.
     let ids = vec!["n1".to_string(), "n2".to_string(), "n3".to_string()];
     let kinds = [FaultKind::Kill, FaultKind::Pause, FaultKind::Isolate];
-    let a = faults::schedule(42, 10, &ids, &kinds);
-    let b = faults::schedule(42, 10, &ids, &kinds);
+    let coords = vec!["coord-1".to_string()];
+    let a = faults::schedule(42, 10, &ids, &coords, &kinds);
+    let b = faults::schedule(42, 10, &ids, &coords, &kinds);
     assert_eq!(format!("{a:?}"), format!("{b:?}"));
     assert_ne!(
         format!("{a:?}"),
-        format!("{:?}", faults::schedule(43, 10, &ids, &kinds))
+        format!("{:?}", faults::schedule(43, 10, &ids, &coords, &kinds))
     );
 }

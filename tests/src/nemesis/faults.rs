@@ -1,8 +1,9 @@
-//! The nemesis: faults applied to a process cluster on a seeded schedule. One storage node at a
-//! time is killed (SIGKILL, restarted when healed), paused (SIGSTOP, then SIGCONT) or cut off
-//! from every coordinator and every other node (its proxy drops all connections and refuses
-//! new ones: a symmetric partition; the cluster must be started with `ProcOptions::proxied`).
-//! The same seed gives the same schedule (which fault, which node, how long).
+//! The nemesis: faults applied to a process cluster on a seeded schedule. One process at a time:
+//! a storage node is killed (SIGKILL, restarted when healed), paused (SIGSTOP, then SIGCONT) or
+//! cut off from every coordinator and every other node (its proxy drops all connections and
+//! refuses new ones: a symmetric partition; the cluster must be started with
+//! `ProcOptions::proxied`), or a coordinator is killed (SIGKILL mid-request, restarted when
+//! healed). The same seed gives the same schedule (which fault, which process, how long).
 
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ pub enum FaultKind {
     Kill,
     Pause,
     Isolate,
+    /// SIGKILL of a coordinator (`Fault::node` is its id).
+    KillCoordinator,
 }
 
 /// One scheduled fault: on `node`, for `hold`, then healed and `gap` before the next.
@@ -29,17 +32,39 @@ pub struct Fault {
     pub gap: Duration,
 }
 
-/// `steps` faults drawn from `kinds` over `nodes` with `seed`.
-pub fn schedule(seed: u64, steps: usize, nodes: &[String], kinds: &[FaultKind]) -> Vec<Fault> {
+/// `steps` faults drawn from `kinds` over storage `nodes` (and `coordinators`, for
+/// [`FaultKind::KillCoordinator`]) with `seed`.
+pub fn schedule(
+    seed: u64,
+    steps: usize,
+    nodes: &[String],
+    coordinators: &[String],
+    kinds: &[FaultKind],
+) -> Vec<Fault> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..steps)
-        .map(|_| Fault {
-            kind: kinds[rng.random_range(0..kinds.len())],
-            node: nodes[rng.random_range(0..nodes.len())].clone(),
-            hold: Duration::from_millis(rng.random_range(2000..5000)),
-            gap: Duration::from_millis(rng.random_range(1000..2000)),
+        .map(|_| {
+            let kind = kinds[rng.random_range(0..kinds.len())];
+            let pool = if kind == FaultKind::KillCoordinator {
+                coordinators
+            } else {
+                nodes
+            };
+            Fault {
+                kind,
+                node: pool[rng.random_range(0..pool.len())].clone(),
+                hold: Duration::from_millis(rng.random_range(2000..5000)),
+                gap: Duration::from_millis(rng.random_range(1000..2000)),
+            }
         })
         .collect()
+}
+
+fn coordinator<'a>(c: &'a mut ProcCluster, id: &str) -> Result<&'a mut crate::procs::CoordProc> {
+    c.coords
+        .iter_mut()
+        .find(|co| co.id == id)
+        .with_context(|| format!("no coordinator {id}"))
 }
 
 fn signal(c: &mut ProcCluster, node: &str, sig: rustix::process::Signal) -> Result<()> {
@@ -59,6 +84,7 @@ pub async fn inject(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
     h.nemesis(&format!("{:?} {}", f.kind, f.node));
     match f.kind {
         FaultKind::Kill => c.node(&f.node).kill9(),
+        FaultKind::KillCoordinator => coordinator(c, &f.node)?.kill9(),
         FaultKind::Pause => signal(c, &f.node, rustix::process::Signal::STOP),
         FaultKind::Isolate => {
             c.proxies
@@ -74,6 +100,10 @@ pub async fn inject(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
 pub async fn heal(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
     match f.kind {
         FaultKind::Kill => c.node(&f.node).start()?,
+        FaultKind::KillCoordinator => {
+            let url = c.db_url.clone();
+            coordinator(c, &f.node)?.start(&url)?
+        }
         FaultKind::Pause => signal(c, &f.node, rustix::process::Signal::CONT)?,
         FaultKind::Isolate => {
             c.proxies

@@ -17,6 +17,9 @@ use tonic::Code;
 use super::history::{History, Kind};
 use crate::cluster::{read_req, write_req};
 
+/// Pause after a failed operation.
+const BACKOFF: Duration = Duration::from_millis(100);
+
 /// Elements of a stored value: comma-separated.
 pub fn elements(value: &[u8]) -> BTreeSet<String> {
     String::from_utf8_lossy(value)
@@ -104,6 +107,7 @@ impl SetAdd {
                         }
                         Ok(Err(e)) => {
                             // Nothing was written.
+                            tokio::time::sleep(BACKOFF).await;
                             h.record(w, op, Kind::Fail, "add", &key, &element, 0, &e.to_string());
                             continue;
                         }
@@ -142,6 +146,10 @@ impl SetAdd {
                         Err(_) => (Kind::Info, "write timed out".to_string()),
                     };
                     h.record(w, op, kind, "add", &key, &element, siblings, &error);
+                    if kind != Kind::Ok {
+                        // A client backs off after an error instead of spinning on it.
+                        tokio::time::sleep(BACKOFF).await;
+                    }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }));
