@@ -72,18 +72,21 @@ async fn scenario(name: &str, kinds: &[FaultKind], default_steps: usize) {
     let converged = check::converge(&c, &keys, Duration::from_secs(90)).await;
     v.converged_ms = converged.as_ref().ok().map(|d| d.as_millis() as u64);
     println!("{name} (seed {seed}): {}", v.summary());
+    assert!(v.reads > 0, "the history recorded no reads");
     let ok = v.lost.is_empty()
         && v.unexpected.is_empty()
+        && v.stale_reads.is_empty()
         && v.max_siblings_seen <= SIBLING_CAP
         && converged.is_ok();
     if !ok {
         let artifact = std::env::temp_dir().join(format!("pairdb-{name}-{seed}.jsonl"));
         h.save(&artifact).unwrap();
         panic!(
-            "{name} failed with seed {seed} (history in {}): lost {:?}, unexpected {:?}, convergence {:?}",
+            "{name} failed with seed {seed} (history in {}): lost {:?}, unexpected {:?}, stale reads {:?}, convergence {:?}",
             artifact.display(),
             &v.lost[..v.lost.len().min(5)],
             &v.unexpected[..v.unexpected.len().min(5)],
+            &v.stale_reads[..v.stale_reads.len().min(5)],
             converged.err()
         );
     }
@@ -126,12 +129,23 @@ fn the_checkers_catch_lost_and_phantom_elements() {
         "k".to_string(),
         BTreeSet::from(["a".to_string(), "c".to_string(), "z".to_string()]),
     )]);
+    // A read begun after "a" was acknowledged that does not contain it is stale.
+    h.record(0, 3, Kind::Invoke, "add", "k", "d", 0, "");
+    h.read(0, 3, "k", vec!["c".to_string()]);
     let v = check::check(&h, &finals);
+    assert_eq!(v.reads, 1);
+    assert_eq!(
+        v.stale_reads,
+        vec![
+            ("k".to_string(), "a".to_string(), 0, 3),
+            ("k".to_string(), "b".to_string(), 0, 3)
+        ]
+    );
     assert_eq!(v.lost, vec![("k".to_string(), "b".to_string())]);
     assert_eq!(v.unexpected, vec![("k".to_string(), "z".to_string())]);
     assert_eq!(
         (v.ops, v.acked, v.info, v.info_applied, v.max_siblings_seen),
-        (3, 2, 1, 1, 2)
+        (4, 2, 1, 1, 2)
     );
     let all = BTreeMap::from([(
         "k".to_string(),

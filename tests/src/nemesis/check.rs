@@ -29,6 +29,10 @@ pub struct Verdict {
     pub unexpected: Vec<(String, String)>,
     /// `info` operations whose element is in the final set (applied though unacknowledged).
     pub info_applied: usize,
+    /// Reads (at QUORUM, R + W > N) that missed an element whose add was acknowledged before
+    /// the read began: (key, element, reading process and operation).
+    pub stale_reads: Vec<(String, String, usize, u64)>,
+    pub reads: usize,
     pub max_siblings_seen: usize,
     /// From the heal until every key's replicas held the same versions.
     pub converged_ms: Option<u64>,
@@ -45,7 +49,7 @@ impl Verdict {
 
     pub fn summary(&self) -> String {
         format!(
-            "ops {}, acked {}, info {} ({} applied), failed {}, lost {}, unexpected {}, max siblings {}, availability {:.1} %, converged in {} ms",
+            "ops {}, acked {}, info {} ({} applied), failed {}, lost {}, unexpected {}, reads {} (stale {}), max siblings {}, availability {:.1} %, converged in {} ms",
             self.ops,
             self.acked,
             self.info,
@@ -53,6 +57,8 @@ impl Verdict {
             self.failed,
             self.lost.len(),
             self.unexpected.len(),
+            self.reads,
+            self.stale_reads.len(),
             self.max_siblings_seen,
             self.availability(),
             self.converged_ms
@@ -115,7 +121,7 @@ pub fn check(h: &History, finals: &BTreeMap<String, BTreeSet<String>>) -> Verdic
     let mut attempted: BTreeSet<(String, String)> = BTreeSet::new();
     let mut acked = Vec::new();
     let mut info = Vec::new();
-    for r in h.records() {
+    for r in h.records().into_iter().filter(|r| r.f != "read") {
         match r.kind {
             Kind::Invoke => {
                 v.ops += 1;
@@ -134,6 +140,7 @@ pub fn check(h: &History, finals: &BTreeMap<String, BTreeSet<String>>) -> Verdic
             Kind::Nemesis => {}
         }
     }
+    v.stale_reads = stale_reads(h, &mut v.reads);
     let has = |k: &str, e: &str| finals.get(k).is_some_and(|s| s.contains(e));
     v.lost = acked.into_iter().filter(|(k, e)| !has(k, e)).collect();
     v.info_applied = info.iter().filter(|(k, e)| has(k, e)).count();
@@ -145,6 +152,43 @@ pub fn check(h: &History, finals: &BTreeMap<String, BTreeSet<String>>) -> Verdic
         }
     }
     v
+}
+
+/// Read-your-writes across clients: every read at QUORUM must contain every element whose add
+/// was acknowledged before the read began (its operation's invoke).
+fn stale_reads(h: &History, reads: &mut usize) -> Vec<(String, String, usize, u64)> {
+    let records = h.records();
+    let mut invoked: BTreeMap<(usize, u64), u64> = BTreeMap::new();
+    let mut acked: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for r in &records {
+        match (r.kind, r.f.as_str()) {
+            (Kind::Invoke, _) => {
+                invoked.insert((r.proc, r.op_id), r.t_mono_ns);
+            }
+            (Kind::Ok, "add") => acked
+                .entry(r.key.clone())
+                .or_default()
+                .push((r.t_mono_ns, r.element.clone())),
+            _ => {}
+        }
+    }
+    let mut stale = Vec::new();
+    for r in records
+        .iter()
+        .filter(|r| r.kind == Kind::Ok && r.f == "read")
+    {
+        *reads += 1;
+        let Some(&began) = invoked.get(&(r.proc, r.op_id)) else {
+            continue;
+        };
+        let seen: BTreeSet<&String> = r.observed.iter().collect();
+        for (t, e) in acked.get(&r.key).into_iter().flatten() {
+            if *t < began && !seen.contains(e) {
+                stale.push((r.key.clone(), e.clone(), r.proc, r.op_id));
+            }
+        }
+    }
+    stale
 }
 
 /// Each replica's versions of `key` (dot, tombstone, value), read from the node itself.

@@ -35,6 +35,9 @@ pub struct Record {
     pub element: String,
     pub siblings: usize,
     pub error: String,
+    /// What a read saw (`f` = `read`): the union of the siblings' elements.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub observed: Vec<String>,
     pub t_mono_ns: u64,
 }
 
@@ -90,9 +93,29 @@ impl History {
             element: element.to_string(),
             siblings,
             error: error.to_string(),
+            observed: Vec::new(),
             t_mono_ns: t,
         });
         t
+    }
+
+    /// The read of operation `op_id` (started at that operation's invoke) saw `observed`.
+    pub fn read(&self, proc: usize, op_id: u64, key: &str, observed: Vec<String>) {
+        let t = self.started.elapsed().as_nanos() as u64;
+        self.lock().push(Record {
+            run: self.run.clone(),
+            seed: self.seed,
+            proc,
+            op_id,
+            kind: Kind::Ok,
+            f: "read".to_string(),
+            key: key.to_string(),
+            element: String::new(),
+            siblings: 0,
+            error: String::new(),
+            observed,
+            t_mono_ns: t,
+        });
     }
 
     /// A fault started (`what`) or healed (`heal …`).

@@ -125,6 +125,7 @@ impl SetAdd {
                             continue;
                         }
                     };
+                    h.read(w, op, &key, set.iter().cloned().collect());
                     set.insert(element.clone());
                     let req = write_req(
                         key.as_bytes(),
