@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod k8s;
 pub mod monitoring;
 pub mod nemesis;
+pub mod pginstance;
 pub mod procs;
 pub mod proxy;
 

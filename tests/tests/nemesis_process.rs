@@ -19,11 +19,12 @@ use pairdb_tests::*;
 /// The tenant's sibling cap (TenantRecord::with_defaults).
 const SIBLING_CAP: usize = 100;
 
-async fn scenario(name: &str, kinds: &[FaultKind], default_steps: usize) {
+async fn scenario(name: &str, kinds: &[FaultKind], default_steps: usize) -> check::Verdict {
     let _s = serial_async().await;
     let seed = nemesis::seed();
     let mut c = ProcCluster::start(ProcOptions {
         proxied: true,
+        own_postgres: kinds.contains(&FaultKind::StopMetadataStore),
         ..ProcOptions::default()
     })
     .await
@@ -90,6 +91,7 @@ async fn scenario(name: &str, kinds: &[FaultKind], default_steps: usize) {
             converged.err()
         );
     }
+    v
 }
 
 /// S04/S06/S07 in one: kill -9, SIGSTOP and a symmetric partition of one storage node at a time.
@@ -110,6 +112,20 @@ async fn single_node_faults_lose_no_acknowledged_add_and_replicas_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_killed_mid_request_loses_no_acknowledged_add() {
     scenario("coordinator-kills", &[FaultKind::KillCoordinator], 3).await;
+}
+
+/// S14: the metadata store (the cluster's own PostgreSQL) stopped and started again, with
+/// every storage node up. Reads and writes need only the ring and tenants the coordinators
+/// hold, so every add must still succeed (availability 100 %) and nothing may be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metadata_store_stopped_under_load_fails_no_data_operation() {
+    let v = scenario("metadata-store-outage", &[FaultKind::StopMetadataStore], 2).await;
+    assert_eq!(
+        v.acked,
+        v.ops,
+        "every add succeeded while PostgreSQL was down: {}",
+        v.summary()
+    );
 }
 
 /// The checkers decide: a synthetic history with an acknowledged element missing from the

@@ -21,6 +21,9 @@ pub enum FaultKind {
     Isolate,
     /// SIGKILL of a coordinator (`Fault::node` is its id).
     KillCoordinator,
+    /// The metadata store (the cluster's own PostgreSQL, `ProcOptions::own_postgres`) stopped,
+    /// then started again.
+    StopMetadataStore,
 }
 
 /// One scheduled fault: on `node`, for `hold`, then healed and `gap` before the next.
@@ -45,10 +48,11 @@ pub fn schedule(
     (0..steps)
         .map(|_| {
             let kind = kinds[rng.random_range(0..kinds.len())];
-            let pool = if kind == FaultKind::KillCoordinator {
-                coordinators
-            } else {
-                nodes
+            let postgres = ["postgres".to_string()];
+            let pool: &[String] = match kind {
+                FaultKind::KillCoordinator => coordinators,
+                FaultKind::StopMetadataStore => &postgres,
+                _ => nodes,
             };
             Fault {
                 kind,
@@ -58,6 +62,12 @@ pub fn schedule(
             }
         })
         .collect()
+}
+
+fn postgres(c: &ProcCluster) -> Result<&crate::pginstance::PgInstance> {
+    c.pg_server
+        .as_ref()
+        .context("stopping the metadata store needs ProcOptions::own_postgres")
 }
 
 fn coordinator<'a>(c: &'a mut ProcCluster, id: &str) -> Result<&'a mut crate::procs::CoordProc> {
@@ -85,6 +95,7 @@ pub async fn inject(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
     match f.kind {
         FaultKind::Kill => c.node(&f.node).kill9(),
         FaultKind::KillCoordinator => coordinator(c, &f.node)?.kill9(),
+        FaultKind::StopMetadataStore => postgres(c)?.stop(),
         FaultKind::Pause => signal(c, &f.node, rustix::process::Signal::STOP),
         FaultKind::Isolate => {
             c.proxies
@@ -104,6 +115,7 @@ pub async fn heal(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
             let url = c.db_url.clone();
             coordinator(c, &f.node)?.start(&url)?
         }
+        FaultKind::StopMetadataStore => postgres(c)?.start_again()?,
         FaultKind::Pause => signal(c, &f.node, rustix::process::Signal::CONT)?,
         FaultKind::Isolate => {
             c.proxies

@@ -31,6 +31,9 @@ pub struct ProcOptions {
     /// Register each storage node at a TCP proxy in front of it, so a test can cut it off from
     /// every coordinator and every other node (a symmetric partition) and heal it.
     pub proxied: bool,
+    /// Run the metadata store on a PostgreSQL server of the cluster's own
+    /// ([`crate::pginstance::PgInstance`]), which a test may stop and start.
+    pub own_postgres: bool,
 }
 
 impl Default for ProcOptions {
@@ -46,6 +49,7 @@ impl Default for ProcOptions {
             secure: false,
             bin_dir: None,
             proxied: false,
+            own_postgres: false,
         }
     }
 }
@@ -59,7 +63,9 @@ pub struct ProcCluster {
     pub secure: Option<Arc<Secure>>,
     /// The proxy each storage node is registered at (`ProcOptions::proxied`), by node id.
     pub proxies: std::collections::BTreeMap<String, crate::proxy::TcpProxy>,
-    _pg: PgDb,
+    _pg: Option<PgDb>,
+    /// The cluster's own PostgreSQL server (`ProcOptions::own_postgres`); dropped last.
+    pub pg_server: Option<crate::pginstance::PgInstance>,
 }
 
 impl ProcCluster {
@@ -71,8 +77,17 @@ impl ProcCluster {
         } else {
             None
         };
-        let pg = PgDb::create().await?;
-        let meta = meta::connect(&pg.url).await?;
+        let (pg, pg_server, db_url) = if o.own_postgres {
+            let server =
+                tokio::task::spawn_blocking(crate::pginstance::PgInstance::start).await??;
+            let url = server.url("postgres");
+            (None, Some(server), url)
+        } else {
+            let pg = PgDb::create().await?;
+            let url = pg.url.clone();
+            (Some(pg), None, url)
+        };
+        let meta = meta::connect(&db_url).await?;
         meta.migrate().await?;
         let mut nodes = Vec::new();
         let mut proxies = std::collections::BTreeMap::new();
@@ -110,18 +125,19 @@ impl ProcCluster {
                 log: None,
                 bin_dir: o.bin_dir.clone(),
             };
-            c.start(&pg.url)?;
+            c.start(&db_url)?;
             coords.push(c);
         }
         Ok(ProcCluster {
             dir,
-            db_url: pg.url.clone(),
+            db_url: db_url.clone(),
             meta,
             nodes,
             coords,
             secure,
             proxies,
             _pg: pg,
+            pg_server,
         })
     }
 
