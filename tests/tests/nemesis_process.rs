@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use pairdb_tests::nemesis::faults::{self, FaultKind};
-use pairdb_tests::nemesis::history::History;
+use pairdb_tests::nemesis::history::{History, Kind};
 use pairdb_tests::nemesis::setadd::SetAdd;
 use pairdb_tests::nemesis::{self, check};
 use pairdb_tests::procs::{ProcCluster, ProcOptions};
@@ -20,6 +20,14 @@ use pairdb_tests::*;
 const SIBLING_CAP: usize = 100;
 
 async fn scenario(name: &str, kinds: &[FaultKind], default_steps: usize) -> check::Verdict {
+    scenario_with_history(name, kinds, default_steps).await.0
+}
+
+async fn scenario_with_history(
+    name: &str,
+    kinds: &[FaultKind],
+    default_steps: usize,
+) -> (check::Verdict, History) {
     let _s = serial_async().await;
     let seed = nemesis::seed();
     let mut c = ProcCluster::start(ProcOptions {
@@ -55,14 +63,23 @@ async fn scenario(name: &str, kinds: &[FaultKind], default_steps: usize) -> chec
     })
     .await
     .unwrap();
-    let before = load.acked();
     faults::run(&mut c, &h, &plan).await.unwrap();
-    let during = load.acked() - before;
     load.finish().await;
-    // Every fault overlapped the traffic.
+    // Every fault overlapped the traffic: operations began while the faults were on.
+    let records = h.records();
+    let nemesis: Vec<u64> = records
+        .iter()
+        .filter(|r| r.kind == Kind::Nemesis)
+        .map(|r| r.t_mono_ns)
+        .collect();
+    let (first, last) = (nemesis[0], nemesis[nemesis.len() - 1]);
+    let during = records
+        .iter()
+        .filter(|r| r.kind == Kind::Invoke && r.t_mono_ns > first && r.t_mono_ns < last)
+        .count();
     assert!(
         during > 20 * plan.len(),
-        "only {during} adds acknowledged during the faults"
+        "only {during} operations began during the faults"
     );
 
     let keys = check::keys(&h);
@@ -91,7 +108,7 @@ async fn scenario(name: &str, kinds: &[FaultKind], default_steps: usize) -> chec
             converged.err()
         );
     }
-    v
+    (v, h)
 }
 
 /// S04/S06/S07 in one: kill -9, SIGSTOP and a symmetric partition of one storage node at a time.
@@ -128,11 +145,30 @@ async fn the_metadata_store_stopped_under_load_fails_no_data_operation() {
     );
 }
 
+/// S05: two of the three storage nodes killed at once. No QUORUM write can meet W = 2 (a hint
+/// never counts toward W), so no add that began after both were down may be acknowledged
+/// before they are back; the writes in flight end `fail` or `info`, and after the restart
+/// nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_down_no_write_is_acknowledged_and_none_is_lost() {
+    let (v, h) = scenario_with_history("w-unmet", &[FaultKind::KillTwo], 1).await;
+    let wrongly = check::acked_between(&h, "down ", "heal KillTwo");
+    assert!(
+        wrongly.is_empty(),
+        "acknowledged with two replicas down: {:?}",
+        &wrongly[..wrongly.len().min(5)]
+    );
+    assert!(
+        v.failed + v.info > 0,
+        "the outage overlapped the load: {}",
+        v.summary()
+    );
+}
+
 /// The checkers decide: a synthetic history with an acknowledged element missing from the
 /// final set, and a final element nobody attempted, fails both checks.
 #[test]
 fn the_checkers_catch_lost_and_phantom_elements() {
-    use pairdb_tests::nemesis::history::Kind;
     use std::collections::{BTreeMap, BTreeSet};
     let h = History::new("synthetic", 1);
     for (op, e) in [(0, "a"), (1, "b"), (2, "c")] {
@@ -169,6 +205,19 @@ fn the_checkers_catch_lost_and_phantom_elements() {
     )]);
     let ok = check::check(&h, &all);
     assert!(ok.lost.is_empty() && ok.unexpected.is_empty());
+    // An add begun after `down` and acknowledged before the heal is reported; one begun
+    // before the outage is not.
+    let w = History::new("synthetic-w", 2);
+    w.record(1, 0, Kind::Invoke, "add", "k", "early", 0, "");
+    w.nemesis("down n1,n2");
+    w.record(1, 1, Kind::Invoke, "add", "k", "late", 0, "");
+    w.record(1, 0, Kind::Ok, "add", "k", "early", 1, "");
+    w.record(1, 1, Kind::Ok, "add", "k", "late", 1, "");
+    w.nemesis("heal KillTwo n1,n2");
+    assert_eq!(
+        check::acked_between(&w, "down ", "heal KillTwo"),
+        vec![("k".to_string(), "late".to_string())]
+    );
     // The same seed gives the same schedule.
     let ids = vec!["n1".to_string(), "n2".to_string(), "n3".to_string()];
     let kinds = [FaultKind::Kill, FaultKind::Pause, FaultKind::Isolate];

@@ -154,6 +154,41 @@ pub fn check(h: &History, finals: &BTreeMap<String, BTreeSet<String>>) -> Verdic
     v
 }
 
+/// Adds acknowledged although they began after the nemesis record `from` and were
+/// acknowledged before the next record `until` (e.g. after `down a,b` and before
+/// `heal KillTwo a,b`): (key, element).
+pub fn acked_between(h: &History, from: &str, until: &str) -> Vec<(String, String)> {
+    let records = h.records();
+    let mut windows = Vec::new();
+    let mut open: Option<u64> = None;
+    for r in records.iter().filter(|r| r.kind == Kind::Nemesis) {
+        if r.f.starts_with(from) {
+            open = Some(r.t_mono_ns);
+        } else if r.f.starts_with(until)
+            && let Some(start) = open.take()
+        {
+            windows.push((start, r.t_mono_ns));
+        }
+    }
+    let mut invoked: BTreeMap<(usize, u64), u64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for r in &records {
+        match (r.kind, r.f.as_str()) {
+            (Kind::Invoke, _) => {
+                invoked.insert((r.proc, r.op_id), r.t_mono_ns);
+            }
+            (Kind::Ok, "add") => {
+                let began = invoked.get(&(r.proc, r.op_id)).copied().unwrap_or(0);
+                if windows.iter().any(|(s, e)| began > *s && r.t_mono_ns < *e) {
+                    out.push((r.key.clone(), r.element.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Read-your-writes across clients: every read at QUORUM must contain every element whose add
 /// was acknowledged before the read began (its operation's invoke).
 fn stale_reads(h: &History, reads: &mut usize) -> Vec<(String, String, usize, u64)> {

@@ -24,6 +24,9 @@ pub enum FaultKind {
     /// The metadata store (the cluster's own PostgreSQL, `ProcOptions::own_postgres`) stopped,
     /// then started again.
     StopMetadataStore,
+    /// SIGKILL of two storage nodes at once (`Fault::node` is `a,b`): with 3 nodes and RF 3 no
+    /// write can meet W = 2. The history gets `down a,b` once both are dead.
+    KillTwo,
 }
 
 /// One scheduled fault: on `node`, for `hold`, then healed and `gap` before the next.
@@ -54,9 +57,15 @@ pub fn schedule(
                 FaultKind::StopMetadataStore => &postgres,
                 _ => nodes,
             };
+            let pick = rng.random_range(0..pool.len());
+            let node = if kind == FaultKind::KillTwo {
+                format!("{},{}", pool[pick], pool[(pick + 1) % pool.len()])
+            } else {
+                pool[pick].clone()
+            };
             Fault {
                 kind,
-                node: pool[rng.random_range(0..pool.len())].clone(),
+                node,
                 hold: Duration::from_millis(rng.random_range(2000..5000)),
                 gap: Duration::from_millis(rng.random_range(1000..2000)),
             }
@@ -96,6 +105,13 @@ pub async fn inject(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
         FaultKind::Kill => c.node(&f.node).kill9(),
         FaultKind::KillCoordinator => coordinator(c, &f.node)?.kill9(),
         FaultKind::StopMetadataStore => postgres(c)?.stop(),
+        FaultKind::KillTwo => {
+            for n in f.node.split(',') {
+                c.node(n).kill9()?;
+            }
+            h.nemesis(&format!("down {}", f.node));
+            Ok(())
+        }
         FaultKind::Pause => signal(c, &f.node, rustix::process::Signal::STOP),
         FaultKind::Isolate => {
             c.proxies
@@ -116,6 +132,11 @@ pub async fn heal(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
             coordinator(c, &f.node)?.start(&url)?
         }
         FaultKind::StopMetadataStore => postgres(c)?.start_again()?,
+        FaultKind::KillTwo => {
+            for n in f.node.split(',') {
+                c.node(n).start()?;
+            }
+        }
         FaultKind::Pause => signal(c, &f.node, rustix::process::Signal::CONT)?,
         FaultKind::Isolate => {
             c.proxies
