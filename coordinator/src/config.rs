@@ -401,6 +401,12 @@ impl Config {
                 return Err(ConfigError(format!("{name} must be 1-3600000")));
             }
         }
+        if self.shutdown_drain_delay_ms > 300_000 {
+            return Err(ConfigError(
+                "shutdown_drain_delay_ms must be at most 300000 (a stop must not wait longer than any termination grace)"
+                    .into(),
+            ));
+        }
         if self.ring_poll_ms > 1000 {
             return Err(ConfigError(
                 "ring_poll_ms must be at most 1000 (ring changes must be seen within a second)"

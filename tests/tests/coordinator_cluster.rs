@@ -634,6 +634,27 @@ async fn a_drained_node_is_routed_around_and_catches_up_from_hints_on_undrain() 
     c.shutdown().await;
 }
 
+/// Waits (at most 60 s) until t1, read through `client`, has `rf` replicas and no change left.
+async fn rf_in_effect(client: &pairdb_common::client::Coordinator, rf: u32) {
+    wait_async(
+        &format!("RF {rf} in effect"),
+        Duration::from_secs(60),
+        || async {
+            let t = client
+                .clone()
+                .get_tenant(pb::GetTenantRequest {
+                    tenant_id: "t1".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            t.replication_factor == rf && t.target_replication_factor == 0
+        },
+    )
+    .await
+    .unwrap();
+}
+
 /// A replication-factor change moves data: raising t1 from 3 to 5 replicas keeps reads at 3
 /// while a repair copies every key to the two replicas it adds (writes made meanwhile reach
 /// them too), then the tenant reads at 5 and every node holds every key; lowering it back
@@ -695,19 +716,7 @@ async fn a_replication_factor_change_copies_every_key_before_reads_count_the_new
             .await
             .unwrap();
     }
-    wait_async("RF 5 in effect", Duration::from_secs(60), || async {
-        let t = b
-            .clone()
-            .get_tenant(pb::GetTenantRequest {
-                tenant_id: "t1".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        t.replication_factor == 5 && t.target_replication_factor == 0
-    })
-    .await
-    .unwrap();
+    rf_in_effect(&b, 5).await;
     for k in before.iter().chain(&during) {
         assert_eq!(
             holders(k.clone()).await,
@@ -718,19 +727,7 @@ async fn a_replication_factor_change_copies_every_key_before_reads_count_the_new
 
     let t = b.update_tenant(set_rf(3)).await.unwrap().into_inner();
     assert_eq!((t.replication_factor, t.target_replication_factor), (5, 3));
-    wait_async("RF 3 in effect", Duration::from_secs(60), || async {
-        let t = a
-            .clone()
-            .get_tenant(pb::GetTenantRequest {
-                tenant_id: "t1".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        t.replication_factor == 3 && t.target_replication_factor == 0
-    })
-    .await
-    .unwrap();
+    rf_in_effect(&a, 3).await;
     for k in before.iter().chain(&during) {
         let got = a
             .read(read_req(k.as_bytes(), Quorum))

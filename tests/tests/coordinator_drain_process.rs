@@ -26,14 +26,7 @@ const CLIENTS: usize = 4;
 async fn a_rolling_restart_of_coordinators_behind_a_balancer_fails_no_request() {
     let _s = serial_async().await;
     let mut c = ProcCluster::start(ProcOptions::default()).await.unwrap();
-    wait_async("every node UP", Duration::from_secs(30), || async {
-        c.meta.list_nodes().await.is_ok_and(|ns| {
-            ns.iter()
-                .all(|n| n.status == pairdb_coordinator::meta::NodeStatus::Up)
-        })
-    })
-    .await
-    .unwrap();
+    c.wait_all_up().await.unwrap();
     let upstreams = c
         .coords
         .iter()

@@ -37,14 +37,7 @@ async fn scenario_with_history(
     })
     .await
     .unwrap();
-    pairdb_tests::cluster::wait_async("every node UP", Duration::from_secs(30), || async {
-        c.meta.list_nodes().await.is_ok_and(|ns| {
-            ns.iter()
-                .all(|n| n.status == pairdb_coordinator::meta::NodeStatus::Up)
-        })
-    })
-    .await
-    .unwrap();
+    c.wait_all_up().await.unwrap();
     let h = History::new(name, seed);
     let ids: Vec<String> = c.nodes.iter().map(|n| n.id.clone()).collect();
     let coords: Vec<String> = c.coords.iter().map(|co| co.id.clone()).collect();

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use pairdb_common::api::pb;
 use pairdb_common::client::Dial;
-use pairdb_tests::cluster::wait_async;
 use pairdb_tests::procs::{ProcCluster, ProcOptions, Secure, Writer};
 use pairdb_tests::*;
 
@@ -37,14 +36,7 @@ async fn plaintext_write_works(c: &ProcCluster, key: &str) {
 async fn wait_all_up(c: &ProcCluster) {
     // One heartbeat round after the restart is visible in storage_nodes.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    wait_async("every node UP", Duration::from_secs(30), || async {
-        c.meta.list_nodes().await.is_ok_and(|ns| {
-            ns.iter()
-                .all(|n| n.status == pairdb_coordinator::meta::NodeStatus::Up)
-        })
-    })
-    .await
-    .unwrap();
+    c.wait_all_up().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

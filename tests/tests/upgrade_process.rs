@@ -121,14 +121,7 @@ async fn a_rolling_upgrade_from_the_previous_release_under_writes_loses_nothing(
     })
     .await
     .unwrap();
-    wait_async("every node UP", Duration::from_secs(30), || async {
-        c.meta.list_nodes().await.is_ok_and(|ns| {
-            ns.iter()
-                .all(|n| n.status == pairdb_coordinator::meta::NodeStatus::Up)
-        })
-    })
-    .await
-    .unwrap();
+    c.wait_all_up().await.unwrap();
     // The cluster really runs the previous release.
     let info = procs::metrics_text(c.coords[0].admin).await.unwrap();
     let commit = std::fs::read_to_string(prev.join(".complete")).unwrap();

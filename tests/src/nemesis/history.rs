@@ -81,6 +81,37 @@ impl History {
         siblings: usize,
         error: &str,
     ) -> u64 {
+        self.push(
+            proc,
+            op_id,
+            kind,
+            f,
+            key,
+            element,
+            siblings,
+            error,
+            Vec::new(),
+        )
+    }
+
+    /// The read of operation `op_id` (started at that operation's invoke) saw `observed`.
+    pub fn read(&self, proc: usize, op_id: u64, key: &str, observed: Vec<String>) {
+        self.push(proc, op_id, Kind::Ok, "read", key, "", 0, "", observed);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &self,
+        proc: usize,
+        op_id: u64,
+        kind: Kind,
+        f: &str,
+        key: &str,
+        element: &str,
+        siblings: usize,
+        error: &str,
+        observed: Vec<String>,
+    ) -> u64 {
         let t = self.started.elapsed().as_nanos() as u64;
         self.lock().push(Record {
             run: self.run.clone(),
@@ -93,29 +124,10 @@ impl History {
             element: element.to_string(),
             siblings,
             error: error.to_string(),
-            observed: Vec::new(),
-            t_mono_ns: t,
-        });
-        t
-    }
-
-    /// The read of operation `op_id` (started at that operation's invoke) saw `observed`.
-    pub fn read(&self, proc: usize, op_id: u64, key: &str, observed: Vec<String>) {
-        let t = self.started.elapsed().as_nanos() as u64;
-        self.lock().push(Record {
-            run: self.run.clone(),
-            seed: self.seed,
-            proc,
-            op_id,
-            kind: Kind::Ok,
-            f: "read".to_string(),
-            key: key.to_string(),
-            element: String::new(),
-            siblings: 0,
-            error: String::new(),
             observed,
             t_mono_ns: t,
         });
+        t
     }
 
     /// A fault started (`what`) or healed (`heal …`).

@@ -141,6 +141,17 @@ impl ProcCluster {
         })
     }
 
+    /// Waits (at most 30 s) until the metadata store shows every storage node UP.
+    pub async fn wait_all_up(&self) -> Result<()> {
+        wait_async("every node UP", Duration::from_secs(30), || async {
+            self.meta.list_nodes().await.is_ok_and(|ns| {
+                ns.iter()
+                    .all(|n| n.status == pairdb_coordinator::meta::NodeStatus::Up)
+            })
+        })
+        .await
+    }
+
     /// A new node process (not started).
     pub fn new_node(&mut self, id: &str) -> Result<&mut NodeProc> {
         let mut n = NodeProc::new(id, self.dir.path())?;
