@@ -23,3 +23,9 @@ echo "== tests"
 # Two test threads per binary: component tests start real nodes; pairdb-tests serialises its
 # process-level tests itself.
 cargo test --workspace --locked --no-fail-fast -- --test-threads=2
+echo "== simulation"
+# The deterministic simulation (tests/tests/simulation.rs, 50 seeds) needs tokio's RNG seeded,
+# which only a build with --cfg tokio_unstable allows; it has its own target dir so the flag
+# never reaches the workspace build above.
+CARGO_TARGET_DIR="$PAIRDB_CACHE/target-sim" RUSTFLAGS="--cfg tokio_unstable" \
+  cargo test -p pairdb-tests --locked --test simulation -- --test-threads=2

@@ -23,6 +23,7 @@ pub mod otel;
 pub mod probes;
 pub mod process;
 pub mod ring;
+pub mod sim;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
@@ -32,8 +33,12 @@ pub mod worker;
 
 pub use error::{Error, ErrorCode};
 
-/// Milliseconds since the Unix epoch (wall clock; used only for `written_at_ms`, TTL and LWW).
+/// Milliseconds since the Unix epoch (wall clock; used only for `written_at_ms`, TTL and LWW;
+/// the simulated clock when a [`sim::Simulation`] is installed).
 pub fn now_ms() -> u64 {
+    if let Some(sim) = sim::active() {
+        return sim.now_ms();
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -366,16 +366,21 @@ impl Supervisor {
         F: FnOnce() -> T + Send + 'static,
     {
         let me = self.clone();
-        Owned {
-            what,
-            handle: self.0.tracker.spawn_blocking(move || {
-                std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
-                    let message = me.panicked(what, p.as_ref());
-                    tracing::error!(task = what, error = %message, "blocking task panicked");
-                    TaskFailed { what, message }
-                })
-            }),
-        }
+        let run = move || {
+            std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+                let message = me.panicked(what, p.as_ref());
+                tracing::error!(task = what, error = %message, "blocking task panicked");
+                TaskFailed { what, message }
+            })
+        };
+        // In a simulation the call runs on this host's thread when first polled (the
+        // in-memory engine never blocks), so the schedule stays a function of the seed.
+        let handle = if crate::sim::active().is_some() {
+            self.0.tracker.spawn(async move { run() })
+        } else {
+            self.0.tracker.spawn_blocking(run)
+        };
+        Owned { what, handle }
     }
 
     /// Cancels every worker and waits for every task, all at once, until `deadline`. `false`

@@ -8,10 +8,11 @@
 //! first answer), and records status and `last_seen` in `storage_nodes` for operators.
 //! *Invariant: health never changes ring membership; state does.*
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
@@ -126,7 +127,8 @@ impl NodeEntry {
 /// An immutable snapshot: ring + nodes. Replaced wholesale on topology change.
 pub struct Snapshot {
     pub ring: Ring,
-    pub nodes: HashMap<String, Arc<NodeEntry>>,
+    /// By node id, in id order (iteration order is part of what a simulation seed replays).
+    pub nodes: BTreeMap<String, Arc<NodeEntry>>,
     pub version: u64,
     /// The ring each active topology change leads to (bootstrapping nodes in, leaving nodes
     /// out). Writes also go to the nodes these rings add to a key's preference list.
@@ -185,6 +187,16 @@ pub struct Cluster {
     meta_reachable: std::sync::atomic::AtomicBool,
 }
 
+/// How often an HTTP/2 PING checks each connection to a storage node, busy or idle, and how
+/// long its answer may take before the connection is closed and the next request dials a new
+/// one. A connection whose packets are black-holed (a partition that dropped segments, a lost
+/// conntrack or NAT entry, a peer whose network was reset) is otherwise only noticed by
+/// HTTP/2 keep-alive: with tonic's defaults it kept a node DOWN for ~30 s after the network
+/// healed (found by the simulation, `tests/tests/simulation.rs`; TESTING.md). One PING per
+/// node every 2 s costs nothing measurable.
+pub const NODE_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+pub const NODE_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A lazy channel to `host:port` that, with TLS, only completes its handshake with the
 /// storage node `node_id` (its certificate from the cluster CA must carry the storage-node
 /// role and name that node).
@@ -199,7 +211,8 @@ pub fn node_channel(
         .map_err(|e| format!("bad address for {node_id}: {e}"))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_millis(connect_timeout_ms))
-        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_interval(NODE_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(NODE_KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
     // Lazy: connects on first use and reconnects after failures, one HTTP/2 channel per node.
     Ok(connect::lazy_channel(
@@ -250,7 +263,7 @@ impl Cluster {
             sup,
             snap: RwLock::new(Arc::new(Snapshot {
                 ring: Ring::default(),
-                nodes: HashMap::new(),
+                nodes: BTreeMap::new(),
                 version: 0,
                 futures: Vec::new(),
             })),
@@ -277,7 +290,7 @@ impl Cluster {
         let records = self.meta.list_nodes().await?;
         let changes = self.meta.list_changes(false).await?;
         let old = self.snapshot();
-        let mut nodes = HashMap::new();
+        let mut nodes = BTreeMap::new();
         for rec in records {
             let health = self
                 .health

@@ -8,7 +8,8 @@
 //! Rotation: `pairdb-coordinator rotate-context-key` (see `MetaStore::rotate_context_key`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use pairdb_common::context::{ContextKey, Keyring, OpenError};
 use pairdb_common::version::VersionVector;

@@ -11,10 +11,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use pairdb_common::api::pb::coordinator_service_server::CoordinatorServiceServer;
+use pairdb_common::sim::Listener;
 use pairdb_common::tls::listen::{self, ListenConfig};
 use pairdb_common::tls::{ClientAuth, Tls};
 use pairdb_common::worker::Supervisor;
-use tokio::net::TcpListener;
 
 use crate::api::CoordinatorApi;
 use crate::auth::{Auth, AuthLayer};
@@ -200,13 +200,13 @@ pub async fn start_with_stores(
     });
 
     let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
-    let grpc_listener = TcpListener::bind(cfg.grpc_addr)
+    let grpc_listener = Listener::bind(cfg.grpc_addr)
         .await
         .map_err(bind_err("gRPC", cfg.grpc_addr))?;
     let grpc_addr = grpc_listener
         .local_addr()
         .map_err(bind_err("gRPC", cfg.grpc_addr))?;
-    let admin_listener = TcpListener::bind(cfg.admin_addr)
+    let admin_listener = Listener::bind(cfg.admin_addr)
         .await
         .map_err(bind_err("admin", cfg.admin_addr))?;
     let admin_addr = admin_listener

@@ -98,6 +98,7 @@ pub async fn start_node(
             Box::new(pairdb_storage_node::disk::FixedUsage::new(p))
                 as Box<dyn pairdb_storage_node::disk::UsageSource>
         }),
+        engine: None,
     };
     pairdb_storage_node::server::start(cfg, opts)
         .await

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pairdb_common::api::pb::storage_node_service_server::StorageNodeServiceServer;
+use pairdb_common::sim::Listener;
 use pairdb_common::tls::listen::{self, ListenConfig};
 use pairdb_common::tls::{ClientAuth, Role, Tls};
 use pairdb_common::worker::Supervisor;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::StorageApi;
@@ -40,6 +40,9 @@ pub struct RunningNode {
 pub struct StartOptions {
     /// Replace statvfs with another usage source.
     pub usage_source: Option<Box<dyn UsageSource>>,
+    /// Serve this engine instead of opening RocksDB in `data_dir/db` (the simulation's
+    /// in-memory engine, kept across a simulated crash).
+    pub engine: Option<Arc<dyn Engine>>,
 }
 
 /// Why a node could not start.
@@ -79,23 +82,38 @@ pub fn open_store(
     metrics: Arc<Metrics>,
     usage: Option<Box<dyn UsageSource>>,
 ) -> Result<(Arc<Store>, Arc<DiskMonitor>), StartError> {
+    open_store_with(cfg, metrics, usage, None)
+}
+
+/// [`open_store`] over `engine` when given (else RocksDB in `data_dir/db`).
+pub fn open_store_with(
+    cfg: &Config,
+    metrics: Arc<Metrics>,
+    usage: Option<Box<dyn UsageSource>>,
+    engine: Option<Arc<dyn Engine>>,
+) -> Result<(Arc<Store>, Arc<DiskMonitor>), StartError> {
     let db_dir = cfg.data_dir.join("db");
     std::fs::create_dir_all(&db_dir).map_err(|source| StartError::DataDir {
         path: db_dir.clone(),
         source,
     })?;
-    let ropts = RocksOptions {
-        block_cache_bytes: cfg.block_cache_mb << 20,
-        memtable_bytes: cfg.memtable_mb << 20,
-        max_memtables: cfg.max_memtables,
-        background_jobs: cfg.background_jobs,
+    let engine: Arc<dyn Engine> = match engine {
+        Some(e) => e,
+        None => {
+            let ropts = RocksOptions {
+                block_cache_bytes: cfg.block_cache_mb << 20,
+                memtable_bytes: cfg.memtable_mb << 20,
+                max_memtables: cfg.max_memtables,
+                background_jobs: cfg.background_jobs,
+            };
+            Arc::new(
+                RocksEngine::open(&db_dir, &ropts).map_err(|source| StartError::Engine {
+                    path: db_dir.clone(),
+                    source,
+                })?,
+            )
+        }
     };
-    let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(&db_dir, &ropts).map_err(
-        |source| StartError::Engine {
-            path: db_dir.clone(),
-            source,
-        },
-    )?);
     let identity =
         Identity::establish(engine.as_ref(), &cfg.data_dir, &cfg.node_id, cfg.new_epoch)?;
     match &identity.new_epoch_reason {
@@ -143,7 +161,7 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
         let cfg = cfg.clone();
         let metrics = metrics.clone();
         sup.spawn_blocking("open-store", move || {
-            open_store(&cfg, metrics, opts.usage_source)
+            open_store_with(&cfg, metrics, opts.usage_source, opts.engine)
         })
         .await
         .map_err(|e| StartError::Task(e.to_string()))??
@@ -177,13 +195,13 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
     );
 
     let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
-    let grpc_listener = TcpListener::bind(cfg.grpc_addr)
+    let grpc_listener = Listener::bind(cfg.grpc_addr)
         .await
         .map_err(bind_err("gRPC", cfg.grpc_addr))?;
     let grpc_addr = grpc_listener
         .local_addr()
         .map_err(bind_err("gRPC", cfg.grpc_addr))?;
-    let admin_listener = TcpListener::bind(cfg.admin_addr)
+    let admin_listener = Listener::bind(cfg.admin_addr)
         .await
         .map_err(bind_err("admin", cfg.admin_addr))?;
     let admin_addr = admin_listener

@@ -9,6 +9,7 @@ pub mod nemesis;
 pub mod pginstance;
 pub mod procs;
 pub mod proxy;
+pub mod sim;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

@@ -45,7 +45,10 @@ impl ClientTls {
     }
 }
 
-type ClientIo = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+type ClientIo = Either<
+    Either<TcpStream, crate::sim::BoxStream>,
+    Box<tokio_rustls::client::TlsStream<TcpStream>>,
+>;
 
 async fn dial(uri: Uri, tls: ClientTls) -> Result<TokioIo<ClientIo>, std::io::Error> {
     let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
@@ -58,13 +61,20 @@ async fn dial(uri: Uri, tls: ClientTls) -> Result<TokioIo<ClientIo>, std::io::Er
     let port = uri
         .port_u16()
         .ok_or_else(|| bad(format!("no port in {uri}")))?;
-    let tcp = TcpStream::connect((host.as_str(), port)).await?;
-    tcp.set_nodelay(true)?;
     let config = tls
         .config()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    if let Some(sim) = crate::sim::active() {
+        if config.is_some() {
+            return Err(bad("TLS is not simulated".into()));
+        }
+        let s = sim.connect(host, port).await?;
+        return Ok(TokioIo::new(Either::Left(Either::Right(s))));
+    }
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
     let Some(config) = config else {
-        return Ok(TokioIo::new(Either::Left(tcp)));
+        return Ok(TokioIo::new(Either::Left(Either::Left(tcp))));
     };
     let name =
         ServerName::try_from(host.clone()).map_err(|e| bad(format!("server name {host}: {e}")))?;

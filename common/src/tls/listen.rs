@@ -16,7 +16,9 @@ use std::task::{Context, Poll};
 use crate::worker::Supervisor;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+use crate::sim::{Accepted, BoxStream, Listener};
 use tokio::sync::mpsc;
 
 use super::{
@@ -54,6 +56,8 @@ impl PeerInfo {
 enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// A connection of the simulated network (`crate::sim`; plaintext only).
+    Sim(BoxStream),
 }
 
 /// An accepted connection, TLS or plaintext.
@@ -95,6 +99,7 @@ impl AsyncRead for Conn {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Sim(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -108,6 +113,7 @@ impl AsyncWrite for Conn {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Sim(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -119,6 +125,7 @@ impl AsyncWrite for Conn {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Sim(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -126,6 +133,7 @@ impl AsyncWrite for Conn {
         match &self.io {
             Io::Plain(s) => s.is_write_vectored(),
             Io::Tls(s) => s.is_write_vectored(),
+            Io::Sim(s) => s.is_write_vectored(),
         }
     }
 
@@ -133,6 +141,7 @@ impl AsyncWrite for Conn {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Sim(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -140,6 +149,7 @@ impl AsyncWrite for Conn {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Sim(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -191,10 +201,24 @@ fn server_config(
 }
 
 async fn handshake(
-    stream: TcpStream,
+    accepted: Accepted,
     cfg: &ListenConfig,
     cache: &Mutex<ConfigCache>,
 ) -> Result<Conn, &'static str> {
+    let stream = match accepted {
+        Accepted::Tcp(s) => s,
+        Accepted::Sim(_, _) if cfg.tls.is_some() => return Err("handshake"),
+        Accepted::Sim(s, remote) => {
+            return Ok(Conn {
+                io: Io::Sim(s),
+                info: PeerInfo {
+                    remote: Some(remote),
+                    ..PeerInfo::default()
+                },
+                _open: None,
+            });
+        }
+    };
     let remote = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let Some(tls) = &cfg.tls else {
@@ -260,7 +284,7 @@ async fn handshake(
 /// Accepts on `listener` until shutdown, handing finished connections to the receiver. The
 /// accept loop is the supervisor's service `name`; each handshake is an owned task.
 pub fn incoming(
-    listener: TcpListener,
+    listener: Listener,
     cfg: ListenConfig,
     sup: &Supervisor,
     name: &'static str,
@@ -272,7 +296,7 @@ pub fn incoming(
 /// [`Supervisor::serving_token`], so new connections are refused and go elsewhere); the
 /// listener is dropped then.
 pub fn incoming_until(
-    listener: TcpListener,
+    listener: Listener,
     cfg: ListenConfig,
     sup: &Supervisor,
     name: &'static str,
@@ -293,7 +317,7 @@ pub fn incoming_until(
                 a = listener.accept() => a,
             };
             let stream = match accepted {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");

@@ -9,15 +9,18 @@
 //! Files: `records.rs` (the rows as types), this file (the trait, errors, `connect`),
 //! `store.rs` (every statement, once, for both databases), `sql.rs` (the dialect seam and the
 //! job lease statements), `rows.rs` (reading rows), `tx.rs` (statements shared inside transactions), `backends.rs` (connect, migrate and run
-//! per database).
+//! per database), `memory.rs` (an in-memory store with the same semantics, for the
+//! deterministic simulation).
 
 mod backends;
+mod memory;
 mod records;
 mod rows;
 mod sql;
 mod store;
 mod tx;
 
+pub use memory::MemMeta;
 pub use records::*;
 pub use store::{PgMeta, SqlMeta, SqliteMeta};
 

@@ -100,7 +100,7 @@ pub struct Repairs {
     started_ms: u64,
 }
 /// Each reachable node's current start (`NodeInfo.started_at_ms`), asked when a run begins.
-async fn node_starts(nodes: &HashMap<String, Arc<NodeEntry>>) -> BTreeMap<String, u64> {
+async fn node_starts(nodes: &BTreeMap<String, Arc<NodeEntry>>) -> BTreeMap<String, u64> {
     let asks = nodes.values().map(|n| {
         let mut c = n.client.clone();
         async move {

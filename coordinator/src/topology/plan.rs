@@ -3,7 +3,7 @@
 //! drops), the `progress` document, the future ring, overlap of two plans, and the order in
 //! which a range's sources are tried. No I/O here.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -191,7 +191,7 @@ fn member(rec: &NodeRecord) -> RingMember {
 /// The ring a streaming change leads to, from the current ring (`None` for cleanups).
 pub fn future_ring(
     ring: &Ring,
-    nodes: &HashMap<String, Arc<NodeEntry>>,
+    nodes: &BTreeMap<String, Arc<NodeEntry>>,
     c: &ChangeRecord,
 ) -> Result<Option<Ring>, JobError> {
     if c.kind == ChangeKind::Cleanup {

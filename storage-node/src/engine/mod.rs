@@ -1,10 +1,12 @@
 //! The storage engine boundary: a small, synchronous key-value trait the rest of the node is
-//! written against. [`rocks`] is the only module in the workspace that imports `rocksdb`.
+//! written against. [`rocks`] is the only module in the workspace that imports `rocksdb`;
+//! [`memory`] is an in-memory implementation for the deterministic simulation.
 //!
 //! Contract: writes in one [`Engine::write`] call are atomic; a successful `write` with
 //! `sync = true` is on stable storage; reads see every completed write. Errors are
 //! [`EngineError`]; a detected on-disk corruption is `EngineError::Corruption`, never a panic.
 
+pub mod memory;
 pub mod rocks;
 
 use std::path::{Path, PathBuf};

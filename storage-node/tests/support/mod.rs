@@ -32,6 +32,7 @@ pub async fn start(cfg: Config, usage: Option<Box<dyn UsageSource>>) -> (Running
         cfg,
         StartOptions {
             usage_source: usage,
+            engine: None,
         },
     )
     .await

@@ -29,7 +29,7 @@ pub fn elements(value: &[u8]) -> BTreeSet<String> {
         .collect()
 }
 
-fn encode(set: &BTreeSet<String>) -> Vec<u8> {
+pub fn encode(set: &BTreeSet<String>) -> Vec<u8> {
     set.iter()
         .cloned()
         .collect::<Vec<_>>()
@@ -39,7 +39,7 @@ fn encode(set: &BTreeSet<String>) -> Vec<u8> {
 
 /// Whether a write error means it certainly was not applied (refused before anything was
 /// written); anything else may have been applied (`info`).
-fn definitely_not_applied(code: Code) -> bool {
+pub fn definitely_not_applied(code: Code) -> bool {
     matches!(
         code,
         Code::InvalidArgument

@@ -1,6 +1,7 @@
-//! The same behaviour suite against both metadata stores: SQLite (a temp file) and PostgreSQL
-//! (a database created for each test on the local server and dropped afterwards). Each
-//! behaviour is its own test on each backend (`<behaviour>::sqlite`, `<behaviour>::postgres`),
+//! The same behaviour suite against every metadata store: SQLite (a temp file), PostgreSQL
+//! (a database created for each test on the local server and dropped afterwards) and the
+//! in-memory store of the simulation (`MemMeta`). Each behaviour is its own test on each
+//! backend (`<behaviour>::sqlite`, `<behaviour>::postgres`, `<behaviour>::memory`),
 //! on a fresh, migrated store. Behaviours: `basics.rs` (migrations, nodes, drain, tenants, hints,
 //! context keys), `topology.rs` (topology changes, racing admissions), `jobs.rs` (tokens,
 //! repairs); the job driver's lease under a panic is at the end of this file.
@@ -81,6 +82,13 @@ macro_rules! on_both {
             #[tokio::test]
             async fn postgres() {
                 let (store, _db) = super::postgres().await;
+                super::$module::$behaviour(store).await;
+            }
+
+            #[tokio::test]
+            async fn memory() {
+                let store: std::sync::Arc<dyn super::MetaStore> =
+                    std::sync::Arc::new(super::MemMeta::new());
                 super::$module::$behaviour(store).await;
             }
         }
