@@ -19,6 +19,8 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --all-targets --locked
+echo "== build with crash points"
+scripts/build-failpoints.sh
 echo "== tests"
 # Two test threads per binary: component tests start real nodes; pairdb-tests serialises its
 # process-level tests itself.

@@ -202,6 +202,7 @@ fn engine_steps(a: &StorageArgs, dur: Duration) -> anyhow::Result<Vec<StepResult
         memtable_bytes: 64 << 20,
         max_memtables: 3,
         background_jobs: 2,
+        salvage_wal: false,
     };
     // Raw RocksDB: a put/get of the same key shape and value, no pairdb logic.
     let raw = RocksEngine::open(&tmp.path().join("raw"), &ropts)?;

@@ -17,6 +17,7 @@ pub mod client;
 pub mod context;
 pub mod convert;
 pub mod error;
+pub mod failpoint;
 pub mod framing;
 pub mod grpc;
 pub mod otel;

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use pairdb_common::api::pb;
 use pairdb_common::version::KeyState;
-use pairdb_common::{ErrorCode, convert, framing, now_ms};
+use pairdb_common::{ErrorCode, convert, failpoint, framing, now_ms};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -395,6 +395,7 @@ impl Hints {
                 let retry = self.retry_after_ms(h.replay_count);
                 match r {
                     Ok(Ok(_)) => {
+                        failpoint::crash(failpoint::points::HINT_AFTER_SEND);
                         self.meta.delete_hint(h.hint_id).await?;
                         self.metrics.hints_replayed.inc();
                         delivered += 1;

@@ -47,6 +47,10 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    if let Err(e) = pairdb_common::failpoint::setup() {
+        eprintln!("pairdb-coordinator: {e}");
+        std::process::exit(2);
+    }
     let telemetry = pairdb_common::telemetry::init(cfg.log_json, "pairdb-coordinator");
     match cli.cmd.unwrap_or(Cmd::Serve) {
         Cmd::Migrate => {
@@ -68,14 +72,24 @@ async fn main() -> anyhow::Result<()> {
             let delay = std::time::Duration::from_millis(cfg.shutdown_drain_delay_ms);
             // Requests in flight get their own deadline to finish.
             let deadline = std::time::Duration::from_millis(cfg.request_timeout_ms + 1000);
-            let c = pairdb_coordinator::server::start(cfg).await?;
+            // The handler first: a SIGTERM while the server starts (its port may already
+            // listen) ends the start and exits 0, never a death by the signal.
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received; draining, then shutting down"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; draining, then shutting down"),
+            let started = tokio::select! {
+                c = pairdb_coordinator::server::start(cfg) => Some(c?),
+                _ = term.recv() => None,
+            };
+            match started {
+                Some(c) => {
+                    tokio::select! {
+                        _ = term.recv() => tracing::info!("SIGTERM received; draining, then shutting down"),
+                        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; draining, then shutting down"),
+                    }
+                    c.drain_and_shutdown(delay, deadline).await;
+                }
+                None => tracing::info!("SIGTERM received while starting; exiting"),
             }
-            c.drain_and_shutdown(delay, deadline).await;
         }
     }
     telemetry.shutdown();

@@ -23,6 +23,10 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// fsync the WAL before acknowledging each write batch (concurrent writers share one fsync).
     pub sync_writes: bool,
+    /// What to do at start when the write-ahead log is damaged other than in its last record:
+    /// `strict` refuses to start (the error names the damage); `salvage` opens with what
+    /// precedes it and serves no client reads until a full repair.
+    pub wal_recovery: WalRecovery,
     /// Streamed records of one pull chunk below this many KiB are merged one by one; above, keys
     /// new to the node go in as one ingested table. 0: always a table.
     pub stream_table_min_kb: u64,
@@ -88,6 +92,22 @@ pub struct Config {
     pub insecure: bool,
 }
 
+/// What a storage node does at start when its write-ahead log is damaged (`wal_recovery`). A
+/// torn last record — a write in flight at a crash, never acknowledged — is dropped either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum WalRecovery {
+    /// Damage anywhere else stops the node from starting, with an error naming it (Cassandra's
+    /// behaviour on a bad commit-log checksum): acknowledged writes are never dropped silently.
+    #[default]
+    Strict,
+    /// Open with everything before the first damaged record and drop the rest (RocksDB's
+    /// point-in-time recovery). The node then counts itself out of date, so coordinators send
+    /// it no client reads until a full repair has brought the lost writes back from replicas.
+    /// Only acts when the log is damaged: a clean start is unaffected.
+    Salvage,
+}
+
 /// `$name` when set and non-empty, else this machine's hostname.
 pub fn env_or_hostname(name: &str) -> Option<String> {
     std::env::var(name)
@@ -112,6 +132,7 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 7001)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9101)),
             sync_writes: false,
+            wal_recovery: WalRecovery::Strict,
             stream_table_min_kb: 1024,
             block_cache_mb: 256,
             memtable_mb: 64,
@@ -163,6 +184,8 @@ pub struct Args {
     pub admin_addr: Option<SocketAddr>,
     #[arg(long, env = "PAIRDB_SYNC_WRITES")]
     pub sync_writes: Option<bool>,
+    #[arg(long, env = "PAIRDB_WAL_RECOVERY", value_enum)]
+    pub wal_recovery: Option<WalRecovery>,
     #[arg(long, env = "PAIRDB_STREAM_TABLE_MIN_KB")]
     pub stream_table_min_kb: Option<u64>,
     #[arg(long, env = "PAIRDB_BLOCK_CACHE_MB")]
@@ -249,6 +272,7 @@ impl Config {
             grpc_addr => grpc_addr,
             admin_addr => admin_addr,
             sync_writes => sync_writes,
+            wal_recovery => wal_recovery,
             stream_table_min_kb => stream_table_min_kb,
             block_cache_mb => block_cache_mb,
             memtable_mb => memtable_mb,

@@ -349,6 +349,7 @@ mod tests {
             memtable_bytes: 1 << 20,
             max_memtables: 2,
             background_jobs: 1,
+            salvage_wal: false,
         };
         RocksEngine::open(&dir.join("db"), &o).expect("open engine")
     }

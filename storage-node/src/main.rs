@@ -18,9 +18,22 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    if let Err(e) = pairdb_common::failpoint::setup() {
+        eprintln!("pairdb-storage-node: {e}");
+        std::process::exit(2);
+    }
     let telemetry = pairdb_common::telemetry::init(cfg.log_json, "pairdb-storage-node");
-    let node = server::start(cfg, StartOptions::default()).await?;
+    // The handler first: a SIGTERM while the node starts (its port may already listen) ends
+    // the start and exits 0, never a death by the signal.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let node = tokio::select! {
+        n = server::start(cfg, StartOptions::default()) => n?,
+        _ = term.recv() => {
+            tracing::info!("SIGTERM received while starting; exiting");
+            telemetry.shutdown();
+            return Ok(());
+        }
+    };
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),

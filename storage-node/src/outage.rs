@@ -19,6 +19,9 @@ use crate::engine::{BatchOp, Engine, EngineError, Space};
 
 const LAST_ALIVE: &[u8] = b"last_alive_ms";
 const OUTAGE: &[u8] = b"unrepaired_outage_ms";
+/// The outage a node that salvaged its write-ahead log reports: longer than any GC grace
+/// (a year), small enough that adding real outages to it cannot overflow.
+pub const OUT_OF_DATE_MS: u64 = 365 * 24 * 3600 * 1000;
 /// How often being alive is recorded (the outage is known to within this).
 pub const ALIVE_EVERY: Duration = Duration::from_secs(5);
 
@@ -86,6 +89,19 @@ impl Outage {
     /// When this start happened (this node's clock).
     pub fn started_ms(&self) -> u64 {
         self.started_ms
+    }
+
+    /// Counts this node as away longer than any tombstone GC grace (it opened by salvaging a
+    /// damaged write-ahead log, so acknowledged writes may be missing): coordinators send it
+    /// no client reads until a full repair that began during this start completes.
+    pub fn mark_out_of_date(&self) -> Result<(), EngineError> {
+        self.outage_ms.fetch_max(OUT_OF_DATE_MS, Ordering::SeqCst);
+        self.persist(now_ms())?;
+        tracing::warn!(
+            unrepaired_outage_ms = self.outage_ms(),
+            "out of date until a full repair: no client reads are served from this node"
+        );
+        Ok(())
     }
 
     /// A cluster-wide repair completed that began while this node was up since `started_ms`

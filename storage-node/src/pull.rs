@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClient;
+use pairdb_common::failpoint;
 use pairdb_common::tls::Expect;
 use pairdb_common::tls::connect::{self, ClientTls};
 use pairdb_common::{Error as Common, convert, framing};
@@ -224,6 +225,7 @@ async fn pull(
                 progress.last_data_key = chunk.last_data_key;
             }
             progress.done = chunk.done;
+            failpoint::crash(failpoint::points::STREAM_AFTER_BATCH);
             if tx.send(Ok(progress.clone())).await.is_err() {
                 tracing::info!(%range, source = %req.source_address, keys = progress.keys, "pull stopped: the caller went away");
                 return Ok(());

@@ -105,6 +105,7 @@ pub fn open_store_with(
                 memtable_bytes: cfg.memtable_mb << 20,
                 max_memtables: cfg.max_memtables,
                 background_jobs: cfg.background_jobs,
+                salvage_wal: cfg.wal_recovery == crate::config::WalRecovery::Salvage,
             };
             Arc::new(
                 RocksEngine::open(&db_dir, &ropts).map_err(|source| StartError::Engine {
@@ -168,10 +169,16 @@ pub async fn start(cfg: Config, opts: StartOptions) -> Result<RunningNode, Start
     };
     let outage = {
         let engine = store.engine().clone();
-        sup.spawn_blocking("open-outage", move || crate::outage::Outage::open(engine))
-            .await
-            .map_err(|e| StartError::Task(e.to_string()))?
-            .map_err(|e| StartError::Task(format!("record liveness: {e}")))?
+        sup.spawn_blocking("open-outage", move || {
+            let o = crate::outage::Outage::open(engine.clone())?;
+            if engine.salvaged() {
+                o.mark_out_of_date()?;
+            }
+            Ok::<_, crate::engine::EngineError>(o)
+        })
+        .await
+        .map_err(|e| StartError::Task(e.to_string()))?
+        .map_err(|e| StartError::Task(format!("record liveness: {e}")))?
     };
     let outage = Arc::new(outage);
     let node = Arc::new(

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod k8s;
 pub mod monitoring;
 pub mod nemesis;
+pub mod netns;
 pub mod pginstance;
 pub mod procs;
 pub mod proxy;
@@ -80,6 +81,14 @@ impl ChildGuard {
 
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// The exit status, once the process has exited on its own (a crash point, a panic).
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => bail!("{} is not running", self.name),
+        }
     }
 
     /// Sends `signal` and waits up to `deadline` for the exit status.
@@ -214,6 +223,31 @@ pub fn sh_blocks_in(md: &str, heading: &str) -> Vec<String> {
     sh_blocks(&section)
 }
 
+/// `PAIRDB_CACHE` as `scripts/env.sh` chooses it.
+fn cache_dir() -> PathBuf {
+    match std::env::var("PAIRDB_CACHE") {
+        Ok(c) => PathBuf::from(c),
+        Err(_) if std::path::Path::new("/var/cache/pairdb").is_dir() => "/var/cache/pairdb".into(),
+        Err(_) => PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/pairdb"),
+    }
+}
+
+/// Directory of the servers built with crash points (the cargo feature `failpoints`, in the
+/// simulation's target dir, by `scripts/build-failpoints.sh`, which `scripts/test.sh` runs
+/// before the tests); fails with that hint when they are not there.
+pub fn failpoint_bin_dir() -> Result<PathBuf> {
+    let dir = cache_dir().join("target-sim").join("debug");
+    for name in ["pairdb-coordinator", "pairdb-storage-node"] {
+        if !dir.join(name).exists() {
+            bail!(
+                "{} has no {name}: run scripts/build-failpoints.sh (scripts/test.sh does)",
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
 /// Directory of the previous release's binaries (the commit in `tests/upgrade-from`), as
 /// `scripts/build-previous.sh` leaves them; fails with that hint when they were not built.
 pub fn previous_bin_dir() -> Result<PathBuf> {
@@ -225,12 +259,7 @@ pub fn previous_bin_dir() -> Result<PathBuf> {
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .context("tests/upgrade-from names no commit")?
         .to_string();
-    let cache = match std::env::var("PAIRDB_CACHE") {
-        Ok(c) => PathBuf::from(c),
-        Err(_) if std::path::Path::new("/var/cache/pairdb").is_dir() => "/var/cache/pairdb".into(),
-        Err(_) => PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/pairdb"),
-    };
-    let dir = cache.join("prev").join(&commit).join("bin");
+    let dir = cache_dir().join("prev").join(&commit).join("bin");
     if !dir.join(".complete").exists() {
         bail!(
             "the previous release ({commit}) is not built in {}: run scripts/build-previous.sh (scripts/test.sh does)",

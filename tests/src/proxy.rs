@@ -21,7 +21,12 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Starts a proxy on a free 127.0.0.1 port forwarding to `upstream`.
     pub async fn start(upstream: SocketAddr) -> Result<TcpProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), upstream).await
+    }
+
+    /// Starts a proxy listening on `bind` forwarding to `upstream`.
+    pub async fn start_on(bind: SocketAddr, upstream: SocketAddr) -> Result<TcpProxy> {
+        let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let mut p = TcpProxy {
             addr,

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use pairdb_common::api::pb;
 use pairdb_coordinator::meta::NodeStatus;
-use pairdb_tests::cluster::wait_async;
 use pairdb_tests::nemesis::check;
 use pairdb_tests::nemesis::history::History;
 use pairdb_tests::nemesis::setadd::SetAdd;
@@ -123,25 +122,14 @@ async fn a_node_an_hour_ahead_and_a_coordinator_an_hour_behind_lose_nothing() {
     wait_acked(&c, before + 60, &mut n3_down).await;
     load.finish().await;
 
-    wait_async("hints drained", Duration::from_secs(60), || async {
-        c.meta.hint_targets().await.is_ok_and(|t| t.is_empty())
-    })
-    .await
-    .unwrap();
-    let keys = check::keys(&h);
-    let finals = check::final_sets(&c.coords[0].dial(), &keys, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let mut v = check::check(&h, &finals);
-    let converged = check::converge(&c, &keys, Duration::from_secs(90)).await;
-    v.converged_ms = converged.as_ref().ok().map(|d| d.as_millis() as u64);
+    let (v, converged) = check::after_heal(&c, &h).await.unwrap();
     println!(
         "clock skew: {}; {hinted} hints for n1 replayed; n3 seen DOWN {n3_down} times",
         v.summary()
     );
 
     // The skew was real: n3 stamped its own versions an hour ahead of this process's clock.
-    let keys: Vec<String> = keys.into_iter().collect();
+    let keys: Vec<String> = check::keys(&h).into_iter().collect();
     let ahead = newest_own_write(&c, "n3", &keys).await;
     let now = pairdb_common::now_ms();
     assert!(

@@ -15,6 +15,7 @@
 #![cfg(tokio_unstable)]
 #![allow(clippy::unwrap_used)]
 
+use pairdb_tests::nemesis::check;
 use pairdb_tests::sim::{self, SimConfig};
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -30,6 +31,7 @@ fn every_seed_keeps_every_acknowledged_add_and_converges() {
     let count = env_u64("PAIRDB_SIM_SEEDS").unwrap_or(50);
     let mut failures = Vec::new();
     let (mut ops, mut acked, mut faults) = (0, 0, 0);
+    let mut min_during = usize::MAX;
     let started = std::time::Instant::now();
     for seed in base..base + count {
         let out = match sim::run(&SimConfig::new(seed)) {
@@ -42,13 +44,25 @@ fn every_seed_keeps_every_acknowledged_add_and_converges() {
             }
         };
         let v = &out.verdict;
+        // Every fault overlapped the traffic: some add was in flight while it was on.
+        let during = check::ops_during_faults(&out.history);
+        let quiet: Vec<&(String, usize)> = during.iter().filter(|(_, n)| *n == 0).collect();
+        let fewest = during.iter().map(|(_, n)| *n).min().unwrap_or(0);
+        min_during = min_during.min(fewest);
         println!(
-            "seed {seed}: {} faults, {}; sim {} ms, read-repaired {}",
+            "seed {seed}: {} faults (fewest adds in flight during one: {fewest}), {}; sim {} ms, read-repaired {}",
             out.schedule.len(),
             v.summary(),
             out.sim_ms,
             out.read_repaired
         );
+        if during.len() != out.schedule.len() || !quiet.is_empty() {
+            failures.push(format!(
+                "seed {seed}: faults without traffic {quiet:?} ({} faults recorded of {})",
+                during.len(),
+                out.schedule.len()
+            ));
+        }
         ops += v.ops;
         acked += v.acked;
         faults += out.schedule.len();
@@ -66,7 +80,7 @@ fn every_seed_keeps_every_acknowledged_add_and_converges() {
         }
     }
     println!(
-        "{count} seeds from {base}: {faults} faults, {ops} adds, {acked} acknowledged ({:.1} %), {:.1} s",
+        "{count} seeds from {base}: {faults} faults (at least {min_during} adds in flight during each), {ops} adds, {acked} acknowledged ({:.1} %), {:.1} s",
         100.0 * acked as f64 / ops.max(1) as f64,
         started.elapsed().as_secs_f64()
     );

@@ -25,22 +25,6 @@ fn throttled(bytes_per_sec: u64) -> ProcOptions {
     o
 }
 
-/// The active change of `node_id`, waiting for it to appear.
-async fn change_of(c: &ProcCluster, node_id: &str, kind: ChangeKind) -> String {
-    for _ in 0..100 {
-        let all = c.meta.list_changes(true).await.unwrap();
-        if let Some(ch) = all
-            .iter()
-            .rev()
-            .find(|ch| ch.kind == kind && (ch.node_id == node_id))
-        {
-            return ch.change_id.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no {kind:?} change for {node_id}");
-}
-
 /// Waits until a running change has streamed some but not all ranges.
 async fn wait_mid_stream(c: &ProcCluster, id: &str) {
     for _ in 0..600 {
@@ -110,7 +94,7 @@ async fn bootstrap_3_to_4_under_writes_loses_nothing_and_cleanup_drops_surplus()
     let n4 = c.new_node("n4").unwrap();
     n4.join = Some(coord);
     n4.start().unwrap();
-    let id = change_of(&c, "n4", ChangeKind::Bootstrap).await;
+    let id = c.change_of("n4", ChangeKind::Bootstrap).await.unwrap();
     c.wait_change(&id, "completed", CHANGE_DEADLINE)
         .await
         .unwrap();
@@ -265,7 +249,7 @@ async fn source_node_killed_mid_stream_resumes_from_another_replica() {
     let n4 = c.new_node("n4").unwrap();
     n4.join = Some(coord);
     n4.start().unwrap();
-    let id = change_of(&c, "n4", ChangeKind::Bootstrap).await;
+    let id = c.change_of("n4", ChangeKind::Bootstrap).await.unwrap();
     wait_mid_stream(&c, &id).await;
     // Kill the source of a range that is still streaming.
     let plan: Vec<serde_json::Value> =
@@ -348,8 +332,8 @@ async fn two_bootstraps_requested_together_both_complete() {
     let n5 = c.new_node("n5").unwrap();
     n5.join = Some(b);
     n5.start().unwrap();
-    let id4 = change_of(&c, "n4", ChangeKind::Bootstrap).await;
-    let id5 = change_of(&c, "n5", ChangeKind::Bootstrap).await;
+    let id4 = c.change_of("n4", ChangeKind::Bootstrap).await.unwrap();
+    let id5 = c.change_of("n5", ChangeKind::Bootstrap).await.unwrap();
     c.wait_change(&id4, "completed", CHANGE_DEADLINE)
         .await
         .unwrap();
@@ -376,7 +360,7 @@ async fn abort_mid_bootstrap_restores_the_ring_and_loses_nothing() {
     let n4 = c.new_node("n4").unwrap();
     n4.join = Some(coord);
     n4.start().unwrap();
-    let id = change_of(&c, "n4", ChangeKind::Bootstrap).await;
+    let id = c.change_of("n4", ChangeKind::Bootstrap).await.unwrap();
     let writer = Writer::start(c.coord_dials(), "live", 50_000, Duration::from_secs(60));
     wait_mid_stream(&c, &id).await;
     let aborted = c

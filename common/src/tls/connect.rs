@@ -73,6 +73,12 @@ async fn dial(uri: Uri, tls: ClientTls) -> Result<TokioIo<ClientIo>, std::io::Er
     }
     let tcp = TcpStream::connect((host.as_str(), port)).await?;
     tcp.set_nodelay(true)?;
+    // Closing this connection discards what the kernel has not yet delivered (an RST, not a
+    // FIN queued behind it): a request this process gave up on — its connection closed by the
+    // keep-alive after a partition — is not delivered later by the orphaned socket's
+    // retransmissions once the partition heals, to be applied after its caller moved on
+    // (TESTING.md "Found": a late coordinating write minting a duplicate sibling).
+    tcp.set_zero_linger()?;
     let Some(config) = config else {
         return Ok(TokioIo::new(Either::Left(Either::Left(tcp))));
     };

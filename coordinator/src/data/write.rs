@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use pairdb_common::api::pb;
 use pairdb_common::version::KeyState;
-use pairdb_common::{Error as E, convert, validate};
+use pairdb_common::{Error as E, convert, failpoint, validate};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -165,6 +165,7 @@ impl DataPlane {
             let g = fan.gather(w.required.saturating_sub(1), w.deadline).await;
             let acked = 1 + g.acks;
             let a = if acked >= w.required {
+                failpoint::crash(failpoint::points::COORD_AFTER_QUORUM);
                 write_ok(&result, acked)
             } else if g.timed_out {
                 Err(timed_out(&w, acked))

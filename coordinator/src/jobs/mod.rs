@@ -149,11 +149,8 @@ impl JobDriver {
         F: FnOnce(R, CancellationToken) -> Fut,
         Fut: Future<Output = Result<(), JobError>> + Send + 'static,
     {
-        let (held_by, expires_at_ms) = row.lease();
-        if !self
-            .claim(row.job_id(), held_by, expires_at_ms, now)
-            .await?
-        {
+        let held_by = row.lease();
+        if !self.claim(row.job_id(), held_by, now).await? {
             return Ok(false);
         }
         let id = row.job_id().to_string();
@@ -161,23 +158,18 @@ impl JobDriver {
         Ok(true)
     }
 
-    /// Claims job `id` (whose lease row says `held_by` until `expires_at_ms`) unless this
-    /// coordinator drives it already or another holds an unexpired lease. `Ok(true)`: it is
-    /// ours; start it with [`Self::start`].
+    /// Claims job `id` (whose lease row names `held_by`) unless this coordinator drives it
+    /// already or another holds an unexpired lease. Whether that lease has expired is the
+    /// store's to judge, by its clock (PostgreSQL's own, shared by every coordinator), never by
+    /// comparing this coordinator's clock with another's. `Ok(true)`: it is ours; start it
+    /// with [`Self::start`].
     pub async fn claim(
         &self,
         id: &str,
         held_by: Option<&str>,
-        expires_at_ms: Option<u64>,
         now: u64,
     ) -> Result<bool, MetaError> {
         if self.is_driving(id) || self.backing_off(id) {
-            return Ok(false);
-        }
-        if let (Some(holder), Some(exp)) = (held_by, expires_at_ms)
-            && holder != self.owner
-            && exp > now
-        {
             return Ok(false);
         }
         if !self
@@ -274,10 +266,10 @@ impl JobDriver {
     }
 }
 
-/// A job's row as the driver sees it: its id, and who holds its lease until when.
+/// A job's row as the driver sees it: its id, and who holds its lease.
 pub trait JobRow: Send + 'static {
     fn job_id(&self) -> &str;
-    fn lease(&self) -> (Option<&str>, Option<u64>);
+    fn lease(&self) -> Option<&str>;
 }
 
 impl JobRow for ChangeRecord {
@@ -285,8 +277,8 @@ impl JobRow for ChangeRecord {
         &self.change_id
     }
 
-    fn lease(&self) -> (Option<&str>, Option<u64>) {
-        (self.lease_owner.as_deref(), self.lease_expires_at_ms)
+    fn lease(&self) -> Option<&str> {
+        self.lease_owner.as_deref()
     }
 }
 
@@ -295,8 +287,8 @@ impl JobRow for RepairRecord {
         &self.repair_id
     }
 
-    fn lease(&self) -> (Option<&str>, Option<u64>) {
-        (self.lease_owner.as_deref(), self.lease_expires_at_ms)
+    fn lease(&self) -> Option<&str> {
+        self.lease_owner.as_deref()
     }
 }
 

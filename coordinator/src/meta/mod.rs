@@ -65,6 +65,11 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// The current ring version (changes with every topology change).
     async fn ring_version(&self) -> MetaResult<u64>;
+    /// Now in Unix ms by the clock leases, claims and cleanup delays are judged by: the
+    /// database's on PostgreSQL (one clock for every coordinator), this process's otherwise.
+    async fn clock_ms(&self) -> MetaResult<u64> {
+        Ok(pairdb_common::now_ms())
+    }
 
     async fn list_nodes(&self) -> MetaResult<Vec<NodeRecord>>;
     async fn get_node(&self, node_id: &str) -> MetaResult<Option<NodeRecord>>;

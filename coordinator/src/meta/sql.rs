@@ -4,8 +4,12 @@
 //! [`Dialect`] for the few things PostgreSQL and SQLite spell differently: a Unix-ms value as a
 //! stored timestamp and back (PostgreSQL keeps `TIMESTAMPTZ` for psql readers, SQLite integer
 //! ms), a JSON parameter and column, the row locks of the hint claim, and the parameter sign.
-//! Every time comes from a bound Unix-ms parameter (the coordinator's clock, as for leases),
-//! never from the database's `now()`, so both backends compute the same values.
+//! Times come from a bound Unix-ms parameter (the coordinator's clock), except where clocks of
+//! different coordinators would be compared: job leases and hint claims are taken, renewed and
+//! judged expired by the database's own clock on PostgreSQL ([`Dialect::clock`]), so a
+//! coordinator whose clock is ahead cannot take a lease another still holds, nor one behind
+//! hold a lease past its end. SQLite is the embedded single-process store: its one process's
+//! clock is the bound parameter.
 //!
 //! [`Backend`] is the rest of what differs: connecting, the migrations, and running a
 //! statement with [`Arg`]s — concrete per database (`backends.rs`), so the shared code carries
@@ -30,6 +34,9 @@ pub struct Dialect {
     pub skip_locked: &'static str,
     /// The sign before a parameter number.
     param: &'static str,
+    /// SQL for "now" in Unix ms where the lease clock decides, given the bound parameter that
+    /// holds the caller's clock.
+    clock: fn(&str) -> String,
 }
 
 impl Dialect {
@@ -50,6 +57,12 @@ impl Dialect {
     /// `col` (a timestamp) as Unix ms, named `alias`.
     pub fn ms(&self, col: &str, alias: &str) -> String {
         format!("{} AS {alias}", (self.ms)(col))
+    }
+
+    /// Now, in Unix ms, by the clock leases and claims are judged by: the database's on
+    /// PostgreSQL (shared by every coordinator), the bound `param` on SQLite.
+    pub fn clock(&self, param: &str) -> String {
+        (self.clock)(param)
     }
 
     /// A JSON parameter.
@@ -75,6 +88,12 @@ fn pg_ms(col: &str) -> String {
     format!("(extract(epoch from {col}) * 1000)::bigint")
 }
 
+/// The database's clock; the caller's (`p`, still bound) is multiplied away so the statement
+/// keeps one parameter list for both backends.
+fn pg_clock(p: &str) -> String {
+    format!("((extract(epoch from clock_timestamp()) * 1000)::bigint + 0 * {p}::bigint)")
+}
+
 fn same(e: &str) -> String {
     e.to_string()
 }
@@ -86,6 +105,7 @@ pub const POSTGRES: Dialect = Dialect {
     json_col: "::text",
     skip_locked: " FOR UPDATE SKIP LOCKED",
     param: "$",
+    clock: pg_clock,
 };
 
 /// SQLite stores timestamps as integer Unix ms and JSON as text; it has one writer at a time,
@@ -97,6 +117,7 @@ pub const SQLITE: Dialect = Dialect {
     json_col: "",
     skip_locked: "",
     param: "?",
+    clock: same,
 };
 
 /// One bound parameter, in the few types the metadata tables use.
@@ -224,8 +245,8 @@ pub(crate) fn claim_job(d: &Dialect, t: JobTable) -> String {
          WHERE {id} = $1 AND {active} \
            AND (lease_owner IS NULL OR lease_owner = $2 OR lease_expires_at IS NULL \
                 OR lease_expires_at < {now})",
-        expires = d.ts("$3 + $4"),
-        now = d.ts("$3"),
+        expires = d.ts(&format!("{} + $4", d.clock("$3"))),
+        now = d.ts(&d.clock("$3")),
     ))
 }
 
@@ -239,8 +260,8 @@ pub(crate) fn save_job(d: &Dialect, t: JobTable) -> String {
          WHERE {id} = $1 AND lease_owner = $2 AND {active}",
         plan = d.json("$5"),
         progress = d.json("$6"),
-        expires = d.ts("$3 + $4"),
-        now = d.ts("$3"),
+        expires = d.ts(&format!("{} + $4", d.clock("$3"))),
+        now = d.ts(&d.clock("$3")),
     ))
 }
 
@@ -252,7 +273,7 @@ mod tests {
     fn the_shared_statements_come_out_in_each_dialect() {
         let pg = claim_job(&POSTGRES, JobTable::Change);
         assert!(
-            pg.contains("to_timestamp(($3 + $4)::bigint / 1000.0)"),
+            pg.contains("to_timestamp((((extract(epoch from clock_timestamp()) * 1000)::bigint + 0 * $3::bigint) + $4)::bigint / 1000.0)"),
             "{pg}"
         );
         assert!(pg.contains("change_id = $1 AND status IN ('pending', 'running')"));

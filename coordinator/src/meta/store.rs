@@ -26,6 +26,16 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
         B::migrate(&self.pool).await
     }
 
+    async fn clock_ms(&self) -> MetaResult<u64> {
+        let mut c = self.pool.acquire().await?;
+        let d = &B::DIALECT;
+        let sql = d.sql(&format!("SELECT {} AS value", d.clock("$1")));
+        let v = one_int::<B>(&mut c, &sql, &[int(now_ms())], "value").await?;
+        Ok(to_u64(
+            v.ok_or_else(|| MetaError::BadRow("no clock".into()))?,
+        ))
+    }
+
     async fn ring_version(&self) -> MetaResult<u64> {
         let mut c = self.pool.acquire().await?;
         let sql = "SELECT value FROM cluster_meta WHERE key = 'ring_version'";
@@ -183,8 +193,8 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
                  AND (claim_expires_at IS NULL OR claim_expires_at <= {now}) \
                ORDER BY hint_id LIMIT $5{lock}) \
              RETURNING {cols}",
-            expires = d.ts("$3 + $4"),
-            now = d.ts("$3"),
+            expires = d.ts(&format!("{} + $4", d.clock("$3"))),
+            now = d.ts(&d.clock("$3")),
             lock = d.skip_locked,
             cols = hint_cols(d),
         ));
@@ -217,12 +227,17 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
         let sql = d.sql(&format!(
             "UPDATE hints SET replay_count = replay_count + $3, last_error = $2, \
              claimed_by = NULL, claim_expires_at = {} WHERE hint_id = $1",
-            d.ts("$4")
+            d.ts(&format!("{} + $4", d.clock("$5")))
         ));
-        let retry_at = now_ms().saturating_add(retry_after_ms);
         self.run(
             &sql,
-            &[hint_id.into(), error.into(), int(spend), int(retry_at)],
+            &[
+                hint_id.into(),
+                error.into(),
+                int(spend),
+                int(retry_after_ms),
+                int(now_ms()),
+            ],
         )
         .await?;
         Ok(())

@@ -4,7 +4,7 @@
 
 use pairdb_common::ring::{self, NodeState};
 use pairdb_common::token::TokenRange;
-use pairdb_common::{Error as E, now_ms};
+use pairdb_common::{Error as E, failpoint};
 
 use super::plan::{Params, Task, future_ring, new_change, parse_params, parse_plan};
 use super::{ChangeRun, Topology};
@@ -23,6 +23,8 @@ impl Topology {
         }
         run.save().await?;
         let params = parse_params(c)?;
+        // The cleanup's delay by the store's clock, which every coordinator judges it by.
+        let now = self.meta.clock_ms().await?;
         let (nodes, follow_up) = if c.kind == ChangeKind::Cleanup {
             (Vec::new(), None)
         } else {
@@ -58,11 +60,12 @@ impl Topology {
                     &c.node_id,
                     &Params::default(),
                     &losing,
-                    Some(now_ms() + self.cfg.cleanup_grace_ms),
+                    Some(now + self.cfg.cleanup_grace_ms),
                 )
             });
             (nodes, cleanup)
         };
+        failpoint::crash(failpoint::points::RING_BEFORE_UPDATE);
         let v = self
             .meta
             .finish_change(
@@ -74,6 +77,7 @@ impl Topology {
                 follow_up.as_ref(),
             )
             .await?;
+        failpoint::crash(failpoint::points::RING_AFTER_UPDATE);
         if follow_up.is_some() {
             self.metrics.cleanup_scheduled.inc();
         }
@@ -106,6 +110,7 @@ impl Topology {
             .into());
         }
         let params = parse_params(&c).map_err(|e| E::Internal(e.to_string()))?;
+        let now = self.meta.clock_ms().await?;
         let mut nodes = Vec::new();
         let mut cleanup: Vec<Task> = Vec::new();
         if c.kind != ChangeKind::Cleanup {
@@ -137,7 +142,7 @@ impl Topology {
                 &c.node_id,
                 &Params::default(),
                 &cleanup,
-                Some(now_ms() + self.cfg.cleanup_grace_ms),
+                Some(now + self.cfg.cleanup_grace_ms),
             )
         });
         self.meta

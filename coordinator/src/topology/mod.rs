@@ -48,7 +48,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pairdb_common::now_ms;
 use pairdb_common::ring;
 use pairdb_common::token::TokenRange;
 use tokio_util::sync::CancellationToken;
@@ -136,7 +135,9 @@ impl Topology {
     }
 
     async fn tick(self: Arc<Self>) -> Result<(), MetaError> {
-        let now = now_ms();
+        // The store's clock: a cleanup's delay was set by whichever coordinator finished the
+        // change, so it is judged by the clock that coordinator used (`finish.rs`).
+        let now = self.meta.clock_ms().await?;
         for c in self.meta.list_changes(false).await? {
             if c.not_before_ms.is_some_and(|t| t > now) {
                 continue;

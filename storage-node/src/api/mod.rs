@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use pairdb_common::api::pb;
 use pairdb_common::api::pb::storage_node_service_server::StorageNodeService;
-use pairdb_common::{Error as Common, context, convert};
+use pairdb_common::{Error as Common, context, convert, failpoint};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -100,14 +100,16 @@ impl StorageApi {
         f: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> Result<T> {
         let store = &self.node.store;
-        if big || store.sync_writes() || store.fenced() {
-            return self.blocking(f).await;
-        }
-        if store.engine().write_stalled() {
+        let out = if big || store.sync_writes() || store.fenced() {
+            self.blocking(f).await?
+        } else if store.engine().write_stalled() {
             self.node.metrics.stalled_writes_offloaded.inc();
-            return self.blocking(f).await;
-        }
-        Ok(f(store))
+            self.blocking(f).await?
+        } else {
+            f(store)
+        };
+        failpoint::crash(failpoint::points::STORAGE_AFTER_WRITE);
+        Ok(out)
     }
 
     async fn blocking<T: Send + 'static>(

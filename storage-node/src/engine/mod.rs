@@ -125,6 +125,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Flushes memtables to SST files and syncs the WAL.
     fn flush(&self) -> Result<(), EngineError>;
 
+    /// Whether opening dropped what followed damage in the write-ahead log (`wal_recovery =
+    /// salvage`): acknowledged writes may be missing until a repair brings them back.
+    fn salvaged(&self) -> bool {
+        false
+    }
+
     /// Compacts the whole data space (`all_levels`: also rewrite the bottommost level).
     fn compact(&self, all_levels: bool) -> Result<(), EngineError>;
 

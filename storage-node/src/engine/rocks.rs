@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamilyDescriptor, CompactOptions,
-    DB, DBCompressionType, Direction, ErrorKind, IngestExternalFileOptions, IteratorMode, Options,
-    ReadOptions, SstFileWriter, WriteBatch, WriteOptions, checkpoint::Checkpoint,
-    statistics::Ticker,
+    DB, DBCompressionType, DBRecoveryMode, Direction, ErrorKind, IngestExternalFileOptions,
+    IteratorMode, Options, ReadOptions, SstFileWriter, WriteBatch, WriteOptions,
+    checkpoint::Checkpoint, statistics::Ticker,
 };
 
 use super::{BatchOp, Engine, EngineError, EngineStats, Ingested, Scan, Space, WalFile};
@@ -30,6 +30,9 @@ pub struct RocksOptions {
     pub memtable_bytes: u64,
     pub max_memtables: u32,
     pub background_jobs: u32,
+    /// When the write-ahead log is damaged other than in its last record, open with what
+    /// precedes the damage (`WalRecovery::Salvage`) instead of refusing.
+    pub salvage_wal: bool,
 }
 
 impl RocksOptions {
@@ -57,6 +60,8 @@ pub struct RocksEngine {
     stall_checked_ms: AtomicU64,
     stalled: std::sync::atomic::AtomicBool,
     opened: std::time::Instant,
+    /// Opened by salvaging a damaged write-ahead log (see [`RocksEngine::open`]).
+    salvaged: bool,
 }
 
 /// How long one write-stall reading is reused: the properties take the DB mutex.
@@ -76,7 +81,32 @@ impl RocksEngine {
     /// only removed by the node itself (range drops, tombstone and expiry GC), never by
     /// compaction on its own, because dropping a record drops the causal context that keeps
     /// an overwritten value on a stale replica from coming back.
+    ///
+    /// WAL replay tolerates a torn last record only (a write in flight at a crash, never
+    /// acknowledged: `TolerateCorruptedTailRecords`); damage anywhere else is a `Corruption`
+    /// error and the node does not start, unless `salvage_wal` — then it opens again with
+    /// point-in-time recovery (everything before the first damaged record) and
+    /// [`Engine::salvaged`] says so, so the node counts itself out of date until repaired.
     pub fn open(path: &Path, o: &RocksOptions) -> Result<RocksEngine, EngineError> {
+        match Self::open_with(path, o, DBRecoveryMode::TolerateCorruptedTailRecords) {
+            Err(EngineError::Corruption(msg)) if o.salvage_wal => {
+                tracing::error!(path = %path.display(), error = %msg, "write-ahead log damaged: salvaging what precedes the damage (wal_recovery = salvage); the node serves no client reads until a full repair");
+                let mut e = Self::open_with(path, o, DBRecoveryMode::PointInTime)?;
+                e.salvaged = true;
+                Ok(e)
+            }
+            Err(EngineError::Corruption(msg)) => Err(EngineError::Corruption(format!(
+                "{msg} (the write-ahead log or a table is damaged; runbooks/repair.md \"A node that will not start\": wal_recovery = salvage opens with what precedes the damage)"
+            ))),
+            other => other,
+        }
+    }
+
+    fn open_with(
+        path: &Path,
+        o: &RocksOptions,
+        recovery: DBRecoveryMode,
+    ) -> Result<RocksEngine, EngineError> {
         let cache = Cache::new_lru_cache(o.block_cache_bytes as usize);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
@@ -99,6 +129,7 @@ impl RocksEngine {
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_paranoid_checks(true);
+        db_opts.set_wal_recovery_mode(recovery);
         db_opts.set_max_background_jobs(o.background_jobs as i32);
         db_opts.set_db_write_buffer_size(o.memtable_budget_bytes() as usize + (2 << 20));
         db_opts.set_max_total_wal_size(o.memtable_budget_bytes() * 2);
@@ -130,6 +161,7 @@ impl RocksEngine {
             stall_checked_ms: AtomicU64::new(0),
             stalled: Default::default(),
             opened: std::time::Instant::now(),
+            salvaged: false,
         })
     }
 
@@ -169,6 +201,10 @@ impl RocksEngine {
 }
 
 impl Engine for RocksEngine {
+    fn salvaged(&self) -> bool {
+        self.salvaged
+    }
+
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
         let cf = self.cf(space)?;
         self.db

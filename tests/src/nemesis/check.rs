@@ -12,7 +12,7 @@ use serde::Serialize;
 use tonic::Code;
 
 use super::history::{History, Kind};
-use super::setadd::elements;
+use super::setadd::union;
 use crate::cluster::read_req;
 use crate::procs::ProcCluster;
 
@@ -36,6 +36,8 @@ pub struct Verdict {
     pub max_siblings_seen: usize,
     /// From the heal until every key's replicas held the same versions.
     pub converged_ms: Option<u64>,
+    /// Keys the checker read at ALL because hints alone had not made their replicas agree.
+    pub read_repaired: usize,
 }
 
 impl Verdict {
@@ -49,7 +51,7 @@ impl Verdict {
 
     pub fn summary(&self) -> String {
         format!(
-            "ops {}, acked {}, info {} ({} applied), failed {}, lost {}, unexpected {}, reads {} (stale {}), max siblings {}, availability {:.1} %, converged in {} ms",
+            "ops {}, acked {}, info {} ({} applied), failed {}, lost {}, unexpected {}, reads {} (stale {}), max siblings {}, availability {:.1} %, converged in {} ms ({} keys read-repaired)",
             self.ops,
             self.acked,
             self.info,
@@ -63,7 +65,8 @@ impl Verdict {
             self.availability(),
             self.converged_ms
                 .map(|m| m.to_string())
-                .unwrap_or_else(|| "-".into())
+                .unwrap_or_else(|| "-".into()),
+            self.read_repaired
         )
     }
 }
@@ -84,11 +87,7 @@ pub async fn final_sets(
                 .await
             {
                 Ok(r) => {
-                    let mut set = BTreeSet::new();
-                    for s in &r.get_ref().siblings {
-                        set.extend(elements(&s.value));
-                    }
-                    out.insert(k.clone(), set);
+                    out.insert(k.clone(), union(&r.get_ref().siblings));
                     break;
                 }
                 Err(e) if e.code() == Code::NotFound => {
@@ -226,12 +225,70 @@ fn stale_reads(h: &History, reads: &mut usize) -> Vec<(String, String, usize, u6
     stale
 }
 
-/// Each replica's versions of `key` (dot, tombstone, value), read from the node itself.
-async fn replica_versions(
-    c: &ProcCluster,
-    node: &str,
-    key: &str,
-) -> Result<BTreeSet<(String, u64, u64, bool, Vec<u8>)>> {
+/// Each fault of the history with the number of operations in flight at some moment while
+/// it was on (begun before its heal and not finished before it started; one never finished
+/// counts as in flight to the end). A fault opens at a nemesis record `X` (or `start X`) and
+/// closes at the next `heal X`; `down …` records mark a moment, not a fault. Positions in the
+/// history order it (records are appended under one lock), so this holds for simulated time
+/// too. A fault never healed lasts until the end.
+pub fn ops_during_faults(h: &History) -> Vec<(String, usize)> {
+    let records = h.records();
+    // Each add's span: where it was invoked and where it ended.
+    let mut spans: BTreeMap<(usize, u64), (usize, usize)> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        match r.kind {
+            Kind::Invoke => {
+                spans.insert((r.proc, r.op_id), (i, records.len()));
+            }
+            Kind::Ok | Kind::Fail | Kind::Info if r.f == "add" => {
+                if let Some(s) = spans.get_mut(&(r.proc, r.op_id)) {
+                    s.1 = s.1.min(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        if r.kind != Kind::Nemesis || r.f.starts_with("heal ") || r.f.starts_with("down ") {
+            continue;
+        }
+        let fault = r.f.strip_prefix("start ").unwrap_or(&r.f);
+        let heal = format!("heal {fault}");
+        let end = records[i + 1..]
+            .iter()
+            .position(|e| e.kind == Kind::Nemesis && e.f == heal)
+            .map_or(records.len(), |p| i + 1 + p);
+        let during = spans
+            .values()
+            .filter(|(invoked, ended)| *invoked < end && *ended > i)
+            .count();
+        out.push((fault.to_string(), during));
+    }
+    out
+}
+
+/// A replica's versions of one key, as comparable tuples: (dot node, epoch, counter,
+/// tombstone, value).
+pub type Versions = BTreeSet<(String, u64, u64, bool, Vec<u8>)>;
+
+/// The versions a storage node's `Read` answered.
+pub fn versions(r: pb::ReadResult) -> Versions {
+    r.state
+        .map(|st| {
+            st.versions
+                .into_iter()
+                .map(|v| {
+                    let d = v.dot.unwrap_or_default();
+                    (d.node_id, d.epoch, d.counter, v.tombstone, v.value)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Each replica's versions of `key`, read from the node itself.
+async fn replica_versions(c: &ProcCluster, node: &str, key: &str) -> Result<Versions> {
     let n = c
         .nodes
         .iter()
@@ -245,29 +302,54 @@ async fn replica_versions(
         })
         .await?
         .into_inner();
-    Ok(r.state
-        .map(|st| {
-            st.versions
-                .into_iter()
-                .map(|v| {
-                    let d = v.dot.unwrap_or_default();
-                    (d.node_id, d.epoch, d.counter, v.tombstone, v.value)
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(versions(r))
 }
 
-/// Waits until every key's replicas (current ring, RF 3) hold the same versions; returns how
-/// long it took.
+/// How long converging took after the heal, and the keys that hints alone did not bring
+/// together within [`READ_REPAIR_AFTER`] and were read at ALL (read repair).
+#[derive(Debug, Default)]
+pub struct Converged {
+    pub after: Duration,
+    pub read_repaired: BTreeSet<String>,
+}
+
+/// The checks after the last heal, on a process cluster: every hint delivered (at most 60 s),
+/// every key's final set read at QUORUM through the first coordinator, the history's checks
+/// ([`check`]), and replica convergence ([`converge`], at most 90 s; its time and read repairs
+/// go into the verdict). The convergence result is returned for the caller to judge.
+pub async fn after_heal(c: &ProcCluster, h: &History) -> Result<(Verdict, Result<Converged>)> {
+    crate::cluster::wait_async("hints drained", Duration::from_secs(60), || async {
+        c.meta.hint_targets().await.is_ok_and(|t| t.is_empty())
+    })
+    .await?;
+    let keys = keys(h);
+    let finals = final_sets(&c.coords[0].dial(), &keys, Duration::from_secs(60)).await?;
+    let mut v = check(h, &finals);
+    let converged = converge(c, &keys, Duration::from_secs(90)).await;
+    if let Ok(cv) = &converged {
+        v.converged_ms = Some(cv.after.as_millis() as u64);
+        v.read_repaired = cv.read_repaired.len();
+    }
+    Ok((v, converged))
+}
+
+/// How long replicas may differ after the heal before the checker reads a key at ALL, as an
+/// operator's read or repair would. A version only one replica holds — a write the coordinating
+/// replica applied after its coordinator gave up on it (a request delivered late, after a
+/// partition healed; TESTING.md "Found") — has no hint to bring it anywhere else.
+pub const READ_REPAIR_AFTER: Duration = Duration::from_secs(10);
+
+/// Waits until every key's replicas (current ring, RF 3) hold the same versions; after
+/// [`READ_REPAIR_AFTER`] reads each key that still differs at ALL.
 pub async fn converge(
     c: &ProcCluster,
     keys: &BTreeSet<String>,
     deadline: Duration,
-) -> Result<Duration> {
+) -> Result<Converged> {
     let started = Instant::now();
     let ring = c.ring().await?;
     let mut last = String::new();
+    let mut read_repaired = BTreeSet::new();
     while started.elapsed() < deadline {
         let mut differ = Vec::new();
         for k in keys {
@@ -284,11 +366,38 @@ pub async fn converge(
                 }
             }
             if states.windows(2).any(|w| w[0] != w[1]) {
-                differ.push(format!("{k}: replicas differ"));
+                // Each replica's dots, so a failure shows who is missing what.
+                let dots: Vec<String> = states
+                    .iter()
+                    .map(|v| {
+                        v.iter()
+                            .map(|(n, e, c, t, _)| {
+                                format!("{n}:{e}:{c}{}", if *t { "†" } else { "" })
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .collect();
+                differ.push(format!("{k}: replicas differ: {dots:?}"));
             }
         }
         if differ.is_empty() {
-            return Ok(started.elapsed());
+            return Ok(Converged {
+                after: started.elapsed(),
+                read_repaired,
+            });
+        }
+        if started.elapsed() > READ_REPAIR_AFTER
+            && let Ok(mut client) = c.coord().await
+        {
+            // (A read at ALL fails while a coordinator still counts a replica down: retried on
+            // the next round.)
+            for k in differ.iter().filter_map(|d| d.split(':').next()) {
+                read_repaired.insert(k.to_string());
+                let _ = client
+                    .read(read_req(k.as_bytes(), pb::Consistency::All))
+                    .await;
+            }
         }
         last = format!(
             "{} keys, e.g. {:?}",

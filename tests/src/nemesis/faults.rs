@@ -2,7 +2,8 @@
 //! a storage node is killed (SIGKILL, restarted when healed), paused (SIGSTOP, then SIGCONT) or
 //! cut off from every coordinator and every other node (its proxy drops all connections and
 //! refuses new ones: a symmetric partition; the cluster must be started with
-//! `ProcOptions::proxied`), or a coordinator is killed (SIGKILL mid-request, restarted when
+//! `ProcOptions::proxied`), or, in network namespaces (`ProcOptions::netns`), partitioned in the
+//! kernel: isolated, one-way (replies lost) or bridged; or a coordinator is killed (SIGKILL mid-request, restarted when
 //! healed). The same seed gives the same schedule (which fault, which process, how long).
 
 use std::time::Duration;
@@ -27,6 +28,15 @@ pub enum FaultKind {
     /// SIGKILL of two storage nodes at once (`Fault::node` is `a,b`): with 3 nodes and RF 3 no
     /// write can meet W = 2. The history gets `down a,b` once both are dead.
     KillTwo,
+    /// The node's veth set down at the bridge (`ProcOptions::netns`): a symmetric partition in
+    /// the kernel, open connections silent rather than reset (S07).
+    NetIsolate,
+    /// Blackhole routes in the node's namespace toward every coordinator: requests arrive and
+    /// are applied, the replies are lost (S08).
+    OneWay,
+    /// A bridge partition (`Fault::node` is `a,b`): coord-1 and `a` cannot reach each other,
+    /// nor coord-2 and `b`; every node is still reachable from one coordinator (S07).
+    Bridge,
 }
 
 /// One scheduled fault: on `node`, for `hold`, then healed and `gap` before the next.
@@ -58,7 +68,7 @@ pub fn schedule(
                 _ => nodes,
             };
             let pick = rng.random_range(0..pool.len());
-            let node = if kind == FaultKind::KillTwo {
+            let node = if matches!(kind, FaultKind::KillTwo | FaultKind::Bridge) {
                 format!("{},{}", pool[pick], pool[(pick + 1) % pool.len()])
             } else {
                 pool[pick].clone()
@@ -86,6 +96,17 @@ fn coordinator<'a>(c: &'a mut ProcCluster, id: &str) -> Result<&'a mut crate::pr
         .with_context(|| format!("no coordinator {id}"))
 }
 
+fn net(c: &mut ProcCluster) -> Result<&mut crate::netns::Net> {
+    c.net
+        .as_mut()
+        .context("network faults need ProcOptions::netns")
+}
+
+/// `a,b` of a two-process fault.
+fn pair(node: &str) -> Result<(&str, &str)> {
+    node.split_once(',').context("a fault on two processes")
+}
+
 fn signal(c: &mut ProcCluster, node: &str, sig: rustix::process::Signal) -> Result<()> {
     let pid = c
         .node(node)
@@ -106,13 +127,29 @@ pub async fn inject(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
         FaultKind::KillCoordinator => coordinator(c, &f.node)?.kill9(),
         FaultKind::StopMetadataStore => postgres(c)?.stop(),
         FaultKind::KillTwo => {
-            for n in f.node.split(',') {
+            let (a, b) = pair(&f.node)?;
+            for n in [a, b] {
                 c.node(n).kill9()?;
             }
             h.nemesis(&format!("down {}", f.node));
             Ok(())
         }
         FaultKind::Pause => signal(c, &f.node, rustix::process::Signal::STOP),
+        FaultKind::NetIsolate => net(c)?.isolate(&f.node),
+        FaultKind::OneWay => {
+            let coords: Vec<String> = c.coords.iter().map(|co| co.id.clone()).collect();
+            let net = net(c)?;
+            for co in &coords {
+                net.drop_from(&f.node, co)?;
+            }
+            Ok(())
+        }
+        FaultKind::Bridge => {
+            let (a, b) = pair(&f.node)?;
+            let net = net(c)?;
+            net.cut("coord-1", a)?;
+            net.cut("coord-2", b)
+        }
         FaultKind::Isolate => {
             c.proxies
                 .get_mut(&f.node)
@@ -133,11 +170,14 @@ pub async fn heal(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
         }
         FaultKind::StopMetadataStore => postgres(c)?.start_again()?,
         FaultKind::KillTwo => {
-            for n in f.node.split(',') {
+            let (a, b) = pair(&f.node)?;
+            for n in [a, b] {
                 c.node(n).start()?;
             }
         }
         FaultKind::Pause => signal(c, &f.node, rustix::process::Signal::CONT)?,
+        FaultKind::NetIsolate => net(c)?.rejoin(&f.node)?,
+        FaultKind::OneWay | FaultKind::Bridge => net(c)?.restore_routes()?,
         FaultKind::Isolate => {
             c.proxies
                 .get_mut(&f.node)

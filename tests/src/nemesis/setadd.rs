@@ -29,6 +29,11 @@ pub fn elements(value: &[u8]) -> BTreeSet<String> {
         .collect()
 }
 
+/// The union of every sibling's elements (what a set-add client merges before adding).
+pub fn union(siblings: &[pb::Sibling]) -> BTreeSet<String> {
+    siblings.iter().flat_map(|s| elements(&s.value)).collect()
+}
+
 pub fn encode(set: &BTreeSet<String>) -> Vec<u8> {
     set.iter()
         .cloned()
@@ -96,11 +101,7 @@ impl SetAdd {
                     let (mut set, context, siblings) = match read {
                         Ok(Ok(r)) => {
                             let r = r.into_inner();
-                            let mut set = BTreeSet::new();
-                            for s in &r.siblings {
-                                set.extend(elements(&s.value));
-                            }
-                            (set, r.context, r.siblings.len())
+                            (union(&r.siblings), r.context, r.siblings.len())
                         }
                         Ok(Err(e)) if e.code() == Code::NotFound => {
                             (BTreeSet::new(), Vec::new(), 0)

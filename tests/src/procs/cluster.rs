@@ -34,6 +34,9 @@ pub struct ProcOptions {
     /// Run the metadata store on a PostgreSQL server of the cluster's own
     /// ([`crate::pginstance::PgInstance`]), which a test may stop and start.
     pub own_postgres: bool,
+    /// Run every storage node and coordinator in a network namespace of its own on a bridge
+    /// ([`crate::netns::Net`]; needs root), so a test can partition them in the kernel.
+    pub netns: bool,
 }
 
 impl Default for ProcOptions {
@@ -50,6 +53,7 @@ impl Default for ProcOptions {
             bin_dir: None,
             proxied: false,
             own_postgres: false,
+            netns: false,
         }
     }
 }
@@ -64,8 +68,12 @@ pub struct ProcCluster {
     /// The proxy each storage node is registered at (`ProcOptions::proxied`), by node id.
     pub proxies: std::collections::BTreeMap<String, crate::proxy::TcpProxy>,
     _pg: Option<PgDb>,
-    /// The cluster's own PostgreSQL server (`ProcOptions::own_postgres`); dropped last.
+    /// The cluster's own PostgreSQL server (`ProcOptions::own_postgres`).
     pub pg_server: Option<crate::pginstance::PgInstance>,
+    /// The namespaces every process runs in (`ProcOptions::netns`), and the proxy that takes
+    /// coordinators there to the metadata store; dropped after the processes.
+    pub net: Option<crate::netns::Net>,
+    _pg_proxy: Option<crate::proxy::TcpProxy>,
 }
 
 impl ProcCluster {
@@ -89,10 +97,41 @@ impl ProcCluster {
         };
         let meta = meta::connect(&db_url).await?;
         meta.migrate().await?;
+        let mut net = if o.netns {
+            Some(crate::netns::Net::new()?)
+        } else {
+            None
+        };
+        // Coordinators in namespaces reach PostgreSQL through a proxy on the bridge.
+        let (coord_db_url, pg_proxy) = match &net {
+            None => (db_url.clone(), None),
+            Some(n) => {
+                let mut url = reqwest::Url::parse(&db_url)?;
+                let upstream: std::net::SocketAddr = format!(
+                    "{}:{}",
+                    url.host_str().context("database host")?,
+                    url.port().unwrap_or(5432)
+                )
+                .parse()?;
+                let p =
+                    crate::proxy::TcpProxy::start_on(format!("{}:0", n.gateway).parse()?, upstream)
+                        .await?;
+                url.set_host(Some(&n.gateway))?;
+                url.set_port(Some(p.addr.port()))
+                    .map_err(|()| anyhow::anyhow!("database port"))?;
+                (url.to_string(), Some(p))
+            }
+        };
         let mut nodes = Vec::new();
         let mut proxies = std::collections::BTreeMap::new();
         for i in 1..=o.nodes {
             let mut n = NodeProc::new(&format!("n{i}"), dir.path())?;
+            if let Some(net) = &mut net {
+                n.host = net.host(&n.id)?;
+                // Not loopback: servers refuse to run unauthenticated unless told to (the
+                // bridge is the test's own, reachable from this machine only).
+                n.env.push(("PAIRDB_INSECURE".into(), "true".into()));
+            }
             n.secure = secure.clone();
             n.env.extend(o.node_env.iter().cloned());
             n.bin_dir = o.bin_dir.clone();
@@ -110,8 +149,17 @@ impl ProcCluster {
             .await?;
         let mut coords = Vec::new();
         for i in 1..=o.coordinators {
+            let id = format!("coord-{i}");
+            let (host, insecure) = match &mut net {
+                Some(net) => (
+                    net.host(&id)?,
+                    Some(("PAIRDB_INSECURE".into(), "true".into())),
+                ),
+                None => (crate::netns::Host::loopback(), None),
+            };
             let mut c = CoordProc {
-                id: format!("coord-{i}"),
+                id,
+                host,
                 grpc: free_port()?,
                 admin: free_port()?,
                 env: std::iter::once((
@@ -119,18 +167,19 @@ impl ProcCluster {
                     dir.path().join("backups").display().to_string(),
                 ))
                 .chain(o.coord_env.iter().cloned())
+                .chain(insecure)
                 .collect(),
                 child: None,
                 secure: secure.clone(),
                 log: None,
                 bin_dir: o.bin_dir.clone(),
             };
-            c.start(&db_url)?;
+            c.start(&coord_db_url)?;
             coords.push(c);
         }
         Ok(ProcCluster {
             dir,
-            db_url: db_url.clone(),
+            db_url: coord_db_url,
             meta,
             nodes,
             coords,
@@ -138,6 +187,8 @@ impl ProcCluster {
             proxies,
             _pg: pg,
             pg_server,
+            net,
+            _pg_proxy: pg_proxy,
         })
     }
 
@@ -197,6 +248,22 @@ impl ProcCluster {
     /// Every change (finished too), by id.
     pub async fn change(&self, id: &str) -> Result<meta::ChangeRecord> {
         self.meta.get_change(id).await?.context("no such change")
+    }
+
+    /// The newest change of `kind` for `node_id`, waiting up to 10 s for it to appear.
+    pub async fn change_of(&self, node_id: &str, kind: meta::ChangeKind) -> Result<String> {
+        for _ in 0..100 {
+            let all = self.meta.list_changes(true).await?;
+            if let Some(ch) = all
+                .iter()
+                .rev()
+                .find(|ch| ch.kind == kind && ch.node_id == node_id)
+            {
+                return Ok(ch.change_id.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("no {kind:?} change for {node_id}")
     }
 
     /// Waits until change `id` has the status `want` (fails early if it ends otherwise).

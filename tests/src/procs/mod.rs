@@ -14,7 +14,8 @@ use pairdb_common::ring::NodeState;
 use pairdb_coordinator::meta::NodeRecord;
 use tonic::transport::Channel;
 
-use crate::{ChildGuard, binary, free_port, wait_until};
+use crate::netns::Host;
+use crate::{ChildGuard, binary, free_port};
 
 mod cluster;
 mod load;
@@ -40,6 +41,13 @@ fn terminate(child: &mut Option<ChildGuard>) -> Result<()> {
         g.name
     );
     Ok(())
+}
+
+fn append(path: &std::path::Path) -> Result<std::fs::File> {
+    Ok(std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?)
 }
 
 /// The binary `name` from `dir` (another release's build), or this workspace's.
@@ -69,6 +77,10 @@ pub struct NodeProc {
     pub env: Vec<(String, String)>,
     /// Run another release's binary from this directory (`None`: this workspace's).
     pub bin_dir: Option<std::path::PathBuf>,
+    /// Where it runs: loopback, or a network namespace of the test's (`crate::netns`).
+    pub host: Host,
+    /// Append the process's stderr (its log) to this file.
+    pub log: Option<std::path::PathBuf>,
 }
 
 impl NodeProc {
@@ -87,22 +99,26 @@ impl NodeProc {
                 root.join("backups").display().to_string(),
             )],
             bin_dir: None,
+            host: Host::loopback(),
+            log: None,
         })
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.grpc)
+        format!("{}:{}", self.host.ip, self.grpc)
     }
 
     pub fn start(&mut self) -> Result<()> {
-        let mut cmd = Command::new(binary_in(self.bin_dir.as_deref(), "pairdb-storage-node")?);
+        let mut cmd = self
+            .host
+            .command(&binary_in(self.bin_dir.as_deref(), "pairdb-storage-node")?);
         cmd.args(["--node-id", &self.id, "--data-dir"])
             .arg(&self.dir)
             .args([
                 "--grpc-addr",
                 &self.addr(),
                 "--admin-addr",
-                &format!("127.0.0.1:{}", self.admin),
+                &format!("{}:{}", self.host.ip, self.admin),
             ])
             // Every pull chunk with a new key goes in as an ingested table, so the process tests
             // run the fenced ingest path against their concurrent writes.
@@ -122,7 +138,15 @@ impl NodeProc {
             cmd.envs(sec.env(&self.id));
         }
         cmd.envs(self.env.iter().cloned());
-        self.child = Some(spawn_listening(&self.id, &mut cmd, self.grpc)?);
+        if let Some(path) = &self.log {
+            cmd.stderr(append(path)?);
+        }
+        self.child = Some(spawn_listening(
+            &self.id,
+            &mut cmd,
+            &self.host.ip,
+            self.grpc,
+        )?);
         Ok(())
     }
 
@@ -138,7 +162,7 @@ impl NodeProc {
     pub fn record(&self) -> NodeRecord {
         NodeRecord::new(
             &self.id,
-            "127.0.0.1",
+            &self.host.ip,
             self.grpc,
             self.admin,
             NodeState::Normal,
@@ -161,15 +185,21 @@ impl NodeProc {
 
     /// The Prometheus text this node serves.
     pub async fn metrics(&self) -> Result<String> {
-        admin_get(self.admin, "/metrics", self.secure.as_deref()).await
+        admin_get(
+            &self.host.ip,
+            self.admin,
+            "/metrics",
+            self.secure.as_deref(),
+        )
+        .await
     }
 }
 
-/// GET `path` on a local admin port (HTTPS with the cluster CA and the admin token in a
-/// secure cluster).
-pub async fn admin_get(port: u16, path: &str, secure: Option<&Secure>) -> Result<String> {
+/// GET `path` on an admin port at `ip` (HTTPS with the cluster CA and the admin token in a
+/// secure cluster, which listens on loopback only).
+pub async fn admin_get(ip: &str, port: u16, path: &str, secure: Option<&Secure>) -> Result<String> {
     let Some(sec) = secure else {
-        return Ok(reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        return Ok(reqwest::get(format!("http://{ip}:{port}{path}"))
             .await?
             .text()
             .await?);
@@ -223,19 +253,26 @@ pub struct CoordProc {
     pub log: Option<std::path::PathBuf>,
     /// Run another release's binary from this directory (`None`: this workspace's).
     pub bin_dir: Option<std::path::PathBuf>,
+    /// Where it runs: loopback, or a network namespace of the test's (`crate::netns`).
+    pub host: Host,
 }
 
 impl CoordProc {
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.grpc)
+        format!("{}:{}", self.host.ip, self.grpc)
     }
 
     pub fn start(&mut self, db_url: &str) -> Result<()> {
-        let mut cmd = Command::new(binary_in(self.bin_dir.as_deref(), "pairdb-coordinator")?);
+        let mut cmd = self
+            .host
+            .command(&binary_in(self.bin_dir.as_deref(), "pairdb-coordinator")?);
         cmd.arg("serve")
             .env("DATABASE_URL", db_url)
             .env("PAIRDB_GRPC_ADDR", self.addr())
-            .env("PAIRDB_ADMIN_ADDR", format!("127.0.0.1:{}", self.admin))
+            .env(
+                "PAIRDB_ADMIN_ADDR",
+                format!("{}:{}", self.host.ip, self.admin),
+            )
             .env("PAIRDB_COORDINATOR_ID", &self.id)
             .env("RUST_LOG", "warn");
         for (k, v) in &self.env {
@@ -246,13 +283,14 @@ impl CoordProc {
                 .env("PAIRDB_AUTH", "required");
         }
         if let Some(path) = &self.log {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            cmd.stderr(f);
+            cmd.stderr(append(path)?);
         }
-        self.child = Some(spawn_listening(&self.id, &mut cmd, self.grpc)?);
+        self.child = Some(spawn_listening(
+            &self.id,
+            &mut cmd,
+            &self.host.ip,
+            self.grpc,
+        )?);
         Ok(())
     }
 
@@ -282,6 +320,28 @@ impl CoordProc {
     pub async fn client(&self) -> Result<Coordinator> {
         self.dial().connect().await.map_err(anyhow::Error::msg)
     }
+
+    /// The Prometheus text this coordinator serves.
+    pub async fn metrics(&self) -> Result<String> {
+        admin_get(
+            &self.host.ip,
+            self.admin,
+            "/metrics",
+            self.secure.as_deref(),
+        )
+        .await
+    }
+}
+
+/// The sum of every sample of `name` (any labels) in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The Prometheus text a process serves on its admin port.
@@ -294,13 +354,25 @@ pub async fn metrics_text(admin_port: u16) -> Result<String> {
     )
 }
 
-/// Spawns a server process and waits until it accepts connections on `port`.
-fn spawn_listening(name: &str, cmd: &mut Command, port: u16) -> Result<ChildGuard> {
-    let child = ChildGuard::spawn(name, cmd)?;
-    wait_until(
-        &format!("{name} listening"),
-        Duration::from_secs(20),
-        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-    )?;
-    Ok(child)
+/// Spawns a server process and waits (at most 20 s) until it accepts connections on
+/// `ip:port`; fails at once, with its exit status, if it exits first.
+fn spawn_listening(name: &str, cmd: &mut Command, ip: &str, port: u16) -> Result<ChildGuard> {
+    let mut guard = ChildGuard::spawn(name, cmd)?;
+    let started = std::time::Instant::now();
+    loop {
+        if std::net::TcpStream::connect((ip, port)).is_ok() {
+            return Ok(guard);
+        }
+        if let Some(child) = guard.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            guard.child = None;
+            anyhow::bail!("{name} exited before listening: {status}");
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "{name} not listening on {ip}:{port} after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

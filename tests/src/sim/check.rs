@@ -13,17 +13,17 @@ use pairdb_common::api::pb::storage_node_service_client::StorageNodeServiceClien
 use pairdb_common::client::Dial;
 use pairdb_common::tls::connect::{self, ClientTls};
 use pairdb_coordinator::meta::{MemMeta, MetaStore};
+use pairdb_storage_node::engine::memory::MemEngine;
 use tokio::time::Instant;
 use tonic::Code;
 
 use super::{COORD_PORT, NODE_PORT, SimConfig, coord_name, node_name};
 use crate::cluster::read_req;
-use crate::nemesis::check::{self as nc, Verdict};
+use crate::nemesis::check::{self as nc, Verdict, Versions};
 use crate::nemesis::history::History;
-use crate::nemesis::setadd::elements;
+use crate::nemesis::setadd::union;
 
-type Versions = BTreeSet<(String, u64, u64, bool, Vec<u8>)>;
-
+/// A replica's versions of `key` (over a fresh connection: a crash drops old ones).
 async fn replica(node: &str, key: &str) -> Result<Versions> {
     let ep = connect::endpoint(&format!("{node}:{NODE_PORT}")).map_err(anyhow::Error::msg)?;
     let ch = connect::channel(ep, ClientTls::Off).await?;
@@ -34,17 +34,7 @@ async fn replica(node: &str, key: &str) -> Result<Versions> {
         })
         .await?
         .into_inner();
-    Ok(r.state
-        .map(|st| {
-            st.versions
-                .into_iter()
-                .map(|v| {
-                    let d = v.dot.unwrap_or_default();
-                    (d.node_id, d.epoch, d.counter, v.tombstone, v.value)
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(nc::versions(r))
 }
 
 /// Keys whose replicas differ (or could not be read).
@@ -79,13 +69,10 @@ async fn read_all(
     for k in keys {
         loop {
             let r = match dial.connect().await {
-                Ok(mut c) => c.read(read_req(k.as_bytes(), level)).await.map(|r| {
-                    let mut set = BTreeSet::new();
-                    for s in &r.get_ref().siblings {
-                        set.extend(elements(&s.value));
-                    }
-                    set
-                }),
+                Ok(mut c) => c
+                    .read(read_req(k.as_bytes(), level))
+                    .await
+                    .map(|r| union(&r.get_ref().siblings)),
                 Err(e) => Err(tonic::Status::unavailable(e)),
             };
             match r {
@@ -109,6 +96,7 @@ pub async fn after_heal(
     h: &History,
     meta: Arc<MemMeta>,
     cfg: &SimConfig,
+    wipe: Option<Vec<Arc<MemEngine>>>,
 ) -> Result<(Verdict, usize)> {
     let healed = Instant::now();
     loop {
@@ -122,6 +110,9 @@ pub async fn after_heal(
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for e in wipe.iter().flatten() {
+        e.wipe();
     }
     let dial = Dial::plaintext(format!("{}:{COORD_PORT}", coord_name(0)));
     let keys = nc::keys(h);
@@ -151,5 +142,6 @@ pub async fn after_heal(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     verdict.converged_ms = Some(healed.elapsed().as_millis() as u64);
+    verdict.read_repaired = repaired.len();
     Ok((verdict, repaired.len()))
 }

@@ -55,11 +55,13 @@ pub struct SimConfig {
     pub coordinators: usize,
     pub clients: usize,
     pub keys: usize,
+    /// Most adds one client makes; it stops earlier, half a second after the last fault
+    /// heals, so the load spans the whole schedule.
     pub ops_per_client: usize,
     /// Storage-node faults in the schedule.
     pub faults: usize,
-    /// Wipes every node's engine before the checks (the checkers' own test: every
-    /// acknowledged add must then be reported lost).
+    /// Wipes every node's engine once the hints have drained, before the reads (the
+    /// checkers' own test: every acknowledged add must then be reported lost).
     pub sabotage: bool,
     /// Replaces the seeded schedule (a scenario kept as a regression test).
     pub schedule: Option<Vec<Step>>,
@@ -73,7 +75,7 @@ impl SimConfig {
             coordinators: 2,
             clients: 3,
             keys: 6,
-            ops_per_client: 30,
+            ops_per_client: 400,
             faults: 4,
             sabotage: false,
             schedule: None,
@@ -268,10 +270,18 @@ pub fn run(cfg: &SimConfig) -> Result<Outcome> {
     }
     let history = History::new("sim", cfg.seed);
     let coords: Vec<String> = (0..cfg.coordinators).map(coord_name).collect();
+    // The load runs until half a second after the last heal, so every fault meets traffic.
+    let until =
+        Duration::from_millis(steps.iter().map(|s| s.at_ms + s.for_ms).max().unwrap_or(0) + 500);
     for w in 0..cfg.clients {
         let (h, coords, c) = (history.clone(), coords.clone(), cfg.clone());
         sim.client(format!("client{}", w + 1), async move {
-            workload::set_add(h, w, coords, c.keys, c.ops_per_client, c.seed).await;
+            let load = workload::Load {
+                keys: c.keys,
+                max_ops: c.ops_per_client,
+                until,
+            };
+            workload::set_add(h, w, coords, load, c.seed).await;
             Ok(())
         });
     }
@@ -299,16 +309,14 @@ pub fn run(cfg: &SimConfig) -> Result<Outcome> {
         }
     }
 
-    if cfg.sabotage {
-        for e in &engines {
-            e.wipe();
-        }
-    }
+    // Sabotage wipes the engines once the hints have drained (a hint delivered later
+    // would put some adds back).
+    let wipe = cfg.sabotage.then_some(engines);
     let result = Arc::new(parking_lot::Mutex::new(None));
     let r = result.clone();
     let (h, m, c) = (history.clone(), meta.clone(), cfg.clone());
     sim.client("checker", async move {
-        let out = check::after_heal(&h, m, &c).await;
+        let out = check::after_heal(&h, m, &c, wipe).await;
         *r.lock() = Some(out);
         Ok(())
     });

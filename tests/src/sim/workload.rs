@@ -14,7 +14,7 @@ use tonic::Code;
 
 use crate::cluster::{read_req, write_req};
 use crate::nemesis::history::{History, Kind};
-use crate::nemesis::setadd::{definitely_not_applied, elements, encode};
+use crate::nemesis::setadd::{definitely_not_applied, encode, union};
 
 /// Each request's client-side deadline (beyond the coordinator's own 5 s).
 const OP_TIMEOUT: Duration = Duration::from_secs(8);
@@ -28,20 +28,25 @@ async fn connect(coords: &[String], at: usize) -> Option<Coordinator> {
         .ok()
 }
 
-pub async fn set_add(
-    h: History,
-    w: usize,
-    coords: Vec<String>,
-    keys: usize,
-    ops: usize,
-    seed: u64,
-) {
+/// How much one client does: adds over `keys` keys, at most `max_ops`, none begun after
+/// `until` (simulated time since the start).
+pub struct Load {
+    pub keys: usize,
+    pub max_ops: usize,
+    pub until: Duration,
+}
+
+pub async fn set_add(h: History, w: usize, coords: Vec<String>, load: Load, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed ^ (w as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut at = w;
+    let (mut at, keys) = (w, load.keys);
     let mut client = None;
+    let started = tokio::time::Instant::now();
     // The servers start in the first simulated milliseconds.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    for i in 0..ops {
+    for i in 0..load.max_ops {
+        if started.elapsed() > load.until {
+            break;
+        }
         let op = i as u64;
         let key = format!("set-{}", rng.random_range(0..keys));
         let element = format!("w{w}e{i}");
@@ -72,11 +77,7 @@ pub async fn set_add(
         let (mut set, context, siblings) = match read {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
-                let mut set = BTreeSet::new();
-                for s in &r.siblings {
-                    set.extend(elements(&s.value));
-                }
-                (set, r.context, r.siblings.len())
+                (union(&r.siblings), r.context, r.siblings.len())
             }
             Ok(Err(e)) if e.code() == Code::NotFound => (BTreeSet::new(), Vec::new(), 0),
             failed => {
@@ -112,6 +113,8 @@ pub async fn set_add(
             (client, at) = (None, at + 1);
             tokio::time::sleep(BACKOFF).await;
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1..40))).await;
+        // Paced so that three clients keep a few adds in every fault window without the run
+        // growing past what 50 seeds in the test command can afford.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(20..200))).await;
     }
 }

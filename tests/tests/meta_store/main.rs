@@ -187,12 +187,76 @@ async fn a_panicking_job_leaves_its_lease_to_expire_and_another_driver_takes_ove
     );
     let later = last + 1;
     assert!(
-        !a.claim("p1", Some("a"), Some(last), later).await.unwrap(),
+        !a.claim("p1", Some("a"), later).await.unwrap(),
         "the coordinator it panicked on backs off before taking it again"
     );
     assert!(
-        b.claim("p1", Some("a"), Some(last), later).await.unwrap(),
+        b.claim("p1", Some("a"), later).await.unwrap(),
         "another driver takes over after expiry"
     );
     assert!(sup.shutdown(Duration::from_secs(5)).await);
+}
+
+/// S24 on PostgreSQL: leases are judged by the database's clock, one for every coordinator.
+/// A coordinator an hour behind takes a 60 s lease; one an hour ahead cannot take it over (by
+/// the first's clock the lease ended 59 minutes ago, by the second's an hour ago), and the
+/// lease ends 60 s after the database's now, whatever the holder's clock said. Cleanup delays
+/// are set and judged by `clock_ms`, which is the database's too.
+#[tokio::test]
+async fn postgres_judges_leases_by_its_own_clock_not_the_coordinators() {
+    let (store, _db) = postgres().await;
+    let c = change("skew", ChangeKind::Bootstrap, "n9");
+    store.create_change(&c, &[], &|_| Ok(())).await.unwrap();
+    let real = pairdb_common::now_ms();
+    let hour = 3_600_000;
+    let db_now = store.clock_ms().await.unwrap();
+    assert!(
+        db_now.abs_diff(real) < 5_000,
+        "this machine's PostgreSQL and clock agree"
+    );
+    assert!(
+        store
+            .claim_job(JobTable::Change, "skew", "behind", real - hour, 60_000)
+            .await
+            .unwrap()
+    );
+    // A coordinator an hour ahead, whose clock says the lease ran out long ago.
+    let ahead_claims = async || {
+        store
+            .claim_job(JobTable::Change, "skew", "ahead", real + hour, 60_000)
+            .await
+            .unwrap()
+    };
+    assert!(
+        !ahead_claims().await,
+        "a coordinator an hour ahead took a lease the database says runs another minute"
+    );
+    let expires = store
+        .get_change("skew")
+        .await
+        .unwrap()
+        .unwrap()
+        .lease_expires_at_ms
+        .unwrap();
+    assert!(
+        expires.abs_diff(db_now + 60_000) < 5_000,
+        "the lease ends 60 s after the database's now ({expires} vs {db_now})"
+    );
+    // Saves renew by the same clock.
+    assert!(
+        store
+            .save_job(
+                JobTable::Change,
+                "skew",
+                "behind",
+                real - hour,
+                60_000,
+                None,
+                "{}",
+                None
+            )
+            .await
+            .unwrap()
+    );
+    assert!(!ahead_claims().await);
 }

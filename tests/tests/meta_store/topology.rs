@@ -74,9 +74,13 @@ pub async fn changes(store: Arc<dyn MetaStore>) {
             .unwrap(),
         "renewal"
     );
+    // Expiry is judged by the store's clock (PostgreSQL's own, shared by every coordinator),
+    // so the test waits the lease out instead of passing a later time.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let now = pairdb_common::now_ms();
     assert!(
         store
-            .claim_job(JobTable::Change, "c1", "b", now + 5_000, 1_000)
+            .claim_job(JobTable::Change, "c1", "b", now, 1_000)
             .await
             .unwrap(),
         "after expiry"
@@ -88,7 +92,7 @@ pub async fn changes(store: Arc<dyn MetaStore>) {
                 JobTable::Change,
                 "c1",
                 "a",
-                now + 5_001,
+                now + 1,
                 1_000,
                 None,
                 "{}",
@@ -136,7 +140,7 @@ pub async fn changes(store: Arc<dyn MetaStore>) {
                 JobTable::Change,
                 "c1",
                 "b",
-                now + 5_100,
+                now + 100,
                 1_000,
                 Some(r#"[{"x":2}]"#),
                 r#"{"percent":50}"#,
