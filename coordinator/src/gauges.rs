@@ -47,7 +47,8 @@ async fn refresh(
     seen: &parking_lot::Mutex<Seen>,
 ) -> MetaResult<()> {
     let m = &d.metrics;
-    let now_ms = pairdb_common::now_ms();
+    // Hints are stamped by the store's clock; their age is read by it too.
+    let now_ms = meta.clock_ms().await?;
 
     let targets = meta.hint_targets().await?;
     m.hints_pending

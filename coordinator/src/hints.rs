@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use pairdb_common::api::pb;
+use pairdb_common::ring::NodeState;
 use pairdb_common::version::KeyState;
 use pairdb_common::{ErrorCode, convert, failpoint, framing, now_ms};
 use parking_lot::Mutex;
@@ -348,6 +349,14 @@ impl Hints {
             let Some(node) = snap.nodes.get(&t.node_id) else {
                 continue;
             };
+            // A removed node's ranges were streamed to their new replicas from live ones
+            // (S12): its hints have no one to go to and would only hold the hint gauges up.
+            if node.record.state == NodeState::Removed {
+                let n = self.meta.delete_hints_for(&t.node_id).await?;
+                self.metrics.hints_cleanup_deleted.inc_by(n);
+                tracing::info!(node_id = %t.node_id, deleted = n, "dropped the hints of a removed node");
+                continue;
+            }
             // Up, and serving clients again: a drained node's hints wait for its undrain.
             if node.health.status() != crate::meta::NodeStatus::Up || !node.serves_clients() {
                 continue;
@@ -361,7 +370,12 @@ impl Hints {
                     self.cfg.replay_batch,
                 )
                 .await?;
-            let expired_before = now_ms().saturating_sub(self.cfg.hint_ttl_secs * 1000);
+            // The store's clock, which stamped `created_at` (S24).
+            let expired_before = self
+                .meta
+                .clock_ms()
+                .await?
+                .saturating_sub(self.cfg.hint_ttl_secs * 1000);
             for h in hints {
                 // Past its TTL (which the config keeps below the tombstone GC grace) a hint is
                 // dropped, never replayed: it could carry a value whose tombstone is gone.
@@ -440,7 +454,12 @@ impl Hints {
 
     /// Deletes hints past their TTL or attempts.
     pub async fn cleanup_once(&self) -> Result<u64, crate::meta::MetaError> {
-        let cutoff = now_ms().saturating_sub(self.cfg.hint_ttl_secs * 1000);
+        // The store's clock, which stamped `created_at` (S24).
+        let cutoff = self
+            .meta
+            .clock_ms()
+            .await?
+            .saturating_sub(self.cfg.hint_ttl_secs * 1000);
         let n = self
             .meta
             .delete_dead_hints(cutoff, self.cfg.max_replay_attempts)

@@ -430,6 +430,14 @@ impl MetaStore for MemMeta {
         })
     }
 
+    async fn delete_hints_for(&self, target: &str) -> MetaResult<u64> {
+        self.with(|s| {
+            let before = s.hints.len();
+            s.hints.retain(|_, h| h.rec.target_node_id != target);
+            Ok((before - s.hints.len()) as u64)
+        })
+    }
+
     async fn create_change(
         &self,
         c: &ChangeRecord,

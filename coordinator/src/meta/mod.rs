@@ -122,6 +122,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn delete_dead_hints(&self, cutoff_ms: u64, max_attempts: u32) -> MetaResult<u64>;
     async fn hint_targets(&self) -> MetaResult<Vec<HintTarget>>;
     async fn count_hints_for(&self, target: &str) -> MetaResult<u64>;
+    /// Deletes every hint for `target` (a removed node); returns how many.
+    async fn delete_hints_for(&self, target: &str) -> MetaResult<u64>;
 
     /// Records a new change in one transaction under the admission lock: calls `admit` with
     /// the membership as it is inside the transaction (so two requests never both pass a rule

@@ -158,7 +158,9 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
                 p(2),
                 p(3),
                 p(4),
-                d.ts(&p(5))
+                // The store's clock (every coordinator judges the TTL by it, not by the
+                // clock of the coordinator that stored the hint).
+                d.ts(&d.clock(&p(5)))
             ));
             args.extend([
                 (&h.target_node_id).into(),
@@ -267,6 +269,11 @@ impl<B: Backend> MetaStore for SqlMeta<B> {
         let sql = B::DIALECT.sql("SELECT count(*) AS n FROM hints WHERE target_node_id = $1");
         let n = one_int::<B>(&mut c, &sql, &[target.into()], "n").await?;
         Ok(to_u64(n.unwrap_or(0)))
+    }
+
+    async fn delete_hints_for(&self, target: &str) -> MetaResult<u64> {
+        let sql = B::DIALECT.sql("DELETE FROM hints WHERE target_node_id = $1");
+        self.run(&sql, &[target.into()]).await
     }
 
     async fn create_change(

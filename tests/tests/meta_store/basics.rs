@@ -169,7 +169,22 @@ pub async fn tenants(store: Arc<dyn MetaStore>) {
 }
 
 pub async fn hints(store: Arc<dyn MetaStore>) {
-    // Hints: claims are disjoint until released; failures count; dead hints go.
+    // Hints: claims are disjoint until released; failures count; dead hints go. The store
+    // stamps `created_at` by its own clock (PostgreSQL's) where it has one, so the old hint is
+    // old by being stored before the TTL cutoff, not by what its coordinator said.
+    store
+        .insert_hints(&[NewHint {
+            target_node_id: "n1".into(),
+            tenant_id: "acme".into(),
+            key: b"old".to_vec(),
+            payload: vec![9],
+            created_at_ms: pairdb_common::now_ms() - 10_000_000,
+        }])
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let cutoff = store.clock_ms().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let now = pairdb_common::now_ms();
     let batch: Vec<NewHint> = (0..10u8)
         .map(|i| NewHint {
@@ -182,16 +197,6 @@ pub async fn hints(store: Arc<dyn MetaStore>) {
         .collect();
     store.insert_hints(&batch).await.unwrap();
     store.insert_hints(&[]).await.unwrap();
-    store
-        .insert_hints(&[NewHint {
-            target_node_id: "n1".into(),
-            tenant_id: "acme".into(),
-            key: b"old".to_vec(),
-            payload: vec![9],
-            created_at_ms: now - 10_000_000,
-        }])
-        .await
-        .unwrap();
     assert_eq!(store.count_hints_for("n2").await.unwrap(), 10);
     let a = store.claim_hints("n2", "coord-a", 60_000, 6).await.unwrap();
     let b = store.claim_hints("n2", "coord-b", 60_000, 6).await.unwrap();
@@ -256,10 +261,7 @@ pub async fn hints(store: Arc<dyn MetaStore>) {
         vec![("n1", 1, 1), ("n2", 9, 36)]
     );
     // TTL: the old hint; attempts: none has 3 yet.
-    assert_eq!(
-        store.delete_dead_hints(now - 1_000_000, 3).await.unwrap(),
-        1
-    );
+    assert_eq!(store.delete_dead_hints(cutoff, 3).await.unwrap(), 1);
     for _ in 0..2 {
         store
             .fail_hint(again[0].hint_id, "still down", true, 0)
@@ -267,10 +269,24 @@ pub async fn hints(store: Arc<dyn MetaStore>) {
             .unwrap();
     }
     assert_eq!(
-        store.delete_dead_hints(now - 1_000_000, 3).await.unwrap(),
+        store.delete_dead_hints(cutoff, 3).await.unwrap(),
         1,
         "third failure: given up"
     );
+    assert_eq!(store.count_hints_for("n2").await.unwrap(), 8);
+    // A removed target's hints go at once, and only its.
+    store
+        .insert_hints(&[NewHint {
+            target_node_id: "n1".into(),
+            tenant_id: "acme".into(),
+            key: b"gone".to_vec(),
+            payload: vec![7],
+            created_at_ms: pairdb_common::now_ms(),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.delete_hints_for("n1").await.unwrap(), 1);
+    assert_eq!(store.count_hints_for("n1").await.unwrap(), 0);
     assert_eq!(store.count_hints_for("n2").await.unwrap(), 8);
 }
 

@@ -259,4 +259,26 @@ async fn postgres_judges_leases_by_its_own_clock_not_the_coordinators() {
             .unwrap()
     );
     assert!(!ahead_claims().await);
+
+    // A hint stored by a coordinator an hour behind is stamped by the database's clock, so its
+    // TTL and age are the same for every coordinator.
+    let hint = pairdb_coordinator::meta::NewHint {
+        target_node_id: "n9".into(),
+        tenant_id: "t".into(),
+        key: b"k".to_vec(),
+        payload: vec![1],
+        created_at_ms: real - hour,
+    };
+    store.insert_hints(&[hint]).await.unwrap();
+    let t = store.hint_targets().await.unwrap();
+    let stamped = t[0].oldest_created_at_ms;
+    assert!(
+        stamped.abs_diff(db_now) < 5_000,
+        "the hint is stamped {stamped}, the database's now is {db_now}"
+    );
+    assert_eq!(
+        store.delete_dead_hints(db_now - 60_000, 100).await.unwrap(),
+        0,
+        "a TTL cutoff a minute before the database's now drops nothing"
+    );
 }

@@ -1,0 +1,136 @@
+//! S12 (FAULT-SCENARIOS.md, Cassandra's `test_hintedhandoff_decom`): hints stored for a
+//! down node while the topology changes around it or without it. A process cluster of 4
+//! storage nodes, 2 coordinators and PostgreSQL; n4 killed, 100 writes at QUORUM (hints for
+//! n4), then a change. Every acknowledged write must read back at QUORUM and, after the
+//! change and its cleanup, be on every replica of the new ring; no hint may outlive its
+//! purpose.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use pairdb_common::api::pb;
+use pairdb_tests::procs::{self, Acked, ProcCluster, ProcOptions, Writer};
+use pairdb_tests::*;
+
+const CHANGE_DEADLINE: Duration = Duration::from_secs(120);
+
+async fn hints_for(c: &ProcCluster, node: &str) -> u64 {
+    c.meta
+        .hint_targets()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|t| t.node_id == node)
+        .map(|t| t.pending)
+        .sum()
+}
+
+/// 4 nodes, n4 killed, then 100 writes at QUORUM; returns them once some became hints.
+async fn n4_down_and_100_writes() -> (ProcCluster, Acked) {
+    let mut c = ProcCluster::start(ProcOptions {
+        nodes: 4,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.wait_all_up().await.unwrap();
+    c.node("n4").kill9().unwrap();
+    let writer = Writer::start(c.coord_dials(), "s12", 100, Duration::from_secs(60));
+    cluster::wait_async("100 writes", Duration::from_secs(60), || async {
+        writer.acked() >= 100
+    })
+    .await
+    .unwrap();
+    let (acked, failed) = writer.finish().await.unwrap();
+    assert_eq!((acked.len(), failed), (100, 0));
+    // Hints are written behind the acknowledgements: wait for them to land.
+    cluster::wait_async("hints for n4", Duration::from_secs(10), || async {
+        hints_for(&c, "n4").await > 0
+    })
+    .await
+    .unwrap();
+    println!("hints pending for n4: {}", hints_for(&c, "n4").await);
+    (c, acked)
+}
+
+/// The literal scenario, at RF 3: n1 is decommissioned while n4 is down (n4 gains ranges, so
+/// the change waits for it), n4 comes back, the change completes, n4's hints are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_for_a_down_node_are_delivered_across_a_decommission_around_it() {
+    let _s = serial_async().await;
+    let (mut c, acked) = n4_down_and_100_writes().await;
+    let r = c
+        .coord()
+        .await
+        .unwrap()
+        .remove_storage_node(pb::RemoveStorageNodeRequest {
+            node_id: "n1".into(),
+            force: false,
+            acknowledge_data_loss: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = r.change.unwrap().change_id;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        c.change(&id).await.unwrap().status.is_active(),
+        "the decommission finished without n4, which gains ranges"
+    );
+    c.node("n4").start().unwrap();
+    c.wait_change(&id, "completed", CHANGE_DEADLINE)
+        .await
+        .unwrap();
+    cluster::wait_async("n4's hints delivered", Duration::from_secs(60), || async {
+        hints_for(&c, "n4").await == 0
+    })
+    .await
+    .unwrap();
+    c.check_quorum_reads(&acked).await.unwrap();
+    c.wait_cleanup("n1", CHANGE_DEADLINE).await.unwrap();
+    c.check_placement(&acked, true).await.unwrap();
+}
+
+/// The hint target itself leaves: dead n4 is replaced by n5, which streams n4's ranges from
+/// the live replicas. n4's hints have no one to go to; they are dropped at once (not kept
+/// until their TTL, holding the pending-hint gauges and alerts up), and n5 holds every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_for_a_replaced_node_are_dropped_and_its_writes_are_on_the_new_replicas() {
+    let _s = serial_async().await;
+    let (mut c, acked) = n4_down_and_100_writes().await;
+    let n5 = c.new_node("n5").unwrap();
+    n5.start().unwrap();
+    let port: u32 = n5.grpc.into();
+    let r = c
+        .coord()
+        .await
+        .unwrap()
+        .replace_storage_node(pb::ReplaceStorageNodeRequest {
+            old_node_id: "n4".into(),
+            new_node: Some(pb::AddStorageNodeRequest {
+                node_id: "n5".into(),
+                host: "127.0.0.1".into(),
+                port,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = r.change.unwrap().change_id;
+    c.wait_change(&id, "completed", CHANGE_DEADLINE)
+        .await
+        .unwrap();
+    cluster::wait_async("n4's hints dropped", Duration::from_secs(30), || async {
+        hints_for(&c, "n4").await == 0
+    })
+    .await
+    .unwrap();
+    let mut dropped = 0.0;
+    for co in &c.coords {
+        dropped += procs::metric_sum(&co.metrics().await.unwrap(), "hints_cleanup_deleted_total");
+    }
+    assert!(dropped > 0.0, "no coordinator counted the dropped hints");
+    c.check_quorum_reads(&acked).await.unwrap();
+    c.check_placement(&acked, false).await.unwrap();
+}
