@@ -5,6 +5,9 @@
 #                                the long tier: SEEDS runs (default 5) of STEPS faults each
 #                                (default 30, about 3 minutes per run), fresh seeds
 #   PAIRDB_NEMESIS_SEED=N scripts/faults.sh   replays one schedule
+#   scripts/faults.sh --release [--long ...]
+#                                the same with release builds of the servers (availability
+#                                as operators would see it; issue G deliverable 5)
 #   scripts/faults.sh --sim [--seeds N] [--from S]
 #                                the deterministic simulation (tests/tests/simulation.rs) over
 #                                N seeds (default 1000) from S (default a fresh base); a failing
@@ -29,6 +32,12 @@ if [ "${1:-}" = "--sim" ]; then
     exec cargo test -p pairdb-tests --locked --test simulation every_seed -- --nocapture
 fi
 cargo build --workspace --locked --bins
+if [ "${1:-}" = "--release" ]; then
+  shift
+  cargo build --release --locked -p pairdb-coordinator -p pairdb-storage-node
+  export PAIRDB_BIN_DIR="$CARGO_TARGET_DIR/release"
+  echo "== servers: release builds in $PAIRDB_BIN_DIR"
+fi
 runs=1
 if [ "${1:-}" = "--long" ]; then
   runs="${2:-5}"
