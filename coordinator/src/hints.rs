@@ -344,6 +344,12 @@ impl Hints {
             })
             .collect();
         let snap = self.cluster.snapshot();
+        // The store's clock, which stamped `created_at` (S24): read once per cycle.
+        let expired_before = self
+            .meta
+            .clock_ms()
+            .await?
+            .saturating_sub(self.cfg.hint_ttl_secs * 1000);
         let mut delivered = 0;
         for t in targets {
             let Some(node) = snap.nodes.get(&t.node_id) else {
@@ -370,12 +376,6 @@ impl Hints {
                     self.cfg.replay_batch,
                 )
                 .await?;
-            // The store's clock, which stamped `created_at` (S24).
-            let expired_before = self
-                .meta
-                .clock_ms()
-                .await?
-                .saturating_sub(self.cfg.hint_ttl_secs * 1000);
             for h in hints {
                 // Past its TTL (which the config keeps below the tombstone GC grace) a hint is
                 // dropped, never replayed: it could carry a value whose tombstone is gone.

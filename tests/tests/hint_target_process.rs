@@ -98,26 +98,7 @@ async fn hints_for_a_down_node_are_delivered_across_a_decommission_around_it() {
 async fn hints_for_a_replaced_node_are_dropped_and_its_writes_are_on_the_new_replicas() {
     let _s = serial_async().await;
     let (mut c, acked) = n4_down_and_100_writes().await;
-    let n5 = c.new_node("n5").unwrap();
-    n5.start().unwrap();
-    let port: u32 = n5.grpc.into();
-    let r = c
-        .coord()
-        .await
-        .unwrap()
-        .replace_storage_node(pb::ReplaceStorageNodeRequest {
-            old_node_id: "n4".into(),
-            new_node: Some(pb::AddStorageNodeRequest {
-                node_id: "n5".into(),
-                host: "127.0.0.1".into(),
-                port,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let id = r.change.unwrap().change_id;
+    let id = c.replace_node("n4", "n5").await.unwrap();
     c.wait_change(&id, "completed", CHANGE_DEADLINE)
         .await
         .unwrap();

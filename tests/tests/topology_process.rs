@@ -284,26 +284,7 @@ async fn replace_a_killed_node_rereplicates_everything_it_held() {
         .await
         .unwrap();
     c.node("n3").kill9().unwrap();
-    let n5 = c.new_node("n5").unwrap();
-    n5.start().unwrap();
-    let port: u32 = n5.grpc.into();
-    let r = c
-        .coord()
-        .await
-        .unwrap()
-        .replace_storage_node(pb::ReplaceStorageNodeRequest {
-            old_node_id: "n3".into(),
-            new_node: Some(pb::AddStorageNodeRequest {
-                node_id: "n5".into(),
-                host: "127.0.0.1".into(),
-                port,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let id = r.change.unwrap().change_id;
+    let id = c.replace_node("n3", "n5").await.unwrap();
     c.wait_change(&id, "completed", CHANGE_DEADLINE)
         .await
         .unwrap();

@@ -6,9 +6,9 @@
 //! ms), a JSON parameter and column, the row locks of the hint claim, and the parameter sign.
 //! Times come from a bound Unix-ms parameter (the coordinator's clock), except where clocks of
 //! different coordinators would be compared: job leases and hint claims are taken, renewed and
-//! judged expired by the database's own clock on PostgreSQL ([`Dialect::clock`]), so a
-//! coordinator whose clock is ahead cannot take a lease another still holds, nor one behind
-//! hold a lease past its end. SQLite is the embedded single-process store: its one process's
+//! judged expired, and hints stamped, by the database's own clock on PostgreSQL
+//! ([`Dialect::clock`]), so a coordinator whose clock is ahead cannot take a lease another
+//! still holds, nor one behind hold a lease past its end. SQLite is the embedded single-process store: its one process's
 //! clock is the bound parameter.
 //!
 //! [`Backend`] is the rest of what differs: connecting, the migrations, and running a

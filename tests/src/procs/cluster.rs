@@ -250,6 +250,28 @@ impl ProcCluster {
         self.meta.get_change(id).await?.context("no such change")
     }
 
+    /// Starts new node `new` and has it replace `old` (ReplaceStorageNode); returns the change.
+    pub async fn replace_node(&mut self, old: &str, new: &str) -> Result<String> {
+        let n = self.new_node(new)?;
+        n.start()?;
+        let port: u32 = n.grpc.into();
+        let r = self
+            .coord()
+            .await?
+            .replace_storage_node(pb::ReplaceStorageNodeRequest {
+                old_node_id: old.into(),
+                new_node: Some(pb::AddStorageNodeRequest {
+                    node_id: new.into(),
+                    host: "127.0.0.1".into(),
+                    port,
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner();
+        Ok(r.change.context("no change in the reply")?.change_id)
+    }
+
     /// The newest change of `kind` for `node_id`, waiting up to 10 s for it to appear.
     pub async fn change_of(&self, node_id: &str, kind: meta::ChangeKind) -> Result<String> {
         for _ in 0..100 {
