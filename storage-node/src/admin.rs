@@ -108,7 +108,7 @@ pub fn router(node: Arc<Node>, admin_token: Option<&str>) -> Router {
     };
     Router::new()
         .route("/health", get(health))
-        .route("/health/live", get(pairdb_common::probes::live))
+        .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/api/v1/compaction/trigger", post(compact_default))
@@ -327,6 +327,20 @@ async fn health(State(s): State<AdminState>) -> Response {
         "recent": recent,
     });
     (pairdb_common::probes::ready_status(&not_ready), Json(body)).into_response()
+}
+
+/// `/health/live`: 200 while the process serves HTTP, 503 once the storage engine failed
+/// ([`crate::engine::Engine::failed`]): a restart is what fixes that (the WAL replays), so a
+/// liveness probe should restart the node.
+async fn live(State(s): State<AdminState>) -> Response {
+    match s.node.store.engine().failed() {
+        None => pairdb_common::probes::live().await.into_response(),
+        Some(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "storage_failed", "error": error })),
+        )
+            .into_response(),
+    }
 }
 
 /// `/health/ready`: 200 when the node should get client traffic, else 503 with the reasons

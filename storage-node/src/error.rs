@@ -25,6 +25,9 @@ pub enum Error {
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The engine takes no writes until the node restarts ([`crate::engine::Engine::failed`]).
+    #[error("storage failed, writes refused until the node restarts: {0}")]
+    StorageFailed(String),
     /// A limit on the request was exceeded.
     #[error("overloaded: {0}")]
     Overloaded(String),
@@ -42,6 +45,7 @@ impl Error {
             Error::Engine(EngineError::Corruption(m)) => Common::ChecksumFailed(m.clone()),
             Error::Engine(EngineError::NoSpace(m)) => Common::DiskFull(m.clone()),
             Error::Engine(EngineError::Io(m)) => Common::Internal(m.clone()),
+            Error::StorageFailed(_) => Common::NodeNotReady(self.to_string()),
             Error::Overloaded(m) => Common::Overloaded(m.clone()),
         }
     }

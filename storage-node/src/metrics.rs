@@ -111,6 +111,7 @@ pub struct Metrics {
     pub stream_bytes_received: Counter,
     pub applied_versions: Family<OpLabels, Counter>,
     pub maintenance_mode: Gauge,
+    pub storage_engine_failed: Gauge,
     pub memtable_bytes: Gauge,
     pub sst_files: Family<LevelLabels, Gauge>,
     pub compaction_pending_bytes: Gauge,
@@ -182,6 +183,7 @@ impl Metrics {
             stream_bytes_received: Counter::default(),
             applied_versions: Family::default(),
             maintenance_mode: Gauge::default(),
+            storage_engine_failed: Gauge::default(),
             memtable_bytes: Gauge::default(),
             sst_files: Family::default(),
             compaction_pending_bytes: Gauge::default(),
@@ -389,6 +391,11 @@ impl Metrics {
             m.maintenance_mode.clone(),
         );
         r.register(
+            "storage_engine_failed",
+            "1 once a write failed with an I/O error (a failed WAL sync): writes are refused until the node restarts",
+            m.storage_engine_failed.clone(),
+        );
+        r.register(
             "rocksdb_memtable_bytes",
             "Memory held by memtables",
             m.memtable_bytes.clone(),
@@ -496,6 +503,7 @@ impl Metrics {
     /// Refreshes the engine gauges and renders the registry as Prometheus text.
     pub fn render(&self, stats: &EngineStats) -> String {
         self.memtable_bytes.set(stats.memtable_bytes as i64);
+        self.storage_engine_failed.set(stats.failed as i64);
         for (level, n) in stats.sst_files_by_level.iter().enumerate() {
             self.sst_files
                 .get_or_create(&LevelLabels {

@@ -156,6 +156,9 @@ impl Node {
         if self.disk.status().is_circuit_broken {
             why.push("disk_circuit_broken");
         }
+        if self.store.engine().failed().is_some() {
+            why.push("storage_failed");
+        }
         if self.sup.cancel_token().is_cancelled() {
             why.push("shutting_down");
         }

@@ -100,6 +100,9 @@ impl StorageApi {
         f: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> Result<T> {
         let store = &self.node.store;
+        if let Some(why) = store.engine().failed() {
+            return Err(Error::StorageFailed(why));
+        }
         let out = if big || store.sync_writes() || store.fenced() {
             self.blocking(f).await?
         } else if store.engine().write_stalled() {

@@ -73,6 +73,8 @@ pub struct EngineStats {
     /// Running totals since the engine opened.
     pub compaction_read_bytes: u64,
     pub compaction_write_bytes: u64,
+    /// 1 once [`Engine::failed`]: writes refused until a restart.
+    pub failed: u64,
 }
 
 /// How an [`Engine::ingest`] ended.
@@ -129,6 +131,15 @@ pub trait Engine: Send + Sync + 'static {
     /// salvage`): acknowledged writes may be missing until a repair brings them back.
     fn salvaged(&self) -> bool {
         false
+    }
+
+    /// Why the engine takes no more writes until the process restarts, once a write failed with
+    /// an I/O error it does not recover from — a failed WAL sync above all: after a failed
+    /// fsync the kernel may have dropped the unsynced pages and a later fsync may succeed
+    /// without them (PostgreSQL's "fsyncgate"), so only a restart, replaying the WAL, knows
+    /// what is durable. Out of space is not such an error: RocksDB resumes on its own.
+    fn failed(&self) -> Option<String> {
+        None
     }
 
     /// Compacts the whole data space (`all_levels`: also rewrite the bottommost level).

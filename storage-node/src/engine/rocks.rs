@@ -62,6 +62,8 @@ pub struct RocksEngine {
     opened: std::time::Instant,
     /// Opened by salvaging a damaged write-ahead log (see [`RocksEngine::open`]).
     salvaged: bool,
+    /// The first unrecoverable write error ([`Engine::failed`]).
+    failed: parking_lot::Mutex<Option<String>>,
 }
 
 /// How long one write-stall reading is reused: the properties take the DB mutex.
@@ -162,6 +164,7 @@ impl RocksEngine {
             stalled: Default::default(),
             opened: std::time::Instant::now(),
             salvaged: false,
+            failed: parking_lot::Mutex::new(None),
         })
     }
 
@@ -224,7 +227,23 @@ impl Engine for RocksEngine {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db.write_opt(batch, &wo).map_err(map_err)
+        self.db.write_opt(batch, &wo).map_err(|e| {
+            let io = e.kind() == ErrorKind::IOError;
+            let e = map_err(e);
+            if let (true, EngineError::Io(msg)) = (io, &e) {
+                // RocksDB is read-only from here on (a hard background error); say so once.
+                let mut failed = self.failed.lock();
+                if failed.is_none() {
+                    tracing::error!(error = %msg, "storage engine failed: writes refused until the node restarts (runbooks/repair.md \"A node whose storage failed\")");
+                    *failed = Some(msg.clone());
+                }
+            }
+            e
+        })
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.failed.lock().clone()
     }
 
     fn scan(
@@ -395,6 +414,7 @@ impl Engine for RocksEngine {
                 + self.prop("rocksdb.num-entries-imm-mem-tables"),
             compaction_read_bytes: self.opts.get_ticker_count(Ticker::CompactReadBytes),
             compaction_write_bytes: self.opts.get_ticker_count(Ticker::CompactWriteBytes),
+            failed: u64::from(self.failed.lock().is_some()),
         }
     }
 

@@ -4,7 +4,7 @@
 //! refuses new ones: a symmetric partition; the cluster must be started with
 //! `ProcOptions::proxied`), or, in network namespaces (`ProcOptions::netns`), partitioned in the
 //! kernel: isolated, one-way (replies lost) or bridged; or a coordinator is killed (SIGKILL mid-request, restarted when
-//! healed). The same seed gives the same schedule (which fault, which process, how long).
+//! healed); or the metadata store is stopped, alone or with a storage node down. The same seed gives the same schedule (which fault, which process, how long).
 
 use std::time::Duration;
 
@@ -25,6 +25,10 @@ pub enum FaultKind {
     /// The metadata store (the cluster's own PostgreSQL, `ProcOptions::own_postgres`) stopped,
     /// then started again.
     StopMetadataStore,
+    /// S14 with a replica down: the storage node `Fault::node` killed, then the metadata store
+    /// stopped; healed in the other order (PostgreSQL back, then the node). The hints for the
+    /// dead node meet a stopped store.
+    StopMetadataStoreNodeDown,
     /// SIGKILL of two storage nodes at once (`Fault::node` is `a,b`): with 3 nodes and RF 3 no
     /// write can meet W = 2. The history gets `down a,b` once both are dead.
     KillTwo,
@@ -126,6 +130,10 @@ pub async fn inject(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
         FaultKind::Kill => c.node(&f.node).kill9(),
         FaultKind::KillCoordinator => coordinator(c, &f.node)?.kill9(),
         FaultKind::StopMetadataStore => postgres(c)?.stop(),
+        FaultKind::StopMetadataStoreNodeDown => {
+            c.node(&f.node).kill9()?;
+            postgres(c)?.stop()
+        }
         FaultKind::KillTwo => {
             let (a, b) = pair(&f.node)?;
             for n in [a, b] {
@@ -169,6 +177,10 @@ pub async fn heal(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
             coordinator(c, &f.node)?.start(&url)?
         }
         FaultKind::StopMetadataStore => postgres(c)?.start_again()?,
+        FaultKind::StopMetadataStoreNodeDown => {
+            postgres(c)?.start_again()?;
+            c.node(&f.node).start()?
+        }
         FaultKind::KillTwo => {
             let (a, b) = pair(&f.node)?;
             for n in [a, b] {

@@ -81,6 +81,8 @@ pub struct NodeProc {
     pub host: Host,
     /// Append the process's stderr (its log) to this file.
     pub log: Option<std::path::PathBuf>,
+    /// A program and its arguments the binary runs under (`strace … --`), on loopback only.
+    pub wrap: Vec<String>,
 }
 
 impl NodeProc {
@@ -101,6 +103,7 @@ impl NodeProc {
             bin_dir: None,
             host: Host::loopback(),
             log: None,
+            wrap: Vec::new(),
         })
     }
 
@@ -109,9 +112,16 @@ impl NodeProc {
     }
 
     pub fn start(&mut self) -> Result<()> {
-        let mut cmd = self
-            .host
-            .command(&binary_in(self.bin_dir.as_deref(), "pairdb-storage-node")?);
+        let bin = binary_in(self.bin_dir.as_deref(), "pairdb-storage-node")?;
+        let mut cmd = match self.wrap.split_first() {
+            None => self.host.command(&bin),
+            Some((program, args)) => {
+                anyhow::ensure!(self.host.ns.is_none(), "wrap runs on loopback only");
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+        };
         cmd.args(["--node-id", &self.id, "--data-dir"])
             .arg(&self.dir)
             .args([
