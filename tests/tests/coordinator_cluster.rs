@@ -787,3 +787,183 @@ async fn a_replication_factor_change_copies_every_key_before_reads_count_the_new
     assert_eq!(t2_holders().await, 5, "t2's copies stay on every node");
     c.shutdown().await;
 }
+
+/// S02 of FAULT-SCENARIOS.md: read a context, then two writes with that same context at once —
+/// through one coordinator, then through two — 500 times each (`PAIRDB_S02_REPS`). Each time
+/// both are acknowledged, the next QUORUM read returns both values as siblings under two
+/// different dots (never two values under one clock, never one lost), and a write with the
+/// read's context leaves one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_writes_with_one_context_always_become_two_siblings() {
+    let _g = serial_async().await;
+    let reps: usize = std::env::var("PAIRDB_S02_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let c = TestCluster::start(ClusterOptions::three_by_two(Backend::Sqlite, true))
+        .await
+        .unwrap();
+    let a = c.client(0).await.unwrap();
+    let b = c.client(1).await.unwrap();
+    for (mode, other) in [("one-coordinator", a.clone()), ("two-coordinators", b)] {
+        let key = format!("s02-{mode}").into_bytes();
+        a.clone()
+            .write(write_req(&key, b"start", vec![], Quorum))
+            .await
+            .unwrap();
+        for rep in 0..reps {
+            let ctx = a
+                .clone()
+                .read(read_req(&key, Quorum))
+                .await
+                .unwrap()
+                .into_inner()
+                .context;
+            let (x, y) = (format!("x-{rep}"), format!("y-{rep}"));
+            let (mut first, mut second) = (a.clone(), other.clone());
+            let (rx, ry) = tokio::join!(
+                first.write(write_req(&key, x.as_bytes(), ctx.clone(), Quorum)),
+                second.write(write_req(&key, y.as_bytes(), ctx, Quorum)),
+            );
+            rx.unwrap();
+            ry.unwrap();
+            let r = other
+                .clone()
+                .read(read_req(&key, Quorum))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut values: Vec<Vec<u8>> = r.siblings.iter().map(|s| s.value.clone()).collect();
+            values.sort();
+            assert_eq!(
+                values,
+                vec![x.clone().into_bytes(), y.clone().into_bytes()],
+                "{mode}, repetition {rep}"
+            );
+            let dots: std::collections::BTreeSet<(String, u64, u64)> = r
+                .siblings
+                .iter()
+                .map(|s| {
+                    let d = s.dot.clone().unwrap_or_default();
+                    (d.node_id, d.epoch, d.counter)
+                })
+                .collect();
+            assert_eq!(
+                dots.len(),
+                2,
+                "{mode}, repetition {rep}: one dot, two values"
+            );
+            a.clone()
+                .write(write_req(&key, b"resolved", r.context, Quorum))
+                .await
+                .unwrap();
+            let r = other
+                .clone()
+                .read(read_req(&key, Quorum))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(
+                (r.siblings.len(), r.value.as_slice()),
+                (1, b"resolved".as_slice()),
+                "{mode}, repetition {rep}"
+            );
+        }
+    }
+    c.shutdown().await;
+}
+
+/// S29 of FAULT-SCENARIOS.md: replicas diverged without the coordinators' knowledge — n1 and
+/// n2 each took a write of their own with no context (two concurrent versions under two
+/// dots), n3 has nothing; and for a second key n1 and n2 hold a tombstone over a value that n3
+/// still holds alone. A read at ALL answers the merge (both siblings; not found for the
+/// deleted key), and read repair writes the merge — not the last writer — to every replica:
+/// both siblings on all three, the tombstone on n3; the deleted key is not resurrected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_repair_writes_the_merge_of_diverged_replicas_and_never_resurrects() {
+    let _g = serial_async().await;
+    let c = TestCluster::start(ClusterOptions::three_by_two(Backend::Sqlite, false))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        c.wait_status(i, NodeStatus::Up).await.unwrap();
+    }
+    let op = |key: &[u8], value: &[u8], context: Vec<u8>, tombstone: bool| pb::WriteOp {
+        tenant_id: "t1".into(),
+        key: key.to_vec(),
+        value: value.to_vec(),
+        context,
+        tombstone,
+        ..Default::default()
+    };
+    // Concurrent versions, one on each of n1 and n2, written straight to the nodes.
+    for (i, v) in [(0, b"on-n1"), (1, b"on-n2")] {
+        c.storage(i)
+            .await
+            .unwrap()
+            .write(op(b"split", v, vec![], false))
+            .await
+            .unwrap();
+    }
+    // The same old value on all three, then a tombstone over it on n1 and n2 only.
+    let mut a = c.client(0).await.unwrap();
+    a.write(write_req(b"deleted", b"old", vec![], All))
+        .await
+        .unwrap();
+    for i in 0..2 {
+        let mut s = c.storage(i).await.unwrap();
+        let r = s
+            .read(pb::KeyRef {
+                tenant_id: "t1".into(),
+                key: b"deleted".to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let state = pairdb_common::convert::state_from_pb(r.state.unwrap()).unwrap();
+        let ctx = pairdb_common::context::encode_internal(&state.read_context());
+        s.write(op(b"deleted", b"", ctx, true)).await.unwrap();
+    }
+    assert_eq!(
+        c.node_values(0, b"split").await.unwrap(),
+        vec![b"on-n1".to_vec()]
+    );
+    assert!(c.node_values(2, b"split").await.unwrap().is_empty());
+    assert!(c.node_values(0, b"deleted").await.unwrap().is_empty());
+    assert_eq!(
+        c.node_values(2, b"deleted").await.unwrap(),
+        vec![b"old".to_vec()]
+    );
+
+    let r = a.read(read_req(b"split", All)).await.unwrap().into_inner();
+    let mut got: Vec<Vec<u8>> = r.siblings.iter().map(|s| s.value.clone()).collect();
+    got.sort();
+    let both = vec![b"on-n1".to_vec(), b"on-n2".to_vec()];
+    assert_eq!(got, both, "ALL answers the merge");
+    let err = a.read(read_req(b"deleted", All)).await.unwrap_err();
+    assert_eq!(reason(&err).0, "KEY_NOT_FOUND", "{err:?}");
+
+    for i in 0..3 {
+        wait_async(
+            "read repair wrote the merge",
+            Duration::from_secs(10),
+            || async { c.node_values(i, b"split").await.is_ok_and(|v| v == both) },
+        )
+        .await
+        .unwrap();
+    }
+    wait_async("n3 got the tombstone", Duration::from_secs(10), || async {
+        c.node_values(2, b"deleted")
+            .await
+            .is_ok_and(|v| v.is_empty())
+    })
+    .await
+    .unwrap();
+    for level in [One, Quorum, All] {
+        for _ in 0..5 {
+            let err = a.read(read_req(b"deleted", level)).await.unwrap_err();
+            assert_eq!(reason(&err).0, "KEY_NOT_FOUND", "{level:?}");
+        }
+    }
+    c.shutdown().await;
+}

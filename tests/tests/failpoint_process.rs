@@ -8,7 +8,6 @@
 //! duplicate sibling, a topology change completes and leaves one ring.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
@@ -107,25 +106,6 @@ async fn crashed_then_restart(
     }
 }
 
-/// Keys whose QUORUM read holds two siblings with the same value (the same add recorded
-/// twice under different dots).
-async fn duplicate_siblings(c: &ProcCluster, keys: &BTreeSet<String>) -> Vec<String> {
-    let mut client = c.coords[0].client().await.unwrap();
-    let mut dup = Vec::new();
-    for k in keys {
-        let r = client
-            .read(cluster::read_req(k.as_bytes(), pb::Consistency::Quorum))
-            .await
-            .unwrap()
-            .into_inner();
-        let values: BTreeSet<&Vec<u8>> = r.siblings.iter().map(|s| &s.value).collect();
-        if values.len() < r.siblings.len() {
-            dup.push(k.clone());
-        }
-    }
-    dup
-}
-
 /// What a set-add run under one crash saw.
 struct Outcome {
     verdict: check::Verdict,
@@ -184,7 +164,7 @@ async fn set_add_across_crash(
     let (v, converged) = check::after_heal(c, &h).await.unwrap();
     converged.unwrap();
     let keys = check::keys(&h);
-    let duplicates = duplicate_siblings(c, &keys).await;
+    let duplicates = check::duplicate_siblings(c, &keys).await.unwrap();
     println!(
         "{name}: {}; keys with duplicate siblings {duplicates:?}",
         v.summary()

@@ -29,6 +29,20 @@ async fn scenario_with_history(
     default_steps: usize,
 ) -> (check::Verdict, History) {
     let _s = serial_async().await;
+    let (v, h, _) = scenario_run(name, kinds, |seed, ids, coords| {
+        faults::schedule(seed, nemesis::steps(default_steps), ids, coords, kinds)
+    })
+    .await;
+    (v, h)
+}
+
+/// One run: a cluster for `kinds`, the set-add load, the faults `plan` gives for (seed, storage
+/// nodes, coordinators), the checks; returns the cluster too, for more checks.
+async fn scenario_run(
+    name: &str,
+    kinds: &[FaultKind],
+    plan: impl FnOnce(u64, &[String], &[String]) -> Vec<faults::Fault>,
+) -> (check::Verdict, History, ProcCluster) {
     let seed = nemesis::seed();
     let in_kernel = [FaultKind::NetIsolate, FaultKind::OneWay, FaultKind::Bridge];
     let mut c = ProcCluster::start(ProcOptions {
@@ -44,7 +58,7 @@ async fn scenario_with_history(
     let h = History::new(name, seed);
     let ids: Vec<String> = c.nodes.iter().map(|n| n.id.clone()).collect();
     let coords: Vec<String> = c.coords.iter().map(|co| co.id.clone()).collect();
-    let plan = faults::schedule(seed, nemesis::steps(default_steps), &ids, &coords, kinds);
+    let plan = plan(seed, &ids, &coords);
     println!("{name}: schedule {plan:?}");
     let load = SetAdd::start(
         &h,
@@ -123,7 +137,7 @@ async fn scenario_with_history(
             converged.err()
         );
     }
-    (v, h)
+    (v, h, c)
 }
 
 /// S04/S06/S07 in one: kill -9, SIGSTOP and a symmetric partition of one storage node at a time.
@@ -187,6 +201,60 @@ async fn the_metadata_store_stopped_under_load_fails_no_data_operation() {
         "every add succeeded while PostgreSQL was down: {}",
         v.summary()
     );
+}
+
+/// S06 as FAULT-SCENARIOS.md has it: n2 stopped with SIGSTOP for 30 s (`PAIRDB_PAUSE_SECS`)
+/// under the set-add load, then SIGCONT. The paused process holds its connections open and
+/// answers nothing, so only deadlines end the calls to it: an add (a QUORUM read, then a QUORUM
+/// write) must not wait on it beyond the coordinator's request deadline (5 s) at p99; its
+/// writes become hints; when it resumes it reads the requests queued in its sockets while it was
+/// stopped, and those stale requests plus the hint replay must not mint a second version of an
+/// add already acknowledged (no duplicate siblings); lost 0, converged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_s_pause_is_bounded_by_deadlines_and_mints_no_duplicate_sibling() {
+    let _s = serial_async().await;
+    let pause = std::env::var("PAIRDB_PAUSE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let (v, h, c) = scenario_run("long-pause", &[FaultKind::Pause], |_, _, _| {
+        vec![faults::Fault {
+            kind: FaultKind::Pause,
+            node: "n2".into(),
+            hold: Duration::from_secs(pause),
+            gap: Duration::from_secs(2),
+        }]
+    })
+    .await;
+    let lat = check::add_latencies_during(&h, "Pause n2", "heal Pause n2");
+    let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    println!(
+        "long-pause: {} adds during the {pause} s pause: p50 {:?}, p99 {:?}, max {:?}",
+        lat.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+    assert!(lat.len() >= 50, "the load ran during the pause");
+    assert!(
+        at(0.99) <= Duration::from_secs(5),
+        "p99 of adds during the pause {:?} beyond the 5 s request deadline",
+        at(0.99)
+    );
+    // Each of an add's two calls ends at its deadline (5 s) at the latest, plus scheduling.
+    assert!(
+        at(1.0) <= Duration::from_secs(11),
+        "slowest add {:?}",
+        at(1.0)
+    );
+    let dups = check::duplicate_siblings(&c, &check::keys(&h))
+        .await
+        .unwrap();
+    assert!(
+        dups.is_empty(),
+        "duplicate siblings after the pause: {dups:?}"
+    );
+    assert!(v.lost.is_empty());
 }
 
 /// S14 as FAULT-SCENARIOS.md has it: one replica down, then PostgreSQL stopped. The documented

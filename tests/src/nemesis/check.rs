@@ -188,6 +188,61 @@ pub fn acked_between(h: &History, from: &str, until: &str) -> Vec<(String, Strin
     out
 }
 
+/// How long each add took (invoke to its ok, fail or info) among the adds in flight at some
+/// moment between the nemesis record starting with `from` and the next one starting with
+/// `until`; sorted, slowest last. An add never finished is left out (the run's end cut it).
+pub fn add_latencies_during(h: &History, from: &str, until: &str) -> Vec<Duration> {
+    let records = h.records();
+    let nemesis = || records.iter().filter(|r| r.kind == Kind::Nemesis);
+    let Some(start) = nemesis()
+        .find(|r| r.f.starts_with(from))
+        .map(|r| r.t_mono_ns)
+    else {
+        return Vec::new();
+    };
+    let end = nemesis()
+        .find(|r| r.t_mono_ns > start && r.f.starts_with(until))
+        .map_or(u64::MAX, |r| r.t_mono_ns);
+    let mut invoked: BTreeMap<(usize, u64), u64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for r in &records {
+        match (r.kind, r.f.as_str()) {
+            (Kind::Invoke, _) => {
+                invoked.insert((r.proc, r.op_id), r.t_mono_ns);
+            }
+            (Kind::Ok | Kind::Fail | Kind::Info, "add") => {
+                if let Some(&began) = invoked.get(&(r.proc, r.op_id))
+                    && began < end
+                    && r.t_mono_ns > start
+                {
+                    out.push(Duration::from_nanos(r.t_mono_ns - began));
+                }
+            }
+            _ => {}
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Keys whose QUORUM read through the first coordinator holds two siblings with the same
+/// value: the same add recorded twice under different dots.
+pub async fn duplicate_siblings(c: &ProcCluster, keys: &BTreeSet<String>) -> Result<Vec<String>> {
+    let mut client = c.coords[0].client().await?;
+    let mut dup = Vec::new();
+    for k in keys {
+        let r = client
+            .read(read_req(k.as_bytes(), pb::Consistency::Quorum))
+            .await?
+            .into_inner();
+        let values: BTreeSet<&Vec<u8>> = r.siblings.iter().map(|s| &s.value).collect();
+        if values.len() < r.siblings.len() {
+            dup.push(k.clone());
+        }
+    }
+    Ok(dup)
+}
+
 /// Read-your-writes across clients: every read at QUORUM must contain every element whose add
 /// was acknowledged before the read began (its operation's invoke).
 fn stale_reads(h: &History, reads: &mut usize) -> Vec<(String, String, usize, u64)> {
