@@ -132,3 +132,98 @@ pub fn audit(caller: &str, peer: &str, action: &str, request: &str, outcome: &st
         "audit"
     );
 }
+
+/// At most one log line per `interval` from one call site, for errors that repeat once per
+/// request while a condition lasts (a full disk refuses every write batch; a hostile peer can
+/// send the same forged input all day): the first occurrence is logged at once, the next ones
+/// are counted and the count is carried by the next line that passes. Metrics count every
+/// occurrence; the log only has to say the condition is there.
+///
+/// ```
+/// static COMMIT_FAILED: pairdb_common::telemetry::LogEvery =
+///     pairdb_common::telemetry::LogEvery::new(std::time::Duration::from_secs(10));
+/// if let Some(suppressed) = COMMIT_FAILED.allow() {
+///     tracing::error!(suppressed, "commit failed");
+/// }
+/// ```
+pub struct LogEvery {
+    interval_ms: u64,
+    /// Milliseconds since [`epoch`] at the last line logged, plus one (0 = never).
+    last: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+/// The process's monotonic epoch for [`LogEvery`].
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl LogEvery {
+    pub const fn new(interval: std::time::Duration) -> LogEvery {
+        LogEvery {
+            interval_ms: interval.as_millis() as u64,
+            last: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when this occurrence is to be logged, `n` being how many were not since the
+    /// last line; `None` when it is only counted.
+    pub fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = epoch().elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        if last != 0 && now < last.saturating_add(self.interval_ms) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        // One thread wins the interval; the others count themselves suppressed.
+        if self
+            .last
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogEvery;
+    use std::time::Duration;
+
+    #[test]
+    fn log_every_passes_the_first_then_counts_until_the_interval_ends() {
+        let l = LogEvery::new(Duration::from_millis(200));
+        assert_eq!(l.allow(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(l.allow(), None);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(
+            l.allow(),
+            Some(5),
+            "the next line carries the suppressed count"
+        );
+        assert_eq!(l.allow(), None);
+    }
+
+    #[test]
+    fn log_every_lets_one_thread_through_per_interval() {
+        let l = std::sync::Arc::new(LogEvery::new(Duration::from_secs(60)));
+        let passed: usize = (0..4)
+            .map(|_| {
+                let l = l.clone();
+                std::thread::spawn(move || (0..1000).filter(|_| l.allow().is_some()).count())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap_or(0))
+            .sum();
+        assert_eq!(passed, 1);
+    }
+}

@@ -40,6 +40,22 @@ pub struct Health {
     outage_ms: AtomicU64,
     /// The node reported maintenance mode in its last heartbeat.
     maintenance: AtomicBool,
+    /// Smoothed latency of this coordinator's calls to the node, µs (0: none yet); see
+    /// [`Health::observe_latency`].
+    latency_us: AtomicU64,
+}
+
+/// How much slower than the fastest replica a node must answer before writes stop choosing it
+/// as their coordinating replica ([`markedly_slower`]): twice as slow, and by at least this
+/// much, so the noise between healthy nodes a few hundred µs apart never reorders them.
+pub const SLOW_REPLICA_MARGIN: Duration = Duration::from_millis(20);
+
+/// Whether a node whose smoothed latency is `latency_us` is markedly slower than the fastest
+/// candidate (`fastest_us`): Cassandra's dynamic snitch and Dynamo's choice of the fastest
+/// responder, in one rule. A node without samples (0) is never markedly slower.
+pub fn markedly_slower(latency_us: u64, fastest_us: u64) -> bool {
+    latency_us > fastest_us.saturating_mul(2)
+        && latency_us > fastest_us + SLOW_REPLICA_MARGIN.as_micros() as u64
 }
 
 impl Health {
@@ -72,6 +88,27 @@ impl Health {
 
     pub fn set_maintenance(&self, on: bool) {
         self.maintenance.store(on, Ordering::Relaxed);
+    }
+
+    /// One call's latency (a timed-out call counts its whole deadline). An exponentially
+    /// weighted mean, each sample weighing 1/8 (TCP's smoothed RTT): a node that turns slow is
+    /// seen within a few calls, and every write and read fans out to every replica, so a node
+    /// passed over as coordinating replica keeps being measured and is taken back once fast.
+    pub fn observe_latency(&self, d: Duration) {
+        let sample = (d.as_micros() as u64).max(1);
+        // Racing updates may lose a sample; the mean does not need them all.
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// The smoothed latency, µs (0: no call measured yet).
+    pub fn latency_us(&self) -> u64 {
+        self.latency_us.load(Ordering::Relaxed)
     }
 
     pub fn last_seen_ms(&self) -> u64 {

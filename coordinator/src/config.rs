@@ -250,6 +250,9 @@ pub struct Args {
     /// Seconds a node may be down and still get hints (at most the hint TTL).
     #[arg(long, env = "PAIRDB_MAX_HINT_WINDOW_SECS")]
     pub max_hint_window_secs: Option<u64>,
+    /// Most pending hints per target node (over the cluster, as of the last replay cycle).
+    #[arg(long, env = "PAIRDB_MAX_HINTS_PER_TARGET")]
+    pub max_hints_per_target: Option<u64>,
     /// PEM certificate chain (turns TLS on with --tls-key and --tls-ca).
     #[arg(long, env = "PAIRDB_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -343,6 +346,9 @@ impl Config {
         }
         if let Some(v) = args.hint_ttl_secs {
             c.hint_ttl_secs = v;
+        }
+        if let Some(v) = args.max_hints_per_target {
+            c.max_hints_per_target = v;
         }
         if let Some(v) = args.max_hint_window_secs {
             c.max_hint_window_secs = v;

@@ -227,10 +227,17 @@ impl Hints {
             self.queued_bytes.fetch_sub(size, Ordering::SeqCst);
         }
         self.dropped("queue_full");
-        tracing::warn!(
-            target_node = target,
-            "hint queue full; dropped a hint (anti-entropy covers it)"
-        );
+        // Once per hint while the metadata store is away would flood the log; each drop is
+        // counted in `hints_dropped_by_reason_total{reason="queue_full"}`.
+        static QUEUE_FULL: pairdb_common::telemetry::LogEvery =
+            pairdb_common::telemetry::LogEvery::new(std::time::Duration::from_secs(10));
+        if let Some(suppressed) = QUEUE_FULL.allow() {
+            tracing::warn!(
+                target_node = target,
+                suppressed,
+                "hint queue full; dropped a hint (anti-entropy covers it)"
+            );
+        }
         Recorded::Failed
     }
 

@@ -159,11 +159,16 @@ where
         Ok(r) => r,
         Err(_) => Err(Miss::timed_out()),
     };
+    let took = started.elapsed();
     settings
         .metrics
         .replica_latency
         .get_or_create(&OpLabels { op: settings.op })
-        .observe(started.elapsed().as_secs_f64());
+        .observe(took.as_secs_f64());
+    // Answers and timeouts measure the node; a refusal or a reset says nothing of its speed.
+    if result.is_ok() || took >= settings.per_call {
+        node.health.observe_latency(took);
+    }
     match &result {
         Ok(_) => node.health.record_success(),
         Err(m) if m.transport => node.health.record_failure(settings.down_after_misses),

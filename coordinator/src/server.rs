@@ -31,6 +31,12 @@ use crate::topology::{Topology, TopologyConfig};
 
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long after a draining coordinator's gRPC port closes its open connections are told to
+/// go away (HTTP/2 GOAWAY): long enough for the accept loop to stop and the listener to close,
+/// so clients that reconnect on the GOAWAY are refused here (and go to another coordinator)
+/// instead of landing in a backlog about to be reset.
+const GOAWAY_AFTER_PORT_CLOSE: Duration = Duration::from_millis(250);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("metadata store: {0}")]
@@ -324,10 +330,16 @@ pub async fn start_with_stores(
     );
     // The gRPC server stops on the serving token (a drain: no new connections, HTTP/2 GOAWAY
     // on the open ones, requests in flight finish) before the workers they use are cancelled.
+    // The port closes first and GOAWAY follows [`GOAWAY_AFTER_PORT_CLOSE`] later: a client
+    // told to go away reconnects at once, and had the port still been open its new
+    // connection could land in the listen backlog just as the listener closed and be reset
+    // (a failed request, and grpcio then fails every call for its reconnect backoff). The
+    // connections still in their handshake at the close are served and told to go away too.
     let c = sup.serving_token();
     let (grpc_stopped, grpc_done) = tokio::sync::oneshot::channel::<()>();
     let serve = grpc.serve_with_incoming_shutdown(listen::tonic_incoming(grpc_conns), async move {
-        c.cancelled().await
+        c.cancelled().await;
+        tokio::time::sleep(GOAWAY_AFTER_PORT_CLOSE).await;
     });
     sup.service("grpc", async move {
         let r = serve.await;

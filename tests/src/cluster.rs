@@ -270,6 +270,14 @@ impl TestCluster {
         .await
     }
 
+    /// Waits until every coordinator sees every node Up.
+    pub async fn wait_all_up(&self) -> Result<()> {
+        for i in 0..self.node_cfgs.len() {
+            self.wait_status(i, NodeStatus::Up).await?;
+        }
+        Ok(())
+    }
+
     /// The state node `i` holds for `(t1, key)`, read through its own storage API.
     pub async fn node_values(&self, i: usize, key: &[u8]) -> Result<Vec<Vec<u8>>> {
         let mut c = self.storage(i).await?;

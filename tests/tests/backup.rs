@@ -66,9 +66,7 @@ async fn a_restored_cluster_holds_exactly_what_was_backed_up() {
         .unwrap();
     let mut a = live.client(0).await.unwrap();
     let mut b = live.client(1).await.unwrap();
-    for i in 0..3 {
-        live.wait_status(i, NodeStatus::Up).await.unwrap();
-    }
+    live.wait_all_up().await.unwrap();
 
     // A: plain keys, keys with two siblings (concurrent writes through both coordinators),
     // and deleted keys.

@@ -489,9 +489,7 @@ async fn a_drained_node_is_routed_around_and_catches_up_from_hints_on_undrain() 
         .unwrap();
     let mut a = c.client(0).await.unwrap();
     let mut b = c.client(1).await.unwrap();
-    for i in 0..3 {
-        c.wait_status(i, NodeStatus::Up).await.unwrap();
-    }
+    c.wait_all_up().await.unwrap();
     let before = a
         .write(write_req(b"dr-before", b"old", vec![], Quorum))
         .await
@@ -676,9 +674,7 @@ async fn a_replication_factor_change_copies_every_key_before_reads_count_the_new
         .unwrap();
     let mut a = c.client(0).await.unwrap();
     let mut b = c.client(1).await.unwrap();
-    for i in 0..5 {
-        c.wait_status(i, NodeStatus::Up).await.unwrap();
-    }
+    c.wait_all_up().await.unwrap();
     let before: Vec<String> = (0..40).map(|i| format!("rf-{i}")).collect();
     for k in &before {
         a.write(write_req(k.as_bytes(), k.as_bytes(), vec![], Quorum))
@@ -885,9 +881,7 @@ async fn read_repair_writes_the_merge_of_diverged_replicas_and_never_resurrects(
     let c = TestCluster::start(ClusterOptions::three_by_two(Backend::Sqlite, false))
         .await
         .unwrap();
-    for i in 0..3 {
-        c.wait_status(i, NodeStatus::Up).await.unwrap();
-    }
+    c.wait_all_up().await.unwrap();
     let op = |key: &[u8], value: &[u8], context: Vec<u8>, tombstone: bool| pb::WriteOp {
         tenant_id: "t1".into(),
         key: key.to_vec(),

@@ -173,3 +173,82 @@ async fn a_rolling_restart_of_coordinators_behind_a_balancer_fails_no_request() 
         .collect();
     c.check_quorum_reads(&pairs).await.unwrap();
 }
+
+/// Reads HTTP/2 frames from `s` until a GOAWAY (type 7); false if the connection ends first.
+async fn until_goaway(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 9];
+    loop {
+        if s.read_exact(&mut header).await.is_err() {
+            return false;
+        }
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).await.is_err() {
+            return false;
+        }
+        if header[3] == 7 {
+            return true;
+        }
+    }
+}
+
+/// The order of a drain, as a client sees it: by the time an open connection receives
+/// HTTP/2 GOAWAY, the coordinator's port already refuses connections, so a client that
+/// reconnects on the GOAWAY (grpcio does at once) is sent to another coordinator and is never
+/// accepted into a listen backlog about to be reset. Three SIGTERMs, each checked on a raw
+/// HTTP/2 connection opened before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_reaches_clients_only_after_the_port_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let _s = serial_async().await;
+    let mut c = ProcCluster::start(ProcOptions {
+        coordinators: 1,
+        ..ProcOptions::default()
+    })
+    .await
+    .unwrap();
+    c.wait_all_up().await.unwrap();
+    let url = c.db_url.clone();
+    for round in 0..3 {
+        let co = &mut c.coords[0];
+        let addr = co.addr();
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // The client preface and an empty SETTINGS frame.
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        let pid = co.child.as_ref().and_then(|g| g.pid()).unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(20), until_goaway(&mut s))
+            .await
+            .unwrap();
+        assert!(got, "round {round}: the connection ended without GOAWAY");
+        let again = tokio::net::TcpStream::connect(&addr).await;
+        assert!(
+            again.is_err(),
+            "round {round}: a new connection was accepted after GOAWAY"
+        );
+        // A connection left open holds the drain until its deadline: close it.
+        drop(s);
+        co.terminate().unwrap();
+        co.start(&url).unwrap();
+        let ready = format!("http://127.0.0.1:{}/health/ready", co.admin);
+        wait_async(
+            "the coordinator is ready",
+            Duration::from_secs(30),
+            || async {
+                reqwest::get(&ready)
+                    .await
+                    .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+            },
+        )
+        .await
+        .unwrap();
+    }
+}

@@ -30,19 +30,7 @@ fn op(key: &str) -> pb::WriteOp {
 }
 
 async fn read(n: &NodeProc, key: &str) -> Vec<Vec<u8>> {
-    n.client()
-        .await
-        .unwrap()
-        .read(pb::KeyRef {
-            tenant_id: "t1".into(),
-            key: key.as_bytes().to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .state
-        .map(|s| s.versions.into_iter().map(|v| v.value).collect())
-        .unwrap_or_default()
+    n.values_t1(key.as_bytes()).await.unwrap()
 }
 
 /// HTTP status and body of an admin GET (the helper fails on a non-2xx status).

@@ -24,20 +24,10 @@ use pb::Consistency::{All, One, Quorum};
 
 /// The versions `node` holds for `key`: (tombstone, value) of each; empty when it has none.
 async fn on_node(c: &ProcCluster, node: &str, key: &[u8]) -> Vec<(bool, Vec<u8>)> {
-    c.nodes
-        .iter()
-        .find(|n| n.id == node)
-        .unwrap()
-        .client()
+    let n = c.nodes.iter().find(|n| n.id == node).unwrap();
+    n.read_t1(key)
         .await
         .unwrap()
-        .read(pb::KeyRef {
-            tenant_id: "t1".into(),
-            key: key.to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
         .state
         .map(|s| {
             s.versions
@@ -59,17 +49,6 @@ async fn repair(a: &mut Coordinator) -> (pb::RepairStatus, serde_json::Value) {
         .unwrap();
     let p = serde_json::from_str(&done.progress_json).unwrap_or_default();
     (done, p)
-}
-
-async fn hints_for(c: &ProcCluster, node: &str) -> u64 {
-    c.meta
-        .hint_targets()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|t| t.node_id == node)
-        .map(|t| t.pending)
-        .sum()
 }
 
 async fn not_found(a: &mut Coordinator, key: &[u8], level: pb::Consistency) {
@@ -150,7 +129,7 @@ async fn a_key_deleted_across_a_partition_longer_than_the_grace_never_reappears(
         vec![(false, b"old value".to_vec())]
     );
     wait_async("a hint for n3", Duration::from_secs(10), || async {
-        hints_for(&c, "n3").await > 0
+        c.meta.count_hints_for("n3").await.unwrap() > 0
     })
     .await
     .unwrap();
@@ -160,7 +139,7 @@ async fn a_key_deleted_across_a_partition_longer_than_the_grace_never_reappears(
     wait_async(
         "n3's hint past its TTL dropped",
         Duration::from_secs(30),
-        || async { hints_for(&c, "n3").await == 0 },
+        || async { c.meta.count_hints_for("n3").await.unwrap() == 0 },
     )
     .await
     .unwrap();

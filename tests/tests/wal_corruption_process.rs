@@ -61,17 +61,7 @@ async fn write_marked(n: &NodeProc) {
 
 /// The node's answer for `key`: its values and its reported unrepaired outage.
 async fn read(n: &NodeProc, key: &str) -> (Vec<Vec<u8>>, u64) {
-    let r = n
-        .client()
-        .await
-        .unwrap()
-        .read(pb::KeyRef {
-            tenant_id: "t1".into(),
-            key: key.as_bytes().to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = n.read_t1(key.as_bytes()).await.unwrap();
     let values = r
         .state
         .map(|s| s.versions.into_iter().map(|v| v.value).collect())

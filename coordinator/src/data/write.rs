@@ -184,13 +184,15 @@ impl DataPlane {
         }
     }
 
-    /// The coordinating replica: the first available one that accepts the write (then the
-    /// unavailable ones, in case they are back).
+    /// The coordinating replica: the first available one that accepts the write, in
+    /// preference-list order except that a markedly slower one goes after the others
+    /// ([`fastest_first`]); then the unavailable ones, in case they are back.
     async fn coordinate(&self, replicas: &[Arc<NodeEntry>], op: pb::WriteOp) -> Coordinated {
         let settings = self.calls("write");
         let mut order: Vec<usize> = (0..replicas.len())
             .filter(|i| replicas[*i].serves_clients())
             .collect();
+        fastest_first(&mut order, |i| replicas[i].health.latency_us());
         // Down ones last, in case they are back; never a drained one (it refuses clients).
         order.extend((0..replicas.len()).filter(|i| {
             let r = &replicas[*i];
@@ -290,6 +292,24 @@ impl DataPlane {
     }
 }
 
+/// Moves the replicas that answer markedly slower than the fastest of `order`
+/// ([`crate::cluster::markedly_slower`]) behind the others, each group keeping its order. The
+/// coordinating replica is on every write's critical path (it mints the dot before the others
+/// are written), so a slow one would slow every write of the keys it comes first for — a
+/// third of them on three nodes — while reads and the rest of the fan-out already take the
+/// first answers.
+fn fastest_first(order: &mut [usize], latency_us: impl Fn(usize) -> u64) {
+    let Some(fastest) = order
+        .iter()
+        .map(|i| latency_us(*i))
+        .filter(|l| *l > 0)
+        .min()
+    else {
+        return;
+    };
+    order.sort_by_key(|i| crate::cluster::markedly_slower(latency_us(*i), fastest));
+}
+
 /// The storage-node operation; takes the value (nothing after needs it).
 fn write_op(tenant: &TenantRecord, req: &mut WriteReq) -> pb::WriteOp {
     pb::WriteOp {
@@ -326,4 +346,61 @@ fn quorum_not_met(w: &Replication, acked: usize, misses: &[String]) -> E {
         w.required,
         misses.join("; ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fastest_first;
+    use crate::cluster::Health;
+    use std::time::Duration;
+
+    fn ordered(latencies: &[u64]) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..latencies.len()).collect();
+        fastest_first(&mut order, |i| latencies[i]);
+        order
+    }
+
+    #[test]
+    fn a_markedly_slower_replica_stops_coordinating_writes_and_order_is_kept_otherwise() {
+        // Healthy nodes a few hundred µs apart keep the preference-list order.
+        assert_eq!(ordered(&[900, 400, 1_200]), vec![0, 1, 2]);
+        // No samples yet: the preference list.
+        assert_eq!(ordered(&[0, 0, 0]), vec![0, 1, 2]);
+        // The first replica 300 ms slow goes last; the others keep their order.
+        assert_eq!(ordered(&[300_000, 900, 1_000]), vec![1, 2, 0]);
+        // Twice as slow but by less than the margin: noise, not a slow node.
+        assert_eq!(ordered(&[5_000, 2_000, 2_100]), vec![0, 1, 2]);
+        // Two slow ones keep their relative order behind the fast one.
+        assert_eq!(ordered(&[400_000, 300_000, 1_000]), vec![2, 0, 1]);
+        // A node without samples is not judged slow.
+        assert_eq!(ordered(&[0, 300_000, 1_000]), vec![0, 2, 1]);
+    }
+
+    #[test]
+    fn the_smoothed_latency_follows_a_node_that_turns_slow_and_back() {
+        let h = Health::default();
+        assert_eq!(h.latency_us(), 0);
+        for _ in 0..20 {
+            h.observe_latency(Duration::from_millis(1));
+        }
+        assert_eq!(h.latency_us(), 1_000);
+        // A few slow answers and it is markedly slower than a 1 ms peer.
+        for _ in 0..4 {
+            h.observe_latency(Duration::from_millis(300));
+        }
+        assert!(
+            crate::cluster::markedly_slower(h.latency_us(), 1_000),
+            "{}",
+            h.latency_us()
+        );
+        // Fast again: taken back within a few dozen calls.
+        for _ in 0..40 {
+            h.observe_latency(Duration::from_millis(1));
+        }
+        assert!(
+            !crate::cluster::markedly_slower(h.latency_us(), 1_000),
+            "{}",
+            h.latency_us()
+        );
+    }
 }

@@ -2,6 +2,8 @@
 //! client's context and the sibling caps, and commit the batch through the disk gate.
 
 use super::*;
+use pairdb_common::telemetry::LogEvery;
+use std::time::Duration;
 
 /// A coordinated write (this node mints the dot).
 #[derive(Debug, Clone)]
@@ -125,8 +127,13 @@ impl Store {
         if ops.is_empty() {
             return Ok(());
         }
+        // A full disk fails every batch until space is freed: one line per 10 s says so (every
+        // refusal is counted in `errors_total` by operation and code).
+        static COMMIT_FAILED: LogEvery = LogEvery::new(Duration::from_secs(10));
         self.engine.write(ops, self.cfg.sync_writes).map_err(|e| {
-            tracing::error!(error = %e, "commit {what} batch failed");
+            if let Some(suppressed) = COMMIT_FAILED.allow() {
+                tracing::error!(error = %e, suppressed, "commit {what} batch failed");
+            }
             Error::from(e)
         })
     }
@@ -155,7 +162,11 @@ impl Store {
         }
         if let Err(e) = self.identity.check_own(own) {
             self.metrics.counter_refusals.inc();
-            tracing::error!(error = %e, "refused {what}");
+            // Forged input a peer may repeat at will: counted each time, logged every 10 s.
+            static REFUSED: LogEvery = LogEvery::new(Duration::from_secs(10));
+            if let Some(suppressed) = REFUSED.allow() {
+                tracing::error!(error = %e, suppressed, "refused {what}");
+            }
             return Err(Error::Invalid(pairdb_common::Error::InvalidArgument(
                 format!("{what}: {e}"),
             )));

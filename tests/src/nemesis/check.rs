@@ -11,7 +11,7 @@ use pairdb_common::client::Dial;
 use serde::Serialize;
 use tonic::Code;
 
-use super::history::{History, Kind};
+use super::history::{History, Kind, Record};
 use super::setadd::union;
 use crate::cluster::read_req;
 use crate::procs::ProcCluster;
@@ -120,7 +120,9 @@ pub fn check(h: &History, finals: &BTreeMap<String, BTreeSet<String>>) -> Verdic
     let mut attempted: BTreeSet<(String, String)> = BTreeSet::new();
     let mut acked = Vec::new();
     let mut info = Vec::new();
-    for r in h.records().into_iter().filter(|r| r.f != "read") {
+    // Adds only: reads are judged by `stale_reads`, other operations (a client's read-back
+    // after an ack) are reads of their own.
+    for r in h.records().into_iter().filter(|r| r.f == "add") {
         match r.kind {
             Kind::Invoke => {
                 v.ops += 1;
@@ -153,6 +155,27 @@ pub fn check(h: &History, finals: &BTreeMap<String, BTreeSet<String>>) -> Verdic
     v
 }
 
+/// Each finished operation (its ok, fail or info record) with the time it was invoked, in
+/// history order; one whose invoke is not in the history is left out.
+fn finished(records: &[Record]) -> Vec<(u64, &Record)> {
+    let mut invoked: BTreeMap<(usize, u64), u64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for r in records {
+        match r.kind {
+            Kind::Invoke => {
+                invoked.insert((r.proc, r.op_id), r.t_mono_ns);
+            }
+            Kind::Ok | Kind::Fail | Kind::Info => {
+                if let Some(&began) = invoked.get(&(r.proc, r.op_id)) {
+                    out.push((began, r));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Adds acknowledged although they began after the nemesis record `from` and were
 /// acknowledged before the next record `until` (e.g. after `down a,b` and before
 /// `heal KillTwo a,b`): (key, element).
@@ -169,60 +192,76 @@ pub fn acked_between(h: &History, from: &str, until: &str) -> Vec<(String, Strin
             windows.push((start, r.t_mono_ns));
         }
     }
-    let mut invoked: BTreeMap<(usize, u64), u64> = BTreeMap::new();
-    let mut out = Vec::new();
-    for r in &records {
-        match (r.kind, r.f.as_str()) {
-            (Kind::Invoke, _) => {
-                invoked.insert((r.proc, r.op_id), r.t_mono_ns);
-            }
-            (Kind::Ok, "add") => {
-                let began = invoked.get(&(r.proc, r.op_id)).copied().unwrap_or(0);
-                if windows.iter().any(|(s, e)| began > *s && r.t_mono_ns < *e) {
-                    out.push((r.key.clone(), r.element.clone()));
-                }
-            }
-            _ => {}
-        }
+    finished(&records)
+        .into_iter()
+        .filter(|(began, r)| {
+            r.kind == Kind::Ok
+                && r.f == "add"
+                && windows.iter().any(|(s, e)| began > s && r.t_mono_ns < *e)
+        })
+        .map(|(_, r)| (r.key.clone(), r.element.clone()))
+        .collect()
+}
+
+/// Operation latencies, sorted (slowest last).
+#[derive(Debug, Clone)]
+pub struct Latencies(pub Vec<Duration>);
+
+impl Latencies {
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
-    out
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The `q` quantile (0.0–1.0; 1.0 is the slowest); zero when there are none.
+    pub fn at(&self, q: f64) -> Duration {
+        let n = self.0.len();
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        self.0[((n as f64 * q) as usize).min(n - 1)]
+    }
+}
+
+impl std::fmt::Display for Latencies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ops: p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+            self.len(),
+            self.at(0.5),
+            self.at(0.9),
+            self.at(0.99),
+            self.at(1.0)
+        )
+    }
 }
 
 /// How long each add took (invoke to its ok, fail or info) among the adds in flight at some
 /// moment between the nemesis record starting with `from` and the next one starting with
-/// `until`; sorted, slowest last. An add never finished is left out (the run's end cut it).
-pub fn add_latencies_during(h: &History, from: &str, until: &str) -> Vec<Duration> {
+/// `until`. An add never finished is left out (the run's end cut it).
+pub fn add_latencies_during(h: &History, from: &str, until: &str) -> Latencies {
     let records = h.records();
     let nemesis = || records.iter().filter(|r| r.kind == Kind::Nemesis);
     let Some(start) = nemesis()
         .find(|r| r.f.starts_with(from))
         .map(|r| r.t_mono_ns)
     else {
-        return Vec::new();
+        return Latencies(Vec::new());
     };
     let end = nemesis()
         .find(|r| r.t_mono_ns > start && r.f.starts_with(until))
         .map_or(u64::MAX, |r| r.t_mono_ns);
-    let mut invoked: BTreeMap<(usize, u64), u64> = BTreeMap::new();
-    let mut out = Vec::new();
-    for r in &records {
-        match (r.kind, r.f.as_str()) {
-            (Kind::Invoke, _) => {
-                invoked.insert((r.proc, r.op_id), r.t_mono_ns);
-            }
-            (Kind::Ok | Kind::Fail | Kind::Info, "add") => {
-                if let Some(&began) = invoked.get(&(r.proc, r.op_id))
-                    && began < end
-                    && r.t_mono_ns > start
-                {
-                    out.push(Duration::from_nanos(r.t_mono_ns - began));
-                }
-            }
-            _ => {}
-        }
-    }
+    let mut out: Vec<Duration> = finished(&records)
+        .into_iter()
+        .filter(|(began, r)| r.f == "add" && *began < end && r.t_mono_ns > start)
+        .map(|(began, r)| Duration::from_nanos(r.t_mono_ns - began))
+        .collect();
     out.sort();
-    out
+    Latencies(out)
 }
 
 /// Keys whose QUORUM read through the first coordinator holds two siblings with the same
@@ -247,29 +286,27 @@ pub async fn duplicate_siblings(c: &ProcCluster, keys: &BTreeSet<String>) -> Res
 /// was acknowledged before the read began (its operation's invoke).
 fn stale_reads(h: &History, reads: &mut usize) -> Vec<(String, String, usize, u64)> {
     let records = h.records();
-    let mut invoked: BTreeMap<(usize, u64), u64> = BTreeMap::new();
+    let ok = finished(&records);
     let mut acked: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-    for r in &records {
-        match (r.kind, r.f.as_str()) {
-            (Kind::Invoke, _) => {
-                invoked.insert((r.proc, r.op_id), r.t_mono_ns);
-            }
-            (Kind::Ok, "add") => acked
-                .entry(r.key.clone())
-                .or_default()
-                .push((r.t_mono_ns, r.element.clone())),
-            _ => {}
-        }
+    for (_, r) in ok
+        .iter()
+        .filter(|(_, r)| r.kind == Kind::Ok && r.f == "add")
+    {
+        acked
+            .entry(r.key.clone())
+            .or_default()
+            .push((r.t_mono_ns, r.element.clone()));
     }
-    let mut stale = Vec::new();
-    for r in records
+    *reads += records
         .iter()
         .filter(|r| r.kind == Kind::Ok && r.f == "read")
+        .count();
+    let mut stale = Vec::new();
+    for (began, r) in ok
+        .iter()
+        .filter(|(_, r)| r.kind == Kind::Ok && r.f == "read")
     {
-        *reads += 1;
-        let Some(&began) = invoked.get(&(r.proc, r.op_id)) else {
-            continue;
-        };
+        let began = *began;
         let seen: BTreeSet<&String> = r.observed.iter().collect();
         for (t, e) in acked.get(&r.key).into_iter().flatten() {
             if *t < began && !seen.contains(e) {
@@ -349,15 +386,33 @@ async fn replica_versions(c: &ProcCluster, node: &str, key: &str) -> Result<Vers
         .iter()
         .find(|n| n.id == node)
         .ok_or_else(|| anyhow::anyhow!("no node {node}"))?;
-    let mut s = n.client().await?;
-    let r = s
-        .read(pb::KeyRef {
-            tenant_id: "t1".into(),
-            key: key.as_bytes().to_vec(),
-        })
-        .await?
-        .into_inner();
-    Ok(versions(r))
+    Ok(versions(n.read_t1(key.as_bytes()).await?))
+}
+
+/// Dots that name more than one version across every running node and every key of `keys`:
+/// a dot (node, epoch, counter) is minted once in the whole cluster (counters are node-wide),
+/// so two versions under one dot are a replica that reused its clock — Riak's KV-679, a node
+/// restarted on a lost disk counting from where an older incarnation had. Each as
+/// `node:epoch:counter` with the (key, tombstone, value) it names.
+pub async fn reused_dots(c: &ProcCluster, keys: &BTreeSet<String>) -> Result<Vec<String>> {
+    type Named = BTreeSet<(String, bool, Vec<u8>)>;
+    let mut by_dot: BTreeMap<(String, u64, u64), Named> = BTreeMap::new();
+    for n in c.nodes.iter().filter(|n| n.child.is_some()) {
+        for k in keys {
+            for (node, epoch, counter, tombstone, value) in replica_versions(c, &n.id, k).await? {
+                by_dot.entry((node, epoch, counter)).or_default().insert((
+                    k.clone(),
+                    tombstone,
+                    value,
+                ));
+            }
+        }
+    }
+    Ok(by_dot
+        .into_iter()
+        .filter(|(_, named)| named.len() > 1)
+        .map(|((n, e, ct), named)| format!("{n}:{e}:{ct} names {named:?}"))
+        .collect())
 }
 
 /// How long converging took after the heal, and the keys that hints alone did not bring

@@ -1,10 +1,12 @@
 //! The nemesis: faults applied to a process cluster on a seeded schedule. One process at a time:
-//! a storage node is killed (SIGKILL, restarted when healed), paused (SIGSTOP, then SIGCONT) or
+//! a storage node is killed (SIGKILL, restarted when healed), paused (SIGSTOP, then SIGCONT),
 //! cut off from every coordinator and every other node (its proxy drops all connections and
 //! refuses new ones: a symmetric partition; the cluster must be started with
-//! `ProcOptions::proxied`), or, in network namespaces (`ProcOptions::netns`), partitioned in the
-//! kernel: isolated, one-way (replies lost) or bridged; or a coordinator is killed (SIGKILL mid-request, restarted when
-//! healed); or the metadata store is stopped, alone or with a storage node down. The same seed gives the same schedule (which fault, which process, how long).
+//! `ProcOptions::proxied`) or slowed at its proxy (latency, jitter and stalls), or, in network
+//! namespaces (`ProcOptions::netns`), partitioned in the kernel: isolated, one-way (replies
+//! lost) or bridged; or a coordinator is killed (SIGKILL mid-request, restarted when healed);
+//! or the metadata store is stopped, alone or with a storage node down. The same seed gives
+//! the same schedule (which fault, which process, how long).
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use rand::{Rng, SeedableRng};
 
 use super::history::History;
 use crate::procs::ProcCluster;
+use crate::proxy::Impairment;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultKind {
@@ -41,7 +44,23 @@ pub enum FaultKind {
     /// A bridge partition (`Fault::node` is `a,b`): coord-1 and `a` cannot reach each other,
     /// nor coord-2 and `b`; every node is still reachable from one coordinator (S07).
     Bridge,
+    /// The node's link degraded at its proxy (`ProcOptions::proxied`): every chunk each way
+    /// [`SLOW`]'s delay plus jitter later, 2 % of them held a further retransmission timeout.
+    /// The node is up and answers everything, late.
+    Slow,
+    /// The node's disk lost (S16): SIGKILL, its data directory deleted, and when healed started
+    /// again on an empty one with the same node id. The history records the epoch it had
+    /// (`down n2 wiped, epoch E`) so a test can tell its new incarnation from the old.
+    Wipe,
 }
+
+/// The impairment of [`FaultKind::Slow`]: a round trip through the node costs 300–500 ms,
+/// far beyond a healthy one (a few ms) and well inside the 5 s request deadline.
+pub const SLOW: Impairment = Impairment {
+    delay: Duration::from_millis(150),
+    jitter: Duration::from_millis(100),
+    stall_per_mille: 20,
+};
 
 /// One scheduled fault: on `node`, for `hold`, then healed and `gap` before the next.
 #[derive(Debug, Clone)]
@@ -50,6 +69,16 @@ pub struct Fault {
     pub node: String,
     pub hold: Duration,
     pub gap: Duration,
+    /// A second fault that overlaps this one (S09's mixed faults): begun a third into this
+    /// one's hold and healed before this one is (its own hold cut to fit; its gap unused).
+    pub with: Option<Box<Fault>>,
+}
+
+impl Fault {
+    /// This fault and the one overlapping it: how many nemesis faults it records.
+    pub fn count(&self) -> usize {
+        1 + self.with.as_ref().map_or(0, |w| w.count())
+    }
 }
 
 /// `steps` faults drawn from `kinds` over storage `nodes` (and `coordinators`, for
@@ -82,9 +111,42 @@ pub fn schedule(
                 node,
                 hold: Duration::from_millis(rng.random_range(2000..5000)),
                 gap: Duration::from_millis(rng.random_range(1000..2000)),
+                with: None,
             }
         })
         .collect()
+}
+
+/// [`schedule`] with each fault overlapped by one drawn from `with_kinds` (over the same
+/// pools; on another process than the first when both are storage nodes, so one node is
+/// never faulted twice at once). The first schedule is the one [`schedule`] gives for `seed`.
+pub fn schedule_overlapping(
+    seed: u64,
+    steps: usize,
+    nodes: &[String],
+    coordinators: &[String],
+    kinds: &[FaultKind],
+    with_kinds: &[FaultKind],
+) -> Vec<Fault> {
+    let mut firsts = schedule(seed, steps, nodes, coordinators, kinds);
+    let mut seconds = schedule(
+        seed ^ 0x9e37_79b9_7f4a_7c15,
+        steps,
+        nodes,
+        coordinators,
+        with_kinds,
+    );
+    for (f, mut w) in firsts.iter_mut().zip(seconds.drain(..)) {
+        if w.node == f.node
+            && let Some(i) = nodes.iter().position(|n| *n == w.node)
+        {
+            w.node = nodes[(i + 1) % nodes.len()].clone();
+        }
+        // Room for a third of a lead, the overlap, and a third after it.
+        f.hold += Duration::from_secs(4);
+        f.with = Some(Box::new(w));
+    }
+    firsts
 }
 
 fn postgres(c: &ProcCluster) -> Result<&crate::pginstance::PgInstance> {
@@ -104,6 +166,13 @@ fn net(c: &mut ProcCluster) -> Result<&mut crate::netns::Net> {
     c.net
         .as_mut()
         .context("network faults need ProcOptions::netns")
+}
+
+/// The proxy in front of storage node `id`.
+fn proxy<'a>(c: &'a mut ProcCluster, id: &str) -> Result<&'a mut crate::proxy::TcpProxy> {
+    c.proxies
+        .get_mut(id)
+        .context("isolating or slowing a node needs ProcOptions::proxied")
 }
 
 /// `a,b` of a two-process fault.
@@ -159,10 +228,25 @@ pub async fn inject(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
             net.cut("coord-2", b)
         }
         FaultKind::Isolate => {
-            c.proxies
-                .get_mut(&f.node)
-                .context("isolating needs ProcOptions::proxied")?
-                .cut();
+            proxy(c, &f.node)?.cut();
+            Ok(())
+        }
+        FaultKind::Slow => {
+            proxy(c, &f.node)?.impair(SLOW);
+            Ok(())
+        }
+        FaultKind::Wipe => {
+            let n = c.node(&f.node);
+            n.kill9()?;
+            let identity: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(n.dir.join("identity.json"))?)?;
+            // A `down` record: a moment, not a fault of its own (`check::ops_during_faults`).
+            h.nemesis(&format!(
+                "down {} wiped, epoch {}",
+                f.node, identity["epoch"]
+            ));
+            std::fs::remove_dir_all(&n.dir)?;
+            std::fs::create_dir_all(&n.dir)?;
             Ok(())
         }
     }
@@ -171,7 +255,7 @@ pub async fn inject(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
 /// Ends `f`.
 pub async fn heal(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
     match f.kind {
-        FaultKind::Kill => c.node(&f.node).start()?,
+        FaultKind::Kill | FaultKind::Wipe => c.node(&f.node).start()?,
         FaultKind::KillCoordinator => {
             let url = c.db_url.clone();
             coordinator(c, &f.node)?.start(&url)?
@@ -190,23 +274,30 @@ pub async fn heal(c: &mut ProcCluster, h: &History, f: &Fault) -> Result<()> {
         FaultKind::Pause => signal(c, &f.node, rustix::process::Signal::CONT)?,
         FaultKind::NetIsolate => net(c)?.rejoin(&f.node)?,
         FaultKind::OneWay | FaultKind::Bridge => net(c)?.restore_routes()?,
-        FaultKind::Isolate => {
-            c.proxies
-                .get_mut(&f.node)
-                .context("isolating needs ProcOptions::proxied")?
-                .restore()
-                .await?
-        }
+        FaultKind::Isolate => proxy(c, &f.node)?.restore().await?,
+        FaultKind::Slow => proxy(c, &f.node)?.impair(Impairment::default()),
     }
     h.nemesis(&format!("heal {:?} {}", f.kind, f.node));
     Ok(())
 }
 
-/// Runs the whole schedule: each fault held, healed, then the gap.
+/// Runs the whole schedule: each fault held (the one overlapping it begun and healed within
+/// the hold), healed, then the gap.
 pub async fn run(c: &mut ProcCluster, h: &History, faults: &[Fault]) -> Result<()> {
     for f in faults {
         inject(c, h, f).await?;
-        tokio::time::sleep(f.hold).await;
+        match &f.with {
+            None => tokio::time::sleep(f.hold).await,
+            Some(w) => {
+                let lead = f.hold / 3;
+                let inner = w.hold.min(f.hold - lead * 2);
+                tokio::time::sleep(lead).await;
+                inject(c, h, w).await?;
+                tokio::time::sleep(inner).await;
+                heal(c, h, w).await?;
+                tokio::time::sleep(f.hold - lead - inner).await;
+            }
+        }
         heal(c, h, f).await?;
         tokio::time::sleep(f.gap).await;
     }

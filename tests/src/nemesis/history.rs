@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Invoke,
@@ -21,7 +21,7 @@ pub enum Kind {
     Nemesis,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
     pub run: String,
     pub seed: u64,
@@ -36,7 +36,7 @@ pub struct Record {
     pub siblings: usize,
     pub error: String,
     /// What a read saw (`f` = `read`): the union of the siblings' elements.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub observed: Vec<String>,
     pub t_mono_ns: u64,
 }
@@ -58,6 +58,18 @@ impl History {
             started: Instant::now(),
             records: Arc::default(),
         }
+    }
+
+    /// A history recorded elsewhere (another process's JSON lines, in this schema), in order.
+    pub fn from_jsonl(run: &str, jsonl: &str) -> anyhow::Result<History> {
+        let h = History::new(run, 0);
+        let mut records = Vec::new();
+        for line in jsonl.lines().filter(|l| !l.trim().is_empty()) {
+            records.push(serde_json::from_str::<Record>(line)?);
+        }
+        records.sort_by_key(|r| r.t_mono_ns);
+        *h.lock() = records;
+        Ok(h)
     }
 
     pub fn seed(&self) -> u64 {

@@ -193,6 +193,30 @@ impl NodeProc {
         ))
     }
 
+    /// This node's own answer for tenant `t1`'s `key` (a raw replica read: tombstones and
+    /// every sibling, no quorum).
+    pub async fn read_t1(&self, key: &[u8]) -> Result<pairdb_common::api::pb::ReadResult> {
+        Ok(self
+            .client()
+            .await?
+            .read(pairdb_common::api::pb::KeyRef {
+                tenant_id: "t1".into(),
+                key: key.to_vec(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// The values this node holds for tenant `t1`'s `key` (tombstones' empty values too).
+    pub async fn values_t1(&self, key: &[u8]) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .read_t1(key)
+            .await?
+            .state
+            .map(|s| s.versions.into_iter().map(|v| v.value).collect())
+            .unwrap_or_default())
+    }
+
     /// The Prometheus text this node serves.
     pub async fn metrics(&self) -> Result<String> {
         admin_get(
