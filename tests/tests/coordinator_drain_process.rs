@@ -96,18 +96,7 @@ async fn a_rolling_restart_of_coordinators_behind_a_balancer_fails_no_request() 
             // While it is down, everything goes to the other one.
             seen = more(seen, "writes while one coordinator is down").await;
             co.start(&url).unwrap();
-            let ready = format!("http://127.0.0.1:{}/health/ready", co.admin);
-            wait_async(
-                "the restarted coordinator is ready",
-                Duration::from_secs(30),
-                || async {
-                    reqwest::get(&ready)
-                        .await
-                        .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
-                },
-            )
-            .await
-            .unwrap();
+            co.wait_ready().await.unwrap();
             seen = more(seen, "writes after the restart").await;
             println!("round {round}, coordinator {i} restarted; {seen} writes acknowledged");
         }
@@ -238,17 +227,6 @@ async fn goaway_reaches_clients_only_after_the_port_is_closed() {
         drop(s);
         co.terminate().unwrap();
         co.start(&url).unwrap();
-        let ready = format!("http://127.0.0.1:{}/health/ready", co.admin);
-        wait_async(
-            "the coordinator is ready",
-            Duration::from_secs(30),
-            || async {
-                reqwest::get(&ready)
-                    .await
-                    .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
-            },
-        )
-        .await
-        .unwrap();
+        co.wait_ready().await.unwrap();
     }
 }

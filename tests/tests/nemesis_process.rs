@@ -267,13 +267,12 @@ async fn a_30_s_pause_is_bounded_by_deadlines_and_mints_no_duplicate_sibling() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let (v, h, c) = scenario_run("long-pause", &[FaultKind::Pause], |_, _, _| {
-        vec![faults::Fault {
-            kind: FaultKind::Pause,
-            node: "n2".into(),
-            hold: Duration::from_secs(pause),
-            gap: Duration::from_secs(2),
-            with: None,
-        }]
+        vec![faults::Fault::on(
+            FaultKind::Pause,
+            "n2",
+            Duration::from_secs(pause),
+            Duration::from_secs(2),
+        )]
     })
     .await;
     let lat = check::add_latencies_during(&h, "Pause n2", "heal Pause n2");
@@ -303,19 +302,18 @@ async fn a_30_s_pause_is_bounded_by_deadlines_and_mints_no_duplicate_sibling() {
 /// A slow replica (latency injected at its proxy, `faults::SLOW`: a round trip through it
 /// costs 300–500 ms, 2 % of chunks stalled a retransmission timeout more) for 15 s under the
 /// set-add load: QUORUM waits for the two fast replicas and writes pick a fast coordinating
-/// replica, so nearly no add waits for the slow one, no add fails, and the slow replica still receives every write (the fan-out's rest
-/// finishes in the background): lost 0, converged.
+/// replica, so nearly no add waits for the slow one, no add fails, and the slow replica still
+/// receives every write (the fan-out's rest finishes in the background): lost 0, converged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_replica_fails_no_add_and_quorum_does_not_wait_for_it() {
     let _s = serial_async().await;
     let (v, h, c) = scenario_run("slow-replica", &[FaultKind::Slow], |_, _, _| {
-        vec![faults::Fault {
-            kind: FaultKind::Slow,
-            node: "n2".into(),
-            hold: Duration::from_secs(15),
-            gap: Duration::from_secs(2),
-            with: None,
-        }]
+        vec![faults::Fault::on(
+            FaultKind::Slow,
+            "n2",
+            Duration::from_secs(15),
+            Duration::from_secs(2),
+        )]
     })
     .await;
     let (delayed, stalled) = c.proxies["n2"].impaired_chunks();
@@ -349,13 +347,12 @@ async fn a_slow_replica_fails_no_add_and_quorum_does_not_wait_for_it() {
 async fn a_node_restarted_on_an_empty_disk_is_a_new_incarnation_and_nothing_is_lost() {
     let _s = serial_async().await;
     let (v, h, c) = scenario_run("wiped-disk", &[FaultKind::Wipe], |_, _, _| {
-        vec![faults::Fault {
-            kind: FaultKind::Wipe,
-            node: "n2".into(),
-            hold: Duration::from_secs(3),
-            gap: Duration::from_secs(8),
-            with: None,
-        }]
+        vec![faults::Fault::on(
+            FaultKind::Wipe,
+            "n2",
+            Duration::from_secs(3),
+            Duration::from_secs(8),
+        )]
     })
     .await;
     let wiped = h

@@ -75,6 +75,17 @@ pub struct Fault {
 }
 
 impl Fault {
+    /// One fault on `node`, with no other overlapping it.
+    pub fn on(kind: FaultKind, node: &str, hold: Duration, gap: Duration) -> Fault {
+        Fault {
+            kind,
+            node: node.to_string(),
+            hold,
+            gap,
+            with: None,
+        }
+    }
+
     /// This fault and the one overlapping it: how many nemesis faults it records.
     pub fn count(&self) -> usize {
         1 + self.with.as_ref().map_or(0, |w| w.count())

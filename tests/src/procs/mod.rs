@@ -341,6 +341,21 @@ impl CoordProc {
         self.child.is_some()
     }
 
+    /// Waits (at most 30 s) until `/health/ready` answers 200 (plaintext admin port).
+    pub async fn wait_ready(&self) -> Result<()> {
+        let ready = format!("http://{}:{}/health/ready", self.host.ip, self.admin);
+        crate::cluster::wait_async(
+            &format!("{} ready", self.id),
+            Duration::from_secs(30),
+            || async {
+                reqwest::get(&ready)
+                    .await
+                    .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+            },
+        )
+        .await
+    }
+
     /// How a client reaches this coordinator (TLS and the admin token in a secure cluster).
     pub fn dial(&self) -> Dial {
         Dial {
