@@ -4,7 +4,9 @@
 //! deliver the same hint at once; delivery is an idempotent merge — deletes delivered hints,
 //! counts failures in `replay_count`, and drops hints past `max_replay_attempts` or `hint_ttl`.
 //! No hints are recorded for a node down longer than `max_hint_window` (anti-entropy covers
-//! it), nor beyond `max_hints_per_target` or `max_hint_bytes_per_target`.
+//! it) — counted from when anyone last saw it, and from its oldest undelivered hint, so
+//! neither a coordinator's restart nor a node that flaps reopens the window — nor beyond
+//! `max_hints_per_target` or `max_hint_bytes_per_target`.
 //!
 //! **Recording never delays an acknowledgement.** A write hands its hints to an in-memory queue
 //! bounded in count and bytes ([`Hints::enqueue`], no waiting) and the `hint-writer` worker
@@ -77,6 +79,9 @@ struct Queued {
 struct Pending {
     count: u64,
     bytes: u64,
+    /// When the oldest of them was created, on this process's monotonic clock (from the
+    /// store's age of it at the last replay cycle, or this coordinator's first hint since).
+    oldest: Option<std::time::Instant>,
 }
 
 pub struct Hints {
@@ -143,7 +148,8 @@ impl Hints {
 
     /// How long `target` has been unreachable: since the last time anyone saw it (this
     /// coordinator's heartbeats, or `storage_nodes.last_seen` written by any coordinator), so
-    /// a freshly started coordinator does not restart the clock.
+    /// a freshly started coordinator does not restart the clock; until its own heartbeats have
+    /// judged the node, it goes by the node's recorded status.
     fn down_for_ms(&self, target: &str, now: u64) -> u64 {
         self.cluster
             .snapshot()
@@ -154,7 +160,17 @@ impl Hints {
                 if let Some(at) = e.record.drained_at_ms {
                     return now.saturating_sub(at);
                 }
-                if e.health.status() != crate::meta::NodeStatus::Down {
+                let down = match e.health.status() {
+                    crate::meta::NodeStatus::Down => true,
+                    crate::meta::NodeStatus::Up => false,
+                    // Not judged here yet (this coordinator just started): the cluster's word,
+                    // the status another coordinator (or this one before its restart) recorded,
+                    // so a restart does not reopen the window (CASSANDRA-14309).
+                    crate::meta::NodeStatus::Unknown => {
+                        e.record.status == crate::meta::NodeStatus::Down
+                    }
+                };
+                if !down {
                     return 0;
                 }
                 let seen = e
@@ -183,7 +199,8 @@ impl Hints {
             return Recorded::Disabled;
         }
         let now = now_ms();
-        if self.down_for_ms(target, now) > self.cfg.max_hint_window_secs.saturating_mul(1000) {
+        let window_ms = self.cfg.max_hint_window_secs.saturating_mul(1000);
+        if self.down_for_ms(target, now) > window_ms {
             self.dropped("window");
             return Recorded::OutsideWindow;
         }
@@ -192,6 +209,17 @@ impl Hints {
         {
             let mut p = self.pending.lock();
             let n = p.entry(target.to_string()).or_default();
+            // The persistent window (Cassandra 4.1's, CASSANDRA-14309): a target whose oldest
+            // undelivered hint is older than the window gets no more, so a node that flaps —
+            // seen for a moment, then gone again before its hints were delivered — does not
+            // restart the window and pile up hints without end.
+            if n.oldest
+                .is_some_and(|t| t.elapsed().as_millis() as u64 > window_ms)
+            {
+                drop(p);
+                self.dropped("window");
+                return Recorded::OutsideWindow;
+            }
             if n.count >= self.cfg.max_hints_per_target {
                 self.dropped("count_cap");
                 return Recorded::OverCap;
@@ -202,6 +230,7 @@ impl Hints {
             }
             n.count += 1;
             n.bytes += size as u64;
+            n.oldest.get_or_insert_with(std::time::Instant::now);
         }
         let admitted = self
             .queued_bytes
@@ -338,25 +367,26 @@ impl Hints {
         self.metrics
             .hints_pending
             .set(targets.iter().map(|t| t.pending as i64).sum());
+        // The store's clock, which stamped `created_at` (S24): read once per cycle, and used
+        // only for ages (never compared with this coordinator's clock).
+        let store_now = self.meta.clock_ms().await?;
+        let read_at = std::time::Instant::now();
         *self.pending.lock() = targets
             .iter()
             .map(|t| {
+                let age = Duration::from_millis(store_now.saturating_sub(t.oldest_created_at_ms));
                 (
                     t.node_id.clone(),
                     Pending {
                         count: t.pending,
                         bytes: t.bytes,
+                        oldest: (t.pending > 0).then(|| read_at.checked_sub(age)).flatten(),
                     },
                 )
             })
             .collect();
         let snap = self.cluster.snapshot();
-        // The store's clock, which stamped `created_at` (S24): read once per cycle.
-        let expired_before = self
-            .meta
-            .clock_ms()
-            .await?
-            .saturating_sub(self.cfg.hint_ttl_secs * 1000);
+        let expired_before = store_now.saturating_sub(self.cfg.hint_ttl_secs * 1000);
         let mut delivered = 0;
         for t in targets {
             let Some(node) = snap.nodes.get(&t.node_id) else {

@@ -474,6 +474,115 @@ async fn no_hints_for_a_node_down_past_the_hint_window() {
     .await
     .unwrap();
     assert_eq!(c.meta.count_hints_for("n3").await.unwrap(), 0);
+
+    // S13: a coordinator restarted while the node is still down past the window does not
+    // open it again: the window counts from `storage_nodes.last_seen`, and until its own
+    // heartbeats judge n3 the new coordinator takes the status the old one recorded. (Before
+    // that rule it judged n3 DOWN within its first write's three misses anyway, so this did
+    // not fail without it; it holds the window shut across the restart.)
+    c.coordinators.pop().unwrap().shutdown().await;
+    let mut cfg = coordinator_config(&c.db_url, "window", true).unwrap();
+    cfg.max_hint_window_secs = 1;
+    c.coordinators
+        .push(pairdb_coordinator::server::start(cfg).await.unwrap());
+    let mut b = c.client(0).await.unwrap();
+    for i in 0..5 {
+        b.write(write_req(
+            format!("win-after-restart-{i}").as_bytes(),
+            b"v",
+            vec![],
+            Quorum,
+        ))
+        .await
+        .unwrap();
+    }
+    wait_async(
+        "hints dropped after the restart",
+        Duration::from_secs(10),
+        || async { c.coordinators[0].data.metrics.hints_dropped.get() >= 5 },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        c.meta.count_hints_for("n3").await.unwrap(),
+        0,
+        "the restarted coordinator hinted a node down past the window"
+    );
+    c.shutdown().await;
+}
+
+/// S13's flapping node (Cassandra 4.1's persistent hint window): n3 down, three writes hinted;
+/// n3 back for a moment — seen, so `last_seen` moves — and down again before its hints were
+/// delivered (replay runs once a minute here). Past the window counted from the oldest of
+/// those hints, though not from the last time n3 was seen, writes are no longer hinted: a node
+/// that flaps does not reopen the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_node_does_not_reopen_the_hint_window() {
+    const WINDOW: Duration = Duration::from_secs(6);
+    let _s = serial_async().await;
+    let mut c = TestCluster::start(ClusterOptions {
+        backend: Backend::Sqlite,
+        nodes: 3,
+        coordinators: 0,
+        hints: true,
+        tweak: None,
+    })
+    .await
+    .unwrap();
+    let mut cfg = coordinator_config(&c.db_url, "flap", true).unwrap();
+    cfg.max_hint_window_secs = WINDOW.as_secs();
+    cfg.hint_replay_interval_ms = 60_000;
+    c.coordinators
+        .push(pairdb_coordinator::server::start(cfg).await.unwrap());
+    let mut a = c.client(0).await.unwrap();
+    c.wait_all_up().await.unwrap();
+    let write = |a: &mut pairdb_common::client::Coordinator, k: String| {
+        let req = write_req(k.as_bytes(), b"v", vec![], Quorum);
+        let mut a = a.clone();
+        async move { a.write(req).await.unwrap() }
+    };
+    c.stop_node(2).await;
+    c.wait_status(2, NodeStatus::Down).await.unwrap();
+    let first_hints = std::time::Instant::now();
+    for i in 0..3 {
+        write(&mut a, format!("flap-{i}")).await;
+    }
+    wait_async("3 hints stored", Duration::from_secs(10), || async {
+        c.meta.count_hints_for("n3").await.unwrap() == 3
+    })
+    .await
+    .unwrap();
+    // The flap, late in the window: seen again, then gone before any replay.
+    tokio::time::sleep(WINDOW * 2 / 3).await;
+    c.restart_node(2).await.unwrap();
+    c.wait_status(2, NodeStatus::Up).await.unwrap();
+    c.stop_node(2).await;
+    let gone_again = std::time::Instant::now();
+    c.wait_status(2, NodeStatus::Down).await.unwrap();
+    tokio::time::sleep(
+        (first_hints + WINDOW + Duration::from_millis(500))
+            .saturating_duration_since(std::time::Instant::now()),
+    )
+    .await;
+    assert!(
+        gone_again.elapsed() < WINDOW,
+        "the flap took so long that the window since n3 was last seen has passed too ({:?})",
+        gone_again.elapsed()
+    );
+    let dropped_before = c.coordinators[0].data.metrics.hints_dropped.get();
+    for i in 3..6 {
+        write(&mut a, format!("flap-{i}")).await;
+    }
+    wait_async("3 hints refused", Duration::from_secs(10), || async {
+        c.coordinators[0].data.metrics.hints_dropped.get() >= dropped_before + 3
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        c.meta.count_hints_for("n3").await.unwrap(),
+        3,
+        "writes past the window of n3's oldest hint were hinted"
+    );
     c.shutdown().await;
 }
 
