@@ -378,3 +378,104 @@ async fn abort_mid_bootstrap_restores_the_ring_and_loses_nothing() {
     // The aborted node's data is cleaned up after the grace period.
     c.wait_cleanup("n4", CHANGE_DEADLINE).await.unwrap();
 }
+
+/// S14 with a topology change: the metadata store (the cluster's own PostgreSQL, stopped with
+/// `pg_ctl`) goes away (1) when a change is asked for — it is refused and nothing of it is
+/// left once the store is back — and (2) for 6 s in the middle of a bootstrap's stream, longer
+/// than the 3 s job lease, under writes. The driver cannot renew its lease or save progress
+/// meanwhile; once the store is back the change is driven on (by it or another coordinator)
+/// and completes: the ring 4 NORMAL members, every write acknowledged before, during and after
+/// the outage read back at QUORUM, n4's digests equal its replicas', and after the cleanup
+/// every replica of the new ring holds each write and no other node does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_survives_the_metadata_store_stopping_mid_stream() {
+    let _s = serial_async().await;
+    let mut o = throttled(256 << 10);
+    o.own_postgres = true;
+    let mut c = ProcCluster::start(o).await.unwrap();
+    c.wait_all_up().await.unwrap();
+    let mut acked = preload(&mut c.coord().await.unwrap(), "pre", 4000, 1000)
+        .await
+        .unwrap();
+    let writer = Writer::start(c.coord_dials(), "live", 50_000, Duration::from_secs(180));
+    let add = |node_id: &str, addr: &str| pb::AddStorageNodeRequest {
+        node_id: node_id.into(),
+        host: "127.0.0.1".into(),
+        port: addr.rsplit_once(':').unwrap().1.parse().unwrap(),
+        ..Default::default()
+    };
+
+    // (1) Asked for while the store is stopped: refused, nothing left behind.
+    let n5_addr = c.new_node("n5").unwrap().addr();
+    let mut coord = c.coord().await.unwrap();
+    c.pg_server.as_ref().unwrap().stop().unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(60),
+        coord.add_storage_node(add("n5", &n5_addr)),
+    )
+    .await
+    .expect("the add was answered while the store was stopped");
+    let err = refused.expect_err("a change was accepted with the metadata store stopped");
+    println!("add during the outage: {:?} {}", err.code(), err.message());
+    c.pg_server.as_ref().unwrap().start_again().unwrap();
+    cluster::wait_async("the store is back", Duration::from_secs(30), || async {
+        c.meta.list_nodes().await.is_ok()
+    })
+    .await
+    .unwrap();
+    assert!(c.meta.get_node("n5").await.unwrap().is_none());
+    assert!(
+        c.meta
+            .list_changes(true)
+            .await
+            .unwrap()
+            .iter()
+            .all(|ch| ch.node_id != "n5"),
+        "a change for n5 was left behind"
+    );
+
+    // (2) Stopped mid-stream, longer than the job lease.
+    let n4 = c.new_node("n4").unwrap();
+    n4.start().unwrap();
+    let n4_addr = n4.addr();
+    let id = coord
+        .add_storage_node(add("n4", &n4_addr))
+        .await
+        .unwrap()
+        .into_inner()
+        .change
+        .unwrap()
+        .change_id;
+    wait_mid_stream(&c, &id).await;
+    let before = writer.acked();
+    c.pg_server.as_ref().unwrap().stop().unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let during = writer.acked() - before;
+    c.pg_server.as_ref().unwrap().start_again().unwrap();
+    println!("{during} writes acknowledged while the store was stopped mid-stream");
+    assert!(
+        during > 50,
+        "the writer stalled while the store was stopped"
+    );
+    c.wait_change(&id, "completed", CHANGE_DEADLINE)
+        .await
+        .unwrap();
+    let (live, failed) = writer.finish().await.unwrap();
+    println!(
+        "bootstrap across a metadata-store outage: {} writes acknowledged, {failed} failed",
+        live.len()
+    );
+    assert_eq!(failed, 0, "writes failed while the store was away");
+    acked.extend(live);
+    let ring = c.ring().await.unwrap();
+    assert_eq!(ring.members().len(), 4, "{:?}", ring.members());
+    assert!(
+        ring.members().iter().all(|m| m.state == NodeState::Normal),
+        "{:?}",
+        ring.members()
+    );
+    c.check_quorum_reads(&acked).await.unwrap();
+    c.check_digests("n4").await.unwrap();
+    c.wait_cleanup("n4", CHANGE_DEADLINE).await.unwrap();
+    c.check_placement(&acked, true).await.unwrap();
+}
