@@ -435,6 +435,35 @@ both_backends!(
     coordinator_restart_mid_traffic_loses_nothing => coordinator_restart_mid_traffic,
 );
 
+/// Writes `keys` at QUORUM through the first coordinator, waits until it has refused a hint
+/// for each (n3 past the hint window), and checks that `hinted` hints are pending for n3.
+async fn write_unhinted(c: &TestCluster, keys: std::ops::Range<usize>, prefix: &str, hinted: u64) {
+    let mut a = c.client(0).await.unwrap();
+    let dropped = || c.coordinators[0].data.metrics.hints_dropped.get();
+    let before = dropped();
+    let n = keys.len() as u64;
+    for i in keys {
+        a.write(write_req(
+            format!("{prefix}-{i}").as_bytes(),
+            b"v",
+            vec![],
+            Quorum,
+        ))
+        .await
+        .unwrap();
+    }
+    wait_async("hints refused", Duration::from_secs(10), || async {
+        dropped() >= before + n
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        c.meta.count_hints_for("n3").await.unwrap(),
+        hinted,
+        "{prefix}: writes past the hint window were hinted"
+    );
+}
+
 /// No hints are recorded for a node down longer than `max_hint_window` (anti-entropy's job).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_hints_for_a_node_down_past_the_hint_window() {
@@ -452,28 +481,11 @@ async fn no_hints_for_a_node_down_past_the_hint_window() {
     cfg.max_hint_window_secs = 1;
     c.coordinators
         .push(pairdb_coordinator::server::start(cfg).await.unwrap());
-    let mut a = c.client(0).await.unwrap();
     c.wait_status(2, NodeStatus::Up).await.unwrap();
     c.stop_node(2).await;
     c.wait_status(2, NodeStatus::Down).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    for i in 0..5 {
-        a.write(write_req(
-            format!("win-{i}").as_bytes(),
-            b"v",
-            vec![],
-            Quorum,
-        ))
-        .await
-        .unwrap();
-    }
-    let dropped = || c.coordinators[0].data.metrics.hints_dropped.get();
-    wait_async("hints dropped", Duration::from_secs(10), || async {
-        dropped() >= 5
-    })
-    .await
-    .unwrap();
-    assert_eq!(c.meta.count_hints_for("n3").await.unwrap(), 0);
+    write_unhinted(&c, 0..5, "win", 0).await;
 
     // S13: a coordinator restarted while the node is still down past the window does not
     // open it again: the window counts from `storage_nodes.last_seen`, and until its own
@@ -485,29 +497,7 @@ async fn no_hints_for_a_node_down_past_the_hint_window() {
     cfg.max_hint_window_secs = 1;
     c.coordinators
         .push(pairdb_coordinator::server::start(cfg).await.unwrap());
-    let mut b = c.client(0).await.unwrap();
-    for i in 0..5 {
-        b.write(write_req(
-            format!("win-after-restart-{i}").as_bytes(),
-            b"v",
-            vec![],
-            Quorum,
-        ))
-        .await
-        .unwrap();
-    }
-    wait_async(
-        "hints dropped after the restart",
-        Duration::from_secs(10),
-        || async { c.coordinators[0].data.metrics.hints_dropped.get() >= 5 },
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        c.meta.count_hints_for("n3").await.unwrap(),
-        0,
-        "the restarted coordinator hinted a node down past the window"
-    );
+    write_unhinted(&c, 0..5, "win-after-restart", 0).await;
     c.shutdown().await;
 }
 
@@ -569,20 +559,8 @@ async fn a_flapping_node_does_not_reopen_the_hint_window() {
         "the flap took so long that the window since n3 was last seen has passed too ({:?})",
         gone_again.elapsed()
     );
-    let dropped_before = c.coordinators[0].data.metrics.hints_dropped.get();
-    for i in 3..6 {
-        write(&mut a, format!("flap-{i}")).await;
-    }
-    wait_async("3 hints refused", Duration::from_secs(10), || async {
-        c.coordinators[0].data.metrics.hints_dropped.get() >= dropped_before + 3
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        c.meta.count_hints_for("n3").await.unwrap(),
-        3,
-        "writes past the window of n3's oldest hint were hinted"
-    );
+    // Past the window of n3's oldest hint: no more.
+    write_unhinted(&c, 3..6, "flap", 3).await;
     c.shutdown().await;
 }
 
