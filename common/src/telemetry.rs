@@ -214,16 +214,13 @@ mod tests {
 
     #[test]
     fn log_every_lets_one_thread_through_per_interval() {
-        let l = std::sync::Arc::new(LogEvery::new(Duration::from_secs(60)));
-        let passed: usize = (0..4)
-            .map(|_| {
-                let l = l.clone();
-                std::thread::spawn(move || (0..1000).filter(|_| l.allow().is_some()).count())
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| t.join().unwrap_or(0))
-            .sum();
+        let l = LogEvery::new(Duration::from_secs(60));
+        let passed: usize = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..1000).filter(|_| l.allow().is_some()).count()))
+                .collect();
+            racers.into_iter().map(|t| t.join().unwrap_or(0)).sum()
+        });
         assert_eq!(passed, 1);
     }
 }
