@@ -22,7 +22,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -154,7 +154,9 @@ where
         node_id = %node.record.node_id,
         op = settings.op,
     );
-    let started = Instant::now();
+    // tokio's clock: the simulation's in a simulation, so the latency a node is judged by
+    // (`Health::observe_latency`) replays with the seed.
+    let started = tokio::time::Instant::now();
     let result = match tokio::time::timeout(settings.per_call, call.instrument(span)).await {
         Ok(r) => r,
         Err(_) => Err(Miss::timed_out()),

@@ -177,8 +177,7 @@ impl TestCluster {
         let mut nodes = Vec::new();
         for i in 0..o.nodes {
             let id = format!("n{}", i + 1);
-            let cfg = pairdb_kit::node_config(&id, dir.path(), free_addr()?, free_addr()?);
-            let node = start_node(&cfg).await?;
+            let (cfg, node) = start_node_on_free_ports(&id, dir.path()).await?;
             pairdb_kit::register(meta.as_ref(), &[&node]).await?;
             node_cfgs.push(cfg);
             nodes.push(Some(node));
@@ -315,6 +314,32 @@ impl TestCluster {
 /// A kit node that sees its disk 10% full whatever the machine's disk is.
 async fn start_node(cfg: &pairdb_storage_node::Config) -> Result<RunningNode> {
     pairdb_kit::start_node(cfg.clone(), Some(10.0)).await
+}
+
+/// Starts node `id` under `root` on two free ports, choosing again (at most 3 times) when a
+/// port was taken between the choice and the bind: a free port is only free when it is
+/// chosen (CI saw "bind admin address …: Address already in use" once at a cluster's first
+/// node).
+async fn start_node_on_free_ports(
+    id: &str,
+    root: &std::path::Path,
+) -> Result<(pairdb_storage_node::Config, RunningNode)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut cfg = pairdb_kit::node_config(id, root, free_addr()?, free_addr()?);
+        if attempt > 1 {
+            // A fresh directory: the failed start's database may still be closing.
+            cfg.data_dir = root.join(format!("{id}-{attempt}"));
+        }
+        match start_node(&cfg).await {
+            Ok(node) => return Ok((cfg, node)),
+            Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                eprintln!("{id}: {e:#}; choosing other ports");
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Polls an async condition until it holds or `deadline` passes.
