@@ -464,23 +464,28 @@ async fn write_unhinted(c: &TestCluster, keys: std::ops::Range<usize>, prefix: &
     );
 }
 
+/// Three nodes and one coordinator (hints on, SQLite) whose config `tweak` adjusts.
+fn one_coordinator(tweak: fn(&mut pairdb_coordinator::config::Config)) -> ClusterOptions {
+    ClusterOptions {
+        backend: Backend::Sqlite,
+        nodes: 3,
+        coordinators: 1,
+        hints: true,
+        tweak: Some(tweak),
+    }
+}
+
+fn one_second_window(cfg: &mut pairdb_coordinator::config::Config) {
+    cfg.max_hint_window_secs = 1;
+}
+
 /// No hints are recorded for a node down longer than `max_hint_window` (anti-entropy's job).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_hints_for_a_node_down_past_the_hint_window() {
     let _s = serial_async().await;
-    let mut c = TestCluster::start(ClusterOptions {
-        backend: Backend::Sqlite,
-        nodes: 3,
-        coordinators: 0,
-        hints: true,
-        tweak: None,
-    })
-    .await
-    .unwrap();
-    let mut cfg = coordinator_config(&c.db_url, "window", true).unwrap();
-    cfg.max_hint_window_secs = 1;
-    c.coordinators
-        .push(pairdb_coordinator::server::start(cfg).await.unwrap());
+    let mut c = TestCluster::start(one_coordinator(one_second_window))
+        .await
+        .unwrap();
     c.wait_status(2, NodeStatus::Up).await.unwrap();
     c.stop_node(2).await;
     c.wait_status(2, NodeStatus::Down).await.unwrap();
@@ -493,8 +498,8 @@ async fn no_hints_for_a_node_down_past_the_hint_window() {
     // that rule it judged n3 DOWN within its first write's three misses anyway, so this did
     // not fail without it; it holds the window shut across the restart.)
     c.coordinators.pop().unwrap().shutdown().await;
-    let mut cfg = coordinator_config(&c.db_url, "window", true).unwrap();
-    cfg.max_hint_window_secs = 1;
+    let mut cfg = coordinator_config(&c.db_url, "coord-0", true).unwrap();
+    one_second_window(&mut cfg);
     c.coordinators
         .push(pairdb_coordinator::server::start(cfg).await.unwrap());
     write_unhinted(&c, 0..5, "win-after-restart", 0).await;
@@ -510,20 +515,12 @@ async fn no_hints_for_a_node_down_past_the_hint_window() {
 async fn a_flapping_node_does_not_reopen_the_hint_window() {
     const WINDOW: Duration = Duration::from_secs(6);
     let _s = serial_async().await;
-    let mut c = TestCluster::start(ClusterOptions {
-        backend: Backend::Sqlite,
-        nodes: 3,
-        coordinators: 0,
-        hints: true,
-        tweak: None,
-    })
+    let mut c = TestCluster::start(one_coordinator(|cfg| {
+        cfg.max_hint_window_secs = WINDOW.as_secs();
+        cfg.hint_replay_interval_ms = 60_000;
+    }))
     .await
     .unwrap();
-    let mut cfg = coordinator_config(&c.db_url, "flap", true).unwrap();
-    cfg.max_hint_window_secs = WINDOW.as_secs();
-    cfg.hint_replay_interval_ms = 60_000;
-    c.coordinators
-        .push(pairdb_coordinator::server::start(cfg).await.unwrap());
     let mut a = c.client(0).await.unwrap();
     c.wait_all_up().await.unwrap();
     let write = |a: &mut pairdb_common::client::Coordinator, k: String| {
