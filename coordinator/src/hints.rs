@@ -79,9 +79,10 @@ struct Queued {
 struct Pending {
     count: u64,
     bytes: u64,
-    /// When the oldest of them was created, on this process's monotonic clock (from the
-    /// store's age of it at the last replay cycle, or this coordinator's first hint since).
-    oldest: Option<std::time::Instant>,
+    /// When the oldest of them was created, on tokio's clock (the simulated one in a
+    /// simulation): from the store's age of it at the last replay cycle, or this
+    /// coordinator's first hint since.
+    oldest: Option<tokio::time::Instant>,
 }
 
 pub struct Hints {
@@ -230,7 +231,7 @@ impl Hints {
             }
             n.count += 1;
             n.bytes += size as u64;
-            n.oldest.get_or_insert_with(std::time::Instant::now);
+            n.oldest.get_or_insert_with(tokio::time::Instant::now);
         }
         let admitted = self
             .queued_bytes
@@ -370,7 +371,7 @@ impl Hints {
         // The store's clock, which stamped `created_at` (S24): read once per cycle, and used
         // only for ages (never compared with this coordinator's clock).
         let store_now = self.meta.clock_ms().await?;
-        let read_at = std::time::Instant::now();
+        let read_at = tokio::time::Instant::now();
         *self.pending.lock() = targets
             .iter()
             .map(|t| {
